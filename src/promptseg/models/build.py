@@ -1,0 +1,82 @@
+"""Build a model from its config (the `backbone:` and `conditioner:` sections of a run YAML).
+
+Registries map names to "module:Class" so a new backbone or conditioner is one file plus one line
+here; nothing is imported until asked for.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import ConfigError
+from .segmenter import UniversalSegmenter
+
+BACKBONES = {
+    "unet": "promptseg.models.backbones.unet:UNet",
+    "swinunetr": "promptseg.models.backbones.swinunetr:SwinUNETRBackbone",
+}
+CONDITIONERS = {
+    "universal": "promptseg.models.conditioners.universal:UniversalConditioner",
+    "onehot": "promptseg.models.conditioners.onehot:OneHotConditioner",
+    "hermes": "promptseg.models.conditioners.hermes:HermesConditioner",
+    "uniseg": "promptseg.models.conditioners.uniseg:UniSegConditioner",
+    "sat": "promptseg.models.conditioners.sat:SATConditioner",
+}
+
+
+def _load(registry: dict[str, str], kind: str, name: str):
+    if name not in registry:
+        raise ConfigError(f"unknown {kind} {name!r}; choose one of {sorted(registry)}")
+    module, attr = registry[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_backbone(cfg: dict[str, Any], in_channels: int = 1):
+    cfg = dict(cfg or {})
+    name = cfg.pop("name", "unet")
+    cls = _load(BACKBONES, "backbone", name)
+    cfg.setdefault("in_channels", in_channels)
+    try:
+        return cls(**cfg)
+    except TypeError as exc:
+        raise ConfigError(f"backbone {name!r}: {exc}") from None
+
+
+def text_settings(cfg: dict[str, Any]) -> tuple[str, str]:
+    """(encoder name, prompt template) of a conditioner config."""
+    return cfg.get("text_encoder", "minilm"), cfg.get("template", "A computerized tomography of a {}.")
+
+
+def class_embeddings(cfg: dict[str, Any], class_names: Sequence[str]) -> torch.Tensor:
+    from ..text import embed_classes
+
+    encoder, template = text_settings(cfg)
+    return embed_classes(list(class_names), encoder=encoder, template=template)
+
+
+def build_conditioner(cfg: dict[str, Any], class_names: Sequence[str], embeddings: torch.Tensor | None = None):
+    cfg = dict(cfg or {})
+    name = cfg.pop("name", "universal")
+    cls = _load(CONDITIONERS, "conditioner", name)
+    if getattr(cls, "needs_text", False) and embeddings is None:
+        embeddings = class_embeddings(cfg, class_names)
+    for key in ("text_encoder", "template"):
+        if not getattr(cls, "needs_text", False):
+            cfg.pop(key, None)
+    try:
+        if getattr(cls, "needs_text", False):
+            return cls(list(class_names), embeddings=embeddings, **cfg)
+        return cls(list(class_names), **cfg)
+    except TypeError as exc:
+        raise ConfigError(f"conditioner {name!r}: {exc}") from None
+
+
+def build_model(
+    config: dict[str, Any], class_names: Sequence[str], embeddings: torch.Tensor | None = None, in_channels: int = 1
+) -> UniversalSegmenter:
+    """Backbone + conditioner from a run config; `embeddings` skips the text encoder (checkpoints)."""
+    backbone = build_backbone(config.get("backbone", {}), in_channels=in_channels)
+    conditioner = build_conditioner(config.get("conditioner", {}), class_names, embeddings)
+    return UniversalSegmenter(backbone, conditioner)

@@ -1,0 +1,76 @@
+"""`UniversalSegmenter`: backbone + conditioner; `forward(image, prompts)` -> one logit map per prompt."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import PromptsegError
+from ..taxonomy import Taxonomy, default_taxonomy
+from .conditioners.base import Conditioner, Context, PromptBatch
+
+
+class PromptError(PromptsegError):
+    """A prompt the model cannot segment."""
+
+
+class UniversalSegmenter(nn.Module):
+    def __init__(self, backbone: nn.Module, conditioner: Conditioner, taxonomy: Taxonomy | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.conditioner = conditioner
+        self.taxonomy = taxonomy or default_taxonomy()
+        conditioner.bind(backbone)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.conditioner.class_names)
+
+    def canonical(self, prompt: str) -> str:
+        """Canonical class name for a prompt, or a one-line error naming the closest known classes."""
+        info = self.taxonomy.get(prompt)
+        known = self.class_names
+        if info is not None and info.name in known:
+            return info.name
+        if prompt in known:
+            return prompt
+        if self.conditioner.open_vocabulary:
+            return info.name if info is not None else prompt
+        close = self.taxonomy.closest(prompt, 3, among=known) if known else []
+        hint = f"; closest known: {', '.join(repr(c) for c in close)}" if close else ""
+        raise PromptError(f"this model cannot segment {prompt!r}{hint}")
+
+    def prompt_batch(
+        self,
+        prompts: Sequence[str] | None = None,
+        modality: Sequence[str] | str | None = None,
+        datasets: Sequence[str] | None = None,
+        batch_size: int = 1,
+    ) -> PromptBatch:
+        names = [self.canonical(p) for p in (prompts if prompts is not None else self.class_names)]
+        index = {n: i for i, n in enumerate(self.class_names)}
+        if isinstance(modality, str):
+            modality = [modality] * batch_size
+        return PromptBatch(
+            classes=names,
+            indices=[index.get(n, -1) for n in names],
+            modality=list(modality) if modality is not None else None,
+            datasets=list(datasets) if datasets is not None else None,
+        )
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        prompts: Sequence[str] | PromptBatch | None = None,
+        modality: Sequence[str] | str | None = None,
+        datasets: Sequence[str] | None = None,
+        return_context: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, Context]:
+        pb = prompts if isinstance(prompts, PromptBatch) else self.prompt_batch(
+            prompts, modality, datasets, batch_size=image.shape[0]
+        )
+        ctx = self.conditioner.prepare(pb, image.shape[0])
+        out = self.backbone(image, self.conditioner, ctx)
+        logits = self.conditioner.predict(out.decoder_out, out.encoder_feats, ctx)
+        return (logits, ctx) if return_context else logits
