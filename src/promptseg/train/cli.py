@@ -1,0 +1,28 @@
+"""`promptseg train RUN.yaml`."""
+from __future__ import annotations
+
+
+def _train(args) -> int:
+    from .config import load_config
+    from .trainer import train
+
+    config = load_config(args.config)
+    if args.steps is not None:
+        config["train"]["steps"] = args.steps
+    if args.output:
+        from pathlib import Path
+
+        config["output"] = str(Path(args.output).resolve())
+    ckpt = train(config, device=args.device, progress=not args.quiet)
+    print(f"checkpoint: {ckpt}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a run YAML (resumes after a kill)")
+    p.add_argument("config", help="run YAML file")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--steps", type=int, default=None, help="override train.steps")
+    p.add_argument("--output", default=None, help="override the run's output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)

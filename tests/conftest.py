@@ -1,0 +1,27 @@
+"""Shared test fixtures: where the real scans live, and a skip when they are absent."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real scans not found at {SHARED_DATA} (they live in ../shared/data beside the clone)")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Text-embedding and other caches go to a temporary folder, not the user's home."""
+    if "PROMPTSEG_CACHE" not in os.environ:
+        os.environ["PROMPTSEG_CACHE"] = str(tmp_path_factory.mktemp("promptseg_cache"))
+    yield
