@@ -39,7 +39,7 @@ def masked_bce_dice(
     denom = probs.sum(dim=1) + sel_targets.sum(dim=1)
     dice = 1.0 - (2.0 * inter + smooth) / (denom + smooth)
     loss = bce_weight * bce.mean() + dice_weight * dice.mean()
-    return loss, {"bce": float(bce.mean()), "dice": float(dice.mean()), "pairs": int(annotated.sum())}
+    return loss, {"bce": float(bce.detach().mean()), "dice": float(dice.detach().mean()), "pairs": int(annotated.sum())}
 
 
 def soft_targets_loss(

@@ -195,7 +195,7 @@ class Trainer:
                     weight = t.get("aux_loss_weight")
                     loss = loss + (aux if weight is None else float(weight) * aux)
                 (loss / accumulate).backward()
-            logs["loss"] += float(loss) / accumulate
+            logs["loss"] += float(loss.detach()) / accumulate
             logs["bce"] += parts["bce"] / accumulate
             logs["dice"] += parts["dice"] / accumulate
         if t.get("clip_grad"):
