@@ -95,6 +95,7 @@ class Conditioner(nn.Module):
         """Extra training loss (e.g. Hermes' modality classifier); None if the method has none."""
         return None
 
-    def add_classes(self, names: Sequence[str]) -> None:
-        """Grow the class list (continual learning): new per-class parameters only."""
+    def add_classes(self, names: Sequence[str], embeddings: torch.Tensor | None = None) -> None:
+        """Grow the class list (continual learning): new per-class parameters only, appended so
+        every existing weight stays as it is. Text-driven methods take the new names' embeddings."""
         raise NotImplementedError(f"{type(self).__name__} cannot add classes")
