@@ -1,0 +1,137 @@
+"""Read images and label maps into `Volume`s; bad files give one-line `InputError`s.
+
+NIfTI goes through nibabel (it notices truncated/corrupt gzip data, which ITK's NIfTI reader
+silently zero-fills, and its sform/qform choice is the one MONAI and nibabel users expect);
+NRRD, MetaImage and DICOM series go through SimpleITK.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .sitk_convert import check_dimensions, check_geometry, check_voxels, one_line, volume_from_sitk
+from .volume import Volume
+
+FORMATS = {
+    ".nii.gz": "NIfTI",
+    ".nii": "NIfTI",
+    ".nrrd": "NRRD",
+    ".nhdr": "NRRD",
+    ".mha": "MetaImage",
+    ".mhd": "MetaImage",
+}
+
+
+def image_extension(path: str | Path) -> str:
+    """The format-deciding suffix, compound for '.nii.gz' ('' when there is none)."""
+    name = Path(path).name.lower()
+    for ext in sorted(FORMATS, key=len, reverse=True):
+        if name.endswith(ext):
+            return ext
+    return Path(name).suffix
+
+
+def read_image(path: str | Path) -> Volume:
+    """NIfTI / NRRD / MHA(MHD) file, or a folder holding one DICOM series -> Volume.
+
+    The on-disk dtype is kept (int16 CT stays int16); a trailing singleton 4th axis is squeezed.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "file not found")
+    if p.is_dir():
+        from .dicom import read_dicom_series
+
+        return read_dicom_series(p)
+    ext = image_extension(p)
+    fmt = FORMATS.get(ext)
+    if fmt is None:
+        known = ", ".join(FORMATS)
+        raise InputError(p, f"unsupported image format '{ext or p.name}' (expected {known}, or a DICOM series folder)")
+    if fmt == "NIfTI":
+        return _read_nifti(p)
+    return _read_sitk(p, fmt)
+
+
+def _read_nifti(p: Path) -> Volume:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(p), mmap=False)
+        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise InputError(p, f"not a NIfTI file (nibabel sees {type(img).__name__})")
+        dtype = img.get_data_dtype()
+        if dtype.fields is not None or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+                                            or dtype == np.bool_):
+            raise InputError(p, f"non-numeric voxel type {dtype} (e.g. RGB or complex); expected integer or float values")
+        check_dimensions(p, img.shape)
+        array = np.asanyarray(img.dataobj)
+        affine = img.affine
+    except InputError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # nibabel, gzip (EOFError, zlib.error, BadGzipFile), struct, OSError ...
+        raise InputError(p, f"corrupt or truncated NIfTI file ({type(exc).__name__}: {one_line(exc, p)})") from None
+    if array.ndim > 3:
+        array = array.reshape(array.shape[:3], order="F")
+    array = np.asarray(array)
+    vol = Volume.from_affine(array, affine, p)
+    check_geometry(p, vol.spacing, vol.direction)
+    vol.array = check_voxels(p, vol.array)
+    return vol
+
+
+def _read_sitk(p: Path, fmt: str) -> Volume:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(p, f"not a readable {fmt} file ({one_line(exc, p)})") from None
+    from .sitk_convert import check_header
+
+    check_header(p, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(), reader.GetPixelID())
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(p, f"corrupt or truncated {fmt} file ({one_line(exc, p)})") from None
+    return volume_from_sitk(image, p)
+
+
+def _smallest_int_dtype(lo: int, hi: int) -> np.dtype:
+    for dt in (np.uint8, np.int16, np.int32, np.int64):
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
+
+
+def read_label(path: str | Path, reference: Volume | None = None) -> Volume:
+    """Integer label map; float files with integral values are cast to int, others rejected.
+
+    With `reference` (the image), the label's grid must match it (Volume.grid_differences).
+    """
+    vol = read_image(path)
+    p = Path(path)
+    a = vol.array
+    if np.issubdtype(a.dtype, np.floating):
+        if a.size:
+            frac = np.abs(a - np.rint(a))
+            if frac.max() > 1e-3:
+                bad = a.ravel(order="K")[int(np.argmax(frac.ravel(order="K")))]
+                raise InputError(p, f"label map has non-integer values (e.g. {float(bad):g}); expected integer labels")
+            lo, hi = int(np.rint(a.min())), int(np.rint(a.max()))
+        else:
+            lo = hi = 0
+        vol.array = np.rint(a).astype(_smallest_int_dtype(lo, hi))
+    if reference is not None:
+        diffs = vol.grid_differences(reference)
+        if diffs:
+            ref = f"image {reference.path.name}" if reference.path is not None else "the image"
+            raise InputError(p, f"label grid differs from {ref} (label vs image): " + "; ".join(diffs))
+    return vol
