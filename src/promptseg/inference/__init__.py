@@ -1,0 +1,28 @@
+"""Prediction: sliding window, post-processing, merging, predictor (file -> files).
+
+    from promptseg.inference import Predictor, predict
+    predict("runs/demo", "ct.nii.gz", "out/", prompts=["liver", "liver tumor"])
+"""
+from __future__ import annotations
+
+from .merge import label_values, merge
+from .postprocess import body_mask_from_image, load_rules, postprocess
+from .predictor import Prediction, Predictor, case_name, collect_inputs, predict, slug
+from .sliding import fit_window, resolve_device, sliding_window_logits
+
+__all__ = [
+    "Predictor",
+    "Prediction",
+    "predict",
+    "sliding_window_logits",
+    "fit_window",
+    "resolve_device",
+    "postprocess",
+    "load_rules",
+    "body_mask_from_image",
+    "merge",
+    "label_values",
+    "case_name",
+    "collect_inputs",
+    "slug",
+]

@@ -1,0 +1,55 @@
+"""`promptseg predict -i IMAGE_OR_DIR -o OUT -m CHECKPOINT [--prompt NAME ...]`."""
+from __future__ import annotations
+
+import sys
+
+
+def _predict(args) -> int:
+    import time
+
+    import torch
+
+    from ..errors import ConfigError
+    from .predictor import predict
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked, but no CUDA device is available (use --device cpu or auto)")
+    inference = {}
+    if args.sw_batch_size is not None:
+        inference["sw_batch_size"] = args.sw_batch_size
+    if args.overlap is not None:
+        inference["overlap"] = args.overlap
+
+    def report(result) -> None:
+        pred = result["prediction"]
+        print(pred.summary(result["case"]))
+        for note in pred.notes:
+            print(f"  note: {note}")
+
+    t0 = time.perf_counter()
+    results = predict(
+        args.model, args.input, args.output, prompts=args.prompt or None, device=args.device,
+        postprocess=False if args.no_postprocess else None, write_masks=not args.no_masks,
+        progress=not args.quiet, inference=inference, on_case=report,
+    )
+    print(f"{len(results)} case(s) written to {args.output} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "predict", help="segment images with a checkpoint (label map + per-class masks on the input grid)"
+    )
+    p.add_argument("-i", "--input", required=True, nargs="+",
+                   help="image file(s) (NIfTI/NRRD/MHA), DICOM series folder(s), or folder(s) of them")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("-m", "--model", required=True, help="checkpoint folder / run folder, or official .pth")
+    p.add_argument("--prompt", action="append", default=None, metavar="NAME",
+                   help="class to segment (repeat for several); default: every class the checkpoint knows")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-postprocess", action="store_true", help="skip the anatomical post-processing")
+    p.add_argument("--no-masks", action="store_true", help="write only the merged label map")
+    p.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass (default: checkpoint's)")
+    p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: checkpoint's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_predict)
