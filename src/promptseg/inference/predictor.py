@@ -49,16 +49,20 @@ _OUT_EXT = {".nii.gz": ".nii.gz", ".nii": ".nii", ".nrrd": ".nrrd", ".nhdr": ".n
 
 
 def case_name(path: str | Path) -> str:
-    """File name without its image suffix ('ct.nii.gz' -> 'ct'); a DICOM folder's own name."""
+    """File name without its image suffix ('ct.nii.gz' -> 'ct') and without nnU-Net's channel
+    suffix ('case_0000.nii.gz' -> 'case', so predictions match labelsTr names); a DICOM folder's
+    own name."""
     p = Path(path)
     name = p.name
     if p.is_dir():
         return name
     low = name.lower()
+    stem = p.stem
     for ext in _CASE_SUFFIXES:
         if low.endswith(ext):
-            return name[: -len(ext)]
-    return p.stem
+            stem = name[: -len(ext)]
+            break
+    return re.sub(r"_\d{4}$", "", stem)
 
 
 def output_extension(path: str | Path) -> str:

@@ -1,0 +1,336 @@
+"""Preprocessing cache: each case is preprocessed once per (dataset, plan), then memory-mapped.
+
+Layout: `cache_dir/<dataset>/<plan fingerprint>/`
+    <case>.image.npy    float32 [C, X, Y, Z]   (network space of the plan)
+    <case>.label.npy    the dataset's label values in network space (nearest)
+    <case>.targets.npy  uint8 [K, X, Y, Z], one mask per annotated class (data/labels.py)
+    <case>.json         commit record, written last: source fingerprints, classes, spacing,
+                        left/right split, preprocessing record
+    index.json          summary of all cases (rewritten at the end of a run)
+
+Keys:
+- plan fingerprint = sha1 of the plan's `to_dict()` and CACHE_VERSION: another plan gets its own
+  folder, old ones stay valid;
+- source fingerprint per file = size + mtime_ns + sha1 of the first and last MiB, stored per
+  role (channel i, label), not per absolute path, so moving a dataset folder (mv, cp -p) keeps
+  its cache. A file is stale when its size or mtime differ (a touched case is redone, on
+  purpose: the mtime is how we notice a file rewritten in place); when both match, the file is
+  not read at all, so re-preparing a large dataset costs one stat per file. The head/tail
+  hash is provenance (it tells two files apart in the index), computed only for new files;
+- targets key = sha1 of the label mappings, class list and taxonomy: editing a manifest's
+  mapping recomputes only the targets from the cached label, without preprocessing again.
+Interrupted runs resume: a case counts as done only once its `.json` exists and matches; arrays
+are written to temp files and renamed, so a half-written case is just redone.
+`COUNTS` (module level) tallies "preprocessed", "retargeted" and "reused" cases.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InputError, PromptsegError
+from .manifest import Case, DatasetManifest, LabelMapping
+
+CACHE_VERSION = 1
+LABEL_SEMANTICS_VERSION = 1  # bump when data/labels.py changes what a target mask means
+COUNTS: Counter = Counter()
+_CHUNK = 1 << 20
+
+
+@dataclass
+class PreparedCase:
+    id: str
+    dataset: str
+    modality: str
+    image: np.ndarray        # float32 [C, X, Y, Z] (memory-mapped)
+    targets: np.ndarray      # uint8 [K, X, Y, Z], one binary mask per class in `classes`
+    classes: list[str]       # the dataset's annotated classes (canonical names)
+    spacing: tuple[float, float, float]
+    split: dict = field(default_factory=dict)   # left/right split record per paired group
+    record: dict = field(default_factory=dict)  # preprocessing Record.to_dict()
+    folder: Path | None = None
+
+
+# --- fingerprints --------------------------------------------------------------------------------
+def file_fingerprint(path: Path) -> dict[str, Any]:
+    """size + mtime_ns + sha1(first MiB + last MiB): cheap, and changes on rewrite or touch."""
+    st = path.stat()
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        h.update(f.read(_CHUNK))
+        if st.st_size > _CHUNK:
+            f.seek(max(_CHUNK, st.st_size - _CHUNK))
+            h.update(f.read(_CHUNK))
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sha1_head_tail": h.hexdigest()}
+
+
+def plan_fingerprint(plan) -> str:
+    d = plan.to_dict() if hasattr(plan, "to_dict") else dict(plan)
+    blob = json.dumps({"plan": d, "cache": CACHE_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def targets_key(mappings: Sequence[LabelMapping], classes: Sequence[str], taxonomy) -> str:
+    """Changes when anything that decides a target mask changes (mapping, classes, taxonomy)."""
+    maps = [[int(m.value), list(m.all_values), m.target] for m in mappings]
+    tx = [[c.id, c.name, c.parent, c.group, c.laterality] for c in taxonomy.classes]
+    blob = json.dumps({"maps": maps, "classes": list(classes), "taxonomy": tx,
+                       "semantics": LABEL_SEMANTICS_VERSION}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
+
+
+def _sources(case: Case) -> dict[str, Path]:
+    out = {f"image{i}": Path(p) for i, p in enumerate(case.images)}
+    if case.label is not None:
+        out["label"] = Path(case.label)
+    return out
+
+
+def _fingerprints(case: Case, old: dict | None = None) -> dict[str, dict]:
+    """Per-role fingerprints; a file whose size and mtime match `old` is not read again."""
+    out = {}
+    old = old or {}
+    for role, p in _sources(case).items():
+        if not p.is_file():
+            raise InputError(p, f"case {case.id}: file not found")
+        prev = old.get(role)
+        st = p.stat()
+        if prev and prev.get("size") == st.st_size and prev.get("mtime_ns") == st.st_mtime_ns:
+            out[role] = prev
+        else:
+            out[role] = file_fingerprint(p)
+    return out
+
+
+# --- atomic array writes ---------------------------------------------------------------------------
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_json(path: Path, doc: dict) -> None:
+    from .manifest import atomic_write_text
+
+    atomic_write_text(path, json.dumps(doc, indent=1))
+
+
+def _smallest_label_dtype(a: np.ndarray) -> np.dtype:
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    for dt in (np.uint8, np.uint16, np.int32):
+        if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
+
+
+# --- one case -------------------------------------------------------------------------------------
+@dataclass
+class _Job:
+    dataset: str
+    modality: str
+    case: Case
+    mappings: list[LabelMapping]
+    classes: list[str]
+    plan: dict
+    folder: Path
+    key: str
+    taxonomy: Any
+
+
+def _lr(record: dict) -> tuple[int, bool]:
+    """(left-right axis, right toward high index) from the network grid's LPS direction columns.
+
+    Plans in RAS give (0, True); a plan that keeps the file's axes still gets the right answer.
+    """
+    d = np.asarray(record["network"]["direction"], dtype=np.float64).reshape(3, 3)
+    axis = int(np.argmax(np.abs(d[0, :])))  # LPS x (toward patient Left) component of each axis
+    return axis, bool(d[0, axis] < 0)
+
+
+def _preprocess(job: _Job):
+    from ..io import read_image, read_label
+    from ..preprocess import apply_to_label, get_plan, preprocess_image
+
+    plan = get_plan(job.plan)
+    vols = [read_image(p) for p in job.case.images]
+    first = preprocess_image(vols[0], plan)
+    rec = first.record
+    chans = [first.array]
+    if len(vols) > 1:
+        nocrop = get_plan(plan.to_dict(), crop=None)
+        lo, hi = rec.crop_lo, rec.crop_hi
+        for v, p in zip(vols[1:], job.case.images[1:]):
+            diffs = v.grid_differences(vols[0])
+            if diffs:
+                raise InputError(p, f"channel grid differs from channel 0: {'; '.join(diffs)}")
+            a = preprocess_image(v, nocrop).array
+            chans.append(np.ascontiguousarray(a[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]))
+    image = np.stack(chans).astype(np.float32, copy=False)
+    if job.case.label is None:
+        raise InputError(job.case.images[0], f"case {job.case.id} has no label file")
+    lab_vol = read_label(job.case.label, reference=vols[0])
+    label = apply_to_label(lab_vol, rec)
+    label = label.astype(_smallest_label_dtype(label), copy=False)
+    return image, label, rec
+
+
+def _run_job(job: _Job) -> dict:
+    """Bring one case up to date in the cache; returns its commit record (+ what was done)."""
+    from .labels import label_to_targets_with_info
+
+    stem = job.folder / _safe(job.case.id)
+    meta_path = Path(f"{stem}.json")
+    old = None
+    if meta_path.is_file():
+        try:
+            old = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, OSError):
+            old = None
+    fps = _fingerprints(job.case, (old or {}).get("sources"))
+    arrays = [Path(f"{stem}.{n}.npy") for n in ("image", "label", "targets")]
+    fresh = (old is not None and old.get("sources") == fps and old.get("cache_version") == CACHE_VERSION
+             and all(p.is_file() for p in arrays))
+    if fresh and old.get("targets_key") == job.key:
+        return {**old, "action": "reused"}
+    if fresh:
+        action = "retargeted"
+        image = np.load(arrays[0], mmap_mode="r")
+        label = np.load(arrays[1])
+        record = old["record"]
+    else:
+        action = "preprocessed"
+        image, label, rec = _preprocess(job)
+        record = rec.to_dict()
+        _save_npy(arrays[0], image)
+        _save_npy(arrays[1], label)
+    lr_axis, right_high = _lr(record)
+    targets, split = label_to_targets_with_info(label, job.mappings, job.classes, job.taxonomy,
+                                                image=np.asarray(image[0]), lr_axis=lr_axis,
+                                                right_is_high=right_high)
+    _save_npy(arrays[2], targets.astype(np.uint8))
+    meta = {
+        "cache_version": CACHE_VERSION, "case": job.case.id, "dataset": job.dataset, "modality": job.modality,
+        "sources": fps, "targets_key": job.key, "classes": list(job.classes),
+        "spacing": list(record["network"]["spacing"]), "shape": list(image.shape),
+        "voxels": {c: int(n) for c, n in zip(job.classes, targets.reshape(len(job.classes), -1).sum(1))},
+        "split": split, "record": record,
+    }
+    _save_json(meta_path, meta)
+    return {**meta, "action": action}
+
+
+def _run_job_safe(job: _Job) -> dict:
+    try:
+        return _run_job(job)
+    except PromptsegError as exc:
+        return {"case": job.case.id, "dataset": job.dataset, "error": str(exc)}
+
+
+# --- many datasets ---------------------------------------------------------------------------------
+def _load_case(meta: dict, folder: Path) -> PreparedCase:
+    stem = folder / _safe(meta["case"])
+    return PreparedCase(
+        id=meta["case"], dataset=meta["dataset"], modality=meta["modality"],
+        image=np.load(f"{stem}.image.npy", mmap_mode="r"),
+        targets=np.load(f"{stem}.targets.npy", mmap_mode="r"),
+        classes=list(meta["classes"]), spacing=tuple(float(s) for s in meta["spacing"]),
+        split=meta.get("split", {}), record=meta.get("record", {}), folder=folder,
+    )
+
+
+def prepare_datasets(datasets: list[DatasetManifest], plan, cache_dir: Path, workers: int = 1,
+                     progress: bool = True) -> list[PreparedCase]:
+    """Preprocess what is missing or stale, reuse the rest; cases come back memory-mapped.
+
+    `workers > 1` runs cases in a process pool. A case that fails (unreadable file, grid
+    mismatch) stops the run with one line naming it, after the other cases are saved.
+    """
+    from ..preprocess import get_plan
+    from ..taxonomy import default_taxonomy
+
+    plan = get_plan(plan) if not hasattr(plan, "to_dict") else plan
+    plan_dict = plan.to_dict()
+    pfp = plan_fingerprint(plan)
+    cache_dir = Path(cache_dir)
+    names = [d.name for d in datasets]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise PromptsegError(f"dataset names must be unique in one run (cache folders); repeated: {', '.join(dup)}")
+    jobs: list[_Job] = []
+    folders: dict[str, Path] = {}
+    for d in datasets:
+        d.require_confirmed()
+        if str(d.modality).upper() != str(plan.modality).upper():
+            raise PromptsegError(f"dataset {d.name} is {d.modality} but plan {plan.name!r} is for {plan.modality}; "
+                                 f"prepare it with a {d.modality} plan")
+        if len(d.channels) > 1 and any(len(c.images) < len(d.channels) for c in d.cases):
+            raise PromptsegError(f"dataset {d.name}: {len(d.channels)} channels stored in one 4D file per case "
+                                 f"(MSD layout) are not supported; store one file per channel (nnU-Net v2 layout)")
+        tx = d.taxonomy or default_taxonomy()
+        classes = d.annotated_classes
+        if not classes:
+            raise PromptsegError(f"dataset {d.name}: no label maps to a taxonomy class; nothing to train on")
+        folder = cache_dir / _safe(d.name) / pfp
+        folder.mkdir(parents=True, exist_ok=True)
+        folders[d.name] = folder
+        key = targets_key(d.labels, classes, tx)
+        jobs += [_Job(d.name, d.modality, c, list(d.labels), classes, plan_dict, folder, key, tx) for c in d.cases]
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc=f"prepare ({plan.name})", unit="case")
+    results: list[dict] = []
+    try:
+        if workers > 1 and len(jobs) > 1:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+                futures = [pool.submit(_run_job_safe, j) for j in jobs]
+                for fut in as_completed(futures):
+                    results.append(fut.result())
+                    if bar:
+                        bar.update(1)
+        else:
+            for j in jobs:
+                results.append(_run_job_safe(j))
+                if bar:
+                    bar.update(1)
+    finally:
+        if bar:
+            bar.close()
+    errors = [r for r in results if "error" in r]
+    for r in results:
+        if "action" in r:
+            COUNTS[r["action"]] += 1
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise PromptsegError(f"dataset {errors[0]['dataset']} case {errors[0]['case']}: {errors[0]['error']}{more}")
+    by_key = {(r["dataset"], r["case"]): r for r in results}
+    for d in datasets:
+        index = {c.id: {k: by_key[(d.name, c.id)][k] for k in ("sources", "targets_key", "shape", "voxels")}
+                 for c in d.cases}
+        _save_json(folders[d.name] / "index.json",
+                   {"dataset": d.name, "plan": plan_dict, "plan_fingerprint": pfp, "classes": d.annotated_classes,
+                    "cases": index})
+    return [_load_case(by_key[(j.dataset, j.case.id)], j.folder) for j in jobs]
