@@ -66,27 +66,56 @@ def prepare_cases(config: dict[str, Any], datasets, rank: int = 0):
     )
 
 
+def truncate_log(path: Path, step: int) -> None:
+    """Drop log lines after `step` (steps a killed run did after its last checkpoint, redone now)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            if int(json.loads(line).get("step", 0)) > step:
+                continue
+        except (ValueError, AttributeError):
+            continue  # a line cut by the kill
+        keep.append(line)
+    if keep != lines:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
+
+
 def training_classes(classes: list[str], batch, max_queries: int, rng: np.random.Generator) -> list[str]:
-    """Prompts for one step: all classes, or (when more than `max_queries`) the annotated
-    positives first plus sampled annotated negatives (SAT's query sampling)."""
-    if len(classes) <= max_queries:
-        return classes
-    ann = batch.annotated.any(0).numpy()
-    present = (batch.targets.flatten(2).amax(-1) > 0).any(0).numpy()
-    pos = [i for i in range(len(classes)) if ann[i] and present[i]]
-    neg = [i for i in range(len(classes)) if ann[i] and not present[i]]
-    rng.shuffle(neg)
-    chosen = sorted((pos + neg)[:max_queries])
-    return [classes[i] for i in chosen]
+    """Prompts for one step: the classes any sample of the batch annotates (others would get no
+    loss, and the full-resolution per-class head is the costliest part of a step). When that is
+    more than `max_queries`, each sample's queries are drawn SAT's way (its positives first plus
+    some annotated negatives) and the union is capped."""
+    ann = batch.annotated.numpy()
+    wanted = [i for i in range(len(classes)) if ann[:, i].any()]
+    if len(wanted) <= max_queries:
+        return [classes[i] for i in wanted] or classes[:1]
+    from ..models.conditioners.sat import sample_queries
+
+    present = (batch.targets.flatten(2).amax(-1) > 0).numpy()
+    chosen: set[str] = set()
+    seed = int(rng.integers(2**31))
+    for b in range(ann.shape[0]):
+        names = [classes[i] for i in range(len(classes)) if ann[b, i]]
+        here = [classes[i] for i in range(len(classes)) if ann[b, i] and present[b, i]]
+        chosen |= set(sample_queries(names, here, max_queries, rng=seed + b))
+    picked = [c for c in classes if c in chosen]
+    if len(picked) > max_queries:
+        keep = set(rng.choice(len(picked), max_queries, replace=False).tolist())
+        picked = [c for j, c in enumerate(picked) if j in keep]
+    return picked
 
 
 class Trainer:
     """Builds everything from a resolved config and runs the optimisation."""
 
     def __init__(self, config: dict[str, Any], device: str | None = "auto", progress: bool = True):
-        from ..models.build import build_model
         from ..data.sampling import PatchSampler
-        from . import distributed
+        from . import amp, distributed
 
         self.config = config
         self.dist = distributed.setup(device)
@@ -96,6 +125,9 @@ class Trainer:
         t = config["train"]
         if t.get("num_threads"):
             torch.set_num_threads(int(t["num_threads"]))
+        amp.check_train_options(t, self.device)
+        self.amp = amp.MixedPrecision(t.get("precision", "auto"), self.device)
+        self.channels_last = amp.want_channels_last(t.get("channels_last", "auto"), self.device)
         seed = int(config["seed"])
         torch.manual_seed(seed)
         self.out = Path(config["output"])
@@ -103,9 +135,14 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         datasets = load_datasets(config)
         self.classes = class_list(config, datasets)
-        self.cases = prepare_cases(config, datasets, self.rank)
-        self.model = build_model(config, self.classes, in_channels=self.cases[0].image.shape[0]).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
+        with distributed.local_main_first(self.dist):  # one process per node fills the cache
+            self.cases = prepare_cases(config, datasets, self.rank)
+        self.model = self.build_model(in_channels=self.cases[0].image.shape[0]).to(self.device)
+        if self.channels_last:
+            amp.to_channels_last(self.model)
+        if self.dist.enabled:  # same initial weights everywhere, then rank-distinct torch randomness
+            torch.manual_seed(distributed.rank_seed(seed, self.rank))
+        self.optimizer = self.build_optimizer()
         total = int(t["steps"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: warmup_cosine(s, int(t["warmup_steps"]), total)
@@ -124,7 +161,30 @@ class Trainer:
         self.query_rng = np.random.default_rng(distributed.rank_seed(seed + 1, self.rank))
         self.step = 0
         self._resume()
+        distributed.ensure_same(self.step, self.dist, "the step to resume from (is the output folder on storage every node sees?)")
+        amp.maybe_compile(self.model, t.get("compile"))
         self.net = distributed.wrap(self.model, self.dist)
+
+    # -- hooks (overridden by continual learning / fine-tuning, see continual.py) ----------
+    def build_model(self, in_channels: int):
+        """The model to train (called once, after the cases are prepared)."""
+        from ..models.build import build_model
+
+        return build_model(self.config, self.classes, in_channels=in_channels)
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the parameters that require gradients (all of them in plain training)."""
+        t = self.config["train"]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
+
+    def train_mode(self) -> None:
+        """Put the network in training mode before each step."""
+        self.net.train()
+
+    def prepare_batch(self, batch):
+        """A sampled batch before it reaches the loss (e.g. pseudo-labels for old classes)."""
+        return batch
 
     # ------------------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -142,22 +202,28 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         if "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
+        self.amp.load_state_dict(state.get("amp"))
         self.step = int(state.get("step", 0))
         rng_states = state.get("sampler_rng") or {}
         mine = rng_states.get(self.rank)
         if mine is not None and self.dist.world_size == state.get("world_size", 1):
             self.sampler.rng.bit_generator.state = mine
+            query = (state.get("query_rng") or {}).get(self.rank)
+            if query is not None:
+                self.query_rng.bit_generator.state = query
         else:  # a different process count: fresh, still rank-distinct, streams
             from . import distributed
 
             self.sampler.rng = np.random.default_rng(distributed.rank_seed(int(self.config["seed"]) + self.step, self.rank))
-        if self.rank == 0 and self.progress:
-            print(f"resuming {self.out} at step {self.step}")
+        if self.rank == 0:
+            truncate_log(self.out / "log.jsonl", self.step)
+            if self.progress:
+                print(f"resuming {self.out} at step {self.step}")
 
     def _save(self, final: bool = False) -> None:
         from . import distributed
 
-        rngs = distributed.gather_objects(self.sampler.rng.bit_generator.state, self.dist)
+        rngs = distributed.gather_objects((self.sampler.rng.bit_generator.state, self.query_rng.bit_generator.state), self.dist)
         if self.rank != 0:
             return
         state = {
@@ -165,7 +231,9 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "world_size": self.dist.world_size,
-            "sampler_rng": {r: s for r, s in enumerate(rngs)},
+            "sampler_rng": {r: s for r, (s, _) in enumerate(rngs)},
+            "query_rng": {r: q for r, (_, q) in enumerate(rngs)},
+            "amp": self.amp.state_dict(),
         }
         save_checkpoint(self.model, self.out / "last", self.config, self.step, training_state=state)
         if final:
@@ -173,34 +241,42 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step (with gradient accumulation); returns the logged figures."""
+        from . import amp, distributed
+
         t = self.config["train"]
         accumulate = int(t["accumulate"])
         logs = {"loss": 0.0, "bce": 0.0, "dice": 0.0}
-        self.net.train()
+        self.train_mode()
         for micro in range(accumulate):
-            batch = self.sampler.sample()
+            batch = self.prepare_batch(self.sampler.sample())
             names = training_classes(self.classes, batch, int(t.get("max_queries") or 32), self.query_rng)
             idx = [self.classes.index(n) for n in names]
             prompts = self.model.prompt_batch(names, modality=batch.modality, datasets=batch.datasets,
                                               batch_size=batch.image.shape[0])
-            image = batch.image.to(self.device, non_blocking=True)
+            image = amp.input_to(batch.image, self.device, self.channels_last)
             targets = batch.targets[:, idx].to(self.device, non_blocking=True)
             annotated = batch.annotated[:, idx].to(self.device)
             sync = micro == accumulate - 1
             with self.dist.no_sync(self.net, sync):
-                logits, ctx = self.net(image, prompts, return_context=True)
+                with self.amp.autocast():
+                    logits, ctx = self.net(image, prompts, return_context=True)
                 loss, parts = masked_bce_dice(logits, targets, annotated)
+                # this rank's share of the global batch's annotated pairs (1.0 alone): DDP's mean
+                # then equals the pair mean over all ranks, as one process with the whole batch
+                share = distributed.pair_weight(parts["pairs"], self.dist)
+                loss = loss * share
                 aux = self.model.conditioner.auxiliary_loss(ctx)
                 if aux is not None:
                     weight = t.get("aux_loss_weight")
                     loss = loss + (aux if weight is None else float(weight) * aux)
-                (loss / accumulate).backward()
+                self.amp.backward(loss / accumulate)
             logs["loss"] += float(loss.detach()) / accumulate
-            logs["bce"] += parts["bce"] / accumulate
-            logs["dice"] += parts["dice"] / accumulate
-        if t.get("clip_grad"):
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(t["clip_grad"]))
-        self.optimizer.step()
+            logs["bce"] += share * parts["bce"] / accumulate
+            logs["dice"] += share * parts["dice"] / accumulate
+        logs = distributed.mean_over_ranks(logs, self.dist)  # global-batch figures for rank 0's log
+        self.amp.step(self.optimizer, self.model.parameters(), t.get("clip_grad"))
+        if self.amp.scaler.is_enabled():
+            logs["loss_scale"] = self.amp.scale()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
