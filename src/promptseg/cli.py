@@ -18,6 +18,8 @@ VERB_MODULES = [
     "promptseg.evaluation.cli",
     "promptseg.data.cli",
     "promptseg.models.cli",
+    "promptseg.train.extend_cli",
+    "promptseg.bench",
     "promptseg.demo",
 ]
 

@@ -200,3 +200,42 @@ def load_official_checkpoint(path: str | Path, backbone: str | None = None):
         return build_official_model(backbone or detect_backbone(sd), sd)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+
+
+@lru_cache(maxsize=1)
+def official_settings() -> dict[str, Any]:
+    """Plan, inference settings and post-processing facts of the official code (data file)."""
+    import yaml
+    from importlib import resources
+
+    return yaml.safe_load(resources.files("promptseg.models").joinpath("official_settings.yaml").read_text())
+
+
+def official_run_config(backbone: str) -> dict[str, Any]:
+    """A complete run config for an imported official model (what a native checkpoint embeds)."""
+    from ..train.config import resolve_config
+
+    _check_backbone(backbone)
+    settings = official_settings()
+    raw = {
+        "name": f"official-{backbone}",
+        "modality": settings["modality"],
+        "classes": official_class_names(),
+        "plan": dict(settings["plan"]),
+        **{k: dict(v) for k, v in OFFICIAL_CONFIG[backbone].items()},
+        "inference": dict(settings["inference"]),
+    }
+    cfg = resolve_config(raw)
+    cfg["output"] = None
+    cfg["official"] = {"backbone": backbone, "source": official_facts().get("source", {})}
+    return cfg
+
+
+def load_official(path: str | Path, device: str | torch.device = "cpu", backbone: str | None = None):
+    """An official .pth file as a ready-to-predict model (run config, modality, eval mode)."""
+    model = load_official_checkpoint(path, backbone=backbone)
+    found = "swinunetr" if type(model.backbone).__name__.lower().startswith("swin") else "unet"
+    model.run_config = official_run_config(found)
+    model.modality = model.run_config["modality"]
+    model.checkpoint_meta = {"source": str(path), "official": True}
+    return model.eval().to(device)

@@ -14,7 +14,10 @@ def _train(args) -> int:
 
         config["output"] = str(Path(args.output).resolve())
     ckpt = train(config, device=args.device, progress=not args.quiet)
-    print(f"checkpoint: {ckpt}")
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line from rank 0 only
+        print(f"checkpoint: {ckpt}")
     return 0
 
 

@@ -42,6 +42,9 @@ DEFAULTS: dict[str, Any] = {
         "aux_loss_weight": None,
         "max_queries": 32,
         "workers": 1,
+        "precision": "auto",       # auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16 / fp16
+        "channels_last": "auto",   # auto: on CUDA only
+        "compile": False,          # true, a torch.compile mode, or a mapping of its arguments
     },
     "inference": {
         "window": [96, 96, 96],
