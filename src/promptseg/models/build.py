@@ -79,4 +79,6 @@ def build_model(
     """Backbone + conditioner from a run config; `embeddings` skips the text encoder (checkpoints)."""
     backbone = build_backbone(config.get("backbone", {}), in_channels=in_channels)
     conditioner = build_conditioner(config.get("conditioner", {}), class_names, embeddings)
-    return UniversalSegmenter(backbone, conditioner)
+    from .lora import apply_extension
+
+    return apply_extension(UniversalSegmenter(backbone, conditioner), config)

@@ -1,0 +1,705 @@
+"""Extending a trained model: new classes from new data only (continual learning), and fine-tuning
+a trained universal model to a downstream task.
+
+`extend(CHECKPOINT, NEW_RUN)`: the old model comes from its checkpoint alone (its run YAML and
+datasets are never read). New classes get new per-class parameters through the conditioner's
+`add_classes` (a new MLP for the Universal Model, new task prior tokens for Hermes, new task
+prompt channels for UniSeg, nothing structural for SAT). Strategies (`extend.strategy`):
+- pseudo-label (Universal Model journal §3.3): everything trains; an old class that the new data
+  does not annotate is supervised by the frozen old model's prediction on the same patch (soft
+  sigmoid, or thresholded), a new class by its label;
+- freeze-backbone (Hermes incremental learning): only the new per-class parameters train;
+- lora (MedUniSeg*): LoRA adapters on the backbone's convolutions + the new per-class parameters
+  train, every pre-existing weight stays bit-identical; old classes pseudo-supervised as above;
+- naive: everything trains on the new labels only; old classes unsupervised (the forgetting
+  baseline).
+What an extension did is recorded in the run config (`extension.history`), so the checkpoint it
+writes reloads with `load_checkpoint` alone (`models/lora.apply_extension` replays the adapters).
+
+`finetune(CHECKPOINT, RUN)`: a new model for the run's own classes, initialised from all of the
+trained model (`finetune.init: all`: backbone, the conditioner's shared parts, and the per-class
+parts of classes both models have, matched by name), or only its backbone / encoder, with the
+encoder or backbone optionally frozen.
+
+Both reuse `Trainer` through its hooks (`build_model`, `build_optimizer`, `train_mode`,
+`prepare_batch`); the loop, checkpoints, resume and DDP are the trainer's own.
+
+An extension run YAML is a normal run (the architecture, plan and inference settings come from
+the checkpoint and may be omitted):
+
+    output: runs/organs+tumour
+    datasets: [data/PhantomA_liver]          # the new data only
+    train: {steps: 500, lr: 0.002, patch_size: [32, 32, 32]}
+    extend:
+      strategy: pseudo-label                 # pseudo-label | freeze-backbone | lora | naive
+      pseudo_labels: hard                    # hard (>= pseudo_threshold) | soft (sigmoid)
+      pseudo_threshold: 0.5
+      lora: {rank: 32, alpha: 64, targets: conv}
+      evaluate: {old: data/PhantomTest_full, new: data/PhantomTest_full}   # forgetting report
+A fine-tuning YAML has a `finetune: {init: all|backbone|encoder, freeze: none|encoder|backbone}`
+section instead.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import yaml
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError
+from .trainer import Trainer, class_list, load_datasets
+
+STRATEGIES = ("pseudo-label", "freeze-backbone", "lora", "naive")
+EXTEND_DEFAULTS: dict[str, Any] = {
+    "strategy": "pseudo-label",
+    "pseudo_labels": "hard",      # hard: old model's sigmoid >= pseudo_threshold; soft: the sigmoid
+    "pseudo_threshold": 0.5,
+    "lora": {"rank": 32, "alpha": 64, "targets": "conv"},
+    "evaluate": {"old": None, "new": None},  # held-out sets for the forgetting report
+}
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "init": "all",       # all | backbone | encoder: what is taken from the trained model
+    "freeze": "none",    # none | encoder | backbone: what stays fixed while fine-tuning
+}
+#: Parts of a run that are the model's architecture: they come from the checkpoint.
+ARCHITECTURE_KEYS = ("backbone", "conditioner")
+
+
+# ---------------------------------------------------------------------------------------------
+# run configs
+# ---------------------------------------------------------------------------------------------
+def _section(raw: dict[str, Any], key: str, defaults: dict[str, Any], where: str) -> dict[str, Any]:
+    given = raw.pop(key, None) or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{where}: '{key}' must be a mapping")
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise ConfigError(f"{where}: unknown '{key}' keys {sorted(unknown)}; known: {sorted(defaults)}")
+    out = copy.deepcopy(defaults)
+    for k, v in given.items():
+        if isinstance(defaults.get(k), dict) and isinstance(v, dict):
+            bad = set(v) - set(defaults[k])
+            if bad:
+                raise ConfigError(f"{where}: unknown '{key}.{k}' keys {sorted(bad)}; known: {sorted(defaults[k])}")
+            out[k].update(v)
+        else:
+            out[k] = v
+    return out
+
+
+def check_extend_section(ext: dict[str, Any], where: str = "run config") -> dict[str, Any]:
+    if ext["strategy"] not in STRATEGIES:
+        raise ConfigError(f"{where}: extend.strategy must be one of {', '.join(STRATEGIES)}, got {ext['strategy']!r}")
+    if ext["pseudo_labels"] not in ("hard", "soft"):
+        raise ConfigError(f"{where}: extend.pseudo_labels must be 'hard' or 'soft', got {ext['pseudo_labels']!r}")
+    if not 0.0 < float(ext["pseudo_threshold"]) < 1.0:
+        raise ConfigError(f"{where}: extend.pseudo_threshold must be in (0, 1), got {ext['pseudo_threshold']!r}")
+    lora = ext["lora"]
+    if not isinstance(lora.get("rank"), int) or lora["rank"] < 1 or float(lora.get("alpha", 0)) <= 0:
+        raise ConfigError(f"{where}: extend.lora needs a positive integer rank and a positive alpha, got {lora}")
+    return ext
+
+
+def check_finetune_section(ft: dict[str, Any], where: str = "run config") -> dict[str, Any]:
+    if ft["init"] not in ("all", "backbone", "encoder"):
+        raise ConfigError(f"{where}: finetune.init must be all, backbone or encoder, got {ft['init']!r}")
+    if ft["freeze"] not in ("none", "encoder", "backbone"):
+        raise ConfigError(f"{where}: finetune.freeze must be none, encoder or backbone, got {ft['freeze']!r}")
+    return ft
+
+
+def read_run_yaml(path: str | Path) -> tuple[dict[str, Any], Path]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: run config not found")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: a run config must be a mapping")
+    return raw, p.parent
+
+
+def _resolve(raw: dict[str, Any], base_dir: Path | None, where: str) -> dict[str, Any]:
+    from .config import resolve_config
+
+    try:
+        return resolve_config(raw, base_dir)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _same_architecture(raw: dict[str, Any], old: dict[str, Any], where: str) -> None:
+    """A run may repeat the old model's architecture keys, never change them."""
+    for key in ARCHITECTURE_KEYS:
+        if key not in raw:
+            continue
+        given = raw[key] if isinstance(raw[key], dict) else {"name": raw[key]}
+        old_sec = old.get(key) or {}
+        diff = {k: v for k, v in given.items() if k in old_sec and old_sec[k] != v}
+        if diff:
+            raise ConfigError(
+                f"{where}: '{key}' differs from the checkpoint's ({diff}); the architecture comes from the checkpoint"
+            )
+
+
+def _absolute(p: str | None, base: Path | None) -> str | None:
+    if p is None:
+        return None
+    q = Path(p).expanduser()
+    return str(q if q.is_absolute() or base is None else (base / q).resolve())
+
+
+def extension_config(raw: dict[str, Any], old_config: dict[str, Any], base_dir: Path | None = None,
+                     where: str = "run config") -> dict[str, Any]:
+    """Resolved config of an extension run: the new YAML (datasets, train, output) + the old model's
+    architecture, plan, modality and inference settings + the validated `extend` section."""
+    raw = copy.deepcopy(raw)
+    ext = check_extend_section(_section(raw, "extend", EXTEND_DEFAULTS, where), where)
+    raw.pop("finetune", None)
+    _same_architecture(raw, old_config, where)
+    if "plan" in raw and _resolve({"plan": raw["plan"]}, base_dir, where)["plan"] != old_config.get("plan"):
+        raise ConfigError(f"{where}: 'plan' differs from the checkpoint's; old classes need the old preprocessing")
+    inference_override = raw.pop("inference", None) or {}
+    for key in ("backbone", "conditioner", "plan", "modality"):
+        raw.pop(key, None)
+    cfg = _resolve(raw, base_dir, where)
+    for key in ("backbone", "conditioner", "plan", "modality"):
+        if key in old_config:
+            cfg[key] = copy.deepcopy(old_config[key])
+    cfg["inference"] = {**copy.deepcopy(old_config.get("inference") or cfg["inference"]), **inference_override}
+    ext["evaluate"] = {k: _absolute(v, base_dir) for k, v in (ext.get("evaluate") or {}).items()}
+    cfg["extend"] = ext
+    cfg["extension"] = copy.deepcopy(old_config.get("extension") or {"history": []})
+    return cfg
+
+
+def finetune_config(raw: dict[str, Any], old_config: dict[str, Any], base_dir: Path | None = None,
+                    where: str = "run config") -> dict[str, Any]:
+    """Resolved config of a fine-tuning run: the YAML with the checkpoint's backbone/conditioner
+    (plan, modality and inference from the YAML when it sets them, else the checkpoint's)."""
+    raw = copy.deepcopy(raw)
+    ft = check_finetune_section(_section(raw, "finetune", FINETUNE_DEFAULTS, where), where)
+    raw.pop("extend", None)
+    _same_architecture(raw, old_config, where)
+    given = set(raw)
+    for key in ARCHITECTURE_KEYS:
+        raw.pop(key, None)
+    cfg = _resolve(raw, base_dir, where)
+    for key in ARCHITECTURE_KEYS:
+        cfg[key] = copy.deepcopy(old_config[key])
+    for key in ("plan", "modality", "inference"):
+        if key not in given and key in old_config:
+            cfg[key] = copy.deepcopy(old_config[key])
+    cfg["finetune"] = ft
+    cfg.pop("extension", None)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters: what is new, what grew, what is frozen
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ParameterDiff:
+    """Parameters after `add_classes` relative to before: new names, tensors grown along dim 0
+    (old rows kept -> number of old rows), and everything else unchanged."""
+
+    new: list[str] = field(default_factory=list)
+    grown: dict[str, int] = field(default_factory=dict)
+    kept: list[str] = field(default_factory=list)
+
+
+def diff_parameters(before: dict[str, nn.Parameter], model: nn.Module, who: str) -> ParameterDiff:
+    """Compare parameters by name; a pre-existing weight that changed in any other way than rows
+    appended along dim 0 (old rows bit-identical) is refused with a one-line error."""
+    after = dict(model.named_parameters())
+    out = ParameterDiff()
+    gone = sorted(set(before) - set(after))
+    if gone:
+        raise ConfigError(f"{who}.add_classes removed or renamed parameters {gone[:4]}; cannot extend it")
+    for name, p in after.items():
+        old = before.get(name)
+        if old is None:
+            out.new.append(name)
+        elif p is old or (p.shape == old.shape and torch.equal(p.detach(), old.detach())):
+            out.kept.append(name)
+        elif (p.dim() == old.dim() and p.shape[1:] == old.shape[1:] and p.shape[0] > old.shape[0]
+              and torch.equal(p.detach()[: old.shape[0]], old.detach())):
+            out.grown[name] = int(old.shape[0])
+        else:
+            raise ConfigError(
+                f"{who}.add_classes changed the pre-existing weight {name!r} ({tuple(old.shape)} -> {tuple(p.shape)}) "
+                "other than by appending rows; its old values cannot stay bit-identical"
+            )
+    return out
+
+
+def mask_old_rows(param: nn.Parameter, n_old: int):
+    """Zero the gradient of a grown tensor's first `n_old` rows, so (with no weight decay) they
+    never move: Adam's moments stay exactly 0 there and its update is exactly 0."""
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[:n_old] = 0
+        return grad
+
+    return param.register_hook(hook)
+
+
+def freeze_norm_statistics(model: nn.Module) -> None:
+    """Eval mode for normalisation layers whose parameters are all frozen, so their running
+    statistics (state-dict buffers) are not updated either."""
+    for m in model.modules():
+        if getattr(m, "track_running_stats", False) and getattr(m, "running_mean", None) is not None:
+            params = list(m.parameters(recurse=False))
+            if all(not p.requires_grad for p in params):
+                m.eval()
+
+
+def encoder_parameter(name: str) -> bool:
+    """Backbone parameter names of the encoder: U-Net `encoder.*`; Swin UNETR `swinViT.*`,
+    `encoder1..encoder10.*`."""
+    head = name.split(".", 1)[0]
+    return head == "swinViT" or head.startswith("encoder")
+
+
+def add_new_classes(model: nn.Module, names: Sequence[str], dataset_of: dict[str, str] | None = None) -> None:
+    """Grow the model's conditioner by `names` (text embeddings computed for text conditioners)."""
+    from ..models.build import class_embeddings
+
+    cond = model.conditioner
+    who = type(cond).__name__
+    names = list(names)
+    if not names:
+        return
+    if getattr(cond, "task_mode", None) == "dataset":  # Hermes: new tasks belong to their dataset
+        by_ds: dict[str | None, list[str]] = {}
+        for n in names:
+            by_ds.setdefault((dataset_of or {}).get(n), []).append(n)
+        for ds, group in by_ds.items():
+            cond.add_classes(group, dataset=ds)
+        return
+    try:
+        if getattr(cond, "needs_text", False) or isinstance(getattr(cond, "embeddings", None), torch.Tensor):
+            cfg = (getattr(model, "run_config", None) or {}).get("conditioner", {})
+            emb = class_embeddings(cfg, names)
+            cond.add_classes(names, emb)
+        else:
+            cond.add_classes(names)
+    except NotImplementedError:
+        raise ConfigError(f"{who} cannot add classes") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# trainers
+# ---------------------------------------------------------------------------------------------
+class ExtensionTrainer(Trainer):
+    """`Trainer` that starts from a trained model, grows it by new classes and trains by strategy."""
+
+    def __init__(self, config: dict[str, Any], source, device: str | None = "auto", progress: bool = True,
+                 source_path: str | None = None):
+        self.source = source
+        self.source_path = source_path
+        self.old_classes = list(source.class_names)
+        self.ext = config["extend"]
+        self.strategy = self.ext["strategy"]
+        datasets = load_datasets(config)
+        wanted = class_list(config, datasets)
+        self.new_classes = [c for c in wanted if c not in self.old_classes]
+        if not self.new_classes:
+            raise ConfigError(
+                f"the new datasets annotate no class the model lacks (it has {len(self.old_classes)}: "
+                f"{', '.join(self.old_classes[:6])}{' ...' if len(self.old_classes) > 6 else ''}); use `promptseg finetune`"
+            )
+        self.dataset_of = {c: d.name for d in datasets for c in d.annotated_classes if c in self.new_classes}
+        config["classes"] = self.old_classes + self.new_classes
+        self.old_model = None
+        self._hooks: list = []
+        self.grown: dict[str, int] = {}
+        super().__init__(config, device=device, progress=progress)
+
+    # -- hooks -------------------------------------------------------------------------------------
+    def build_model(self, in_channels: int):
+        from ..models.lora import apply_lora
+
+        model = copy.deepcopy(self.source).cpu()
+        if int(getattr(model.backbone, "in_channels", in_channels)) != in_channels:
+            raise ConfigError(
+                f"the new datasets have {in_channels} image channel(s), the model takes {model.backbone.in_channels}"
+            )
+        if self.strategy in ("pseudo-label", "lora"):
+            old = copy.deepcopy(self.source).to(self.device).eval()
+            for p in old.parameters():
+                p.requires_grad_(False)
+            if getattr(self, "channels_last", False):
+                from . import amp
+
+                amp.to_channels_last(old)
+            self.old_model = old
+        who = type(model.conditioner).__name__
+        before = dict(model.named_parameters())
+        add_new_classes(model, self.new_classes, self.dataset_of)
+        if list(model.class_names) != self.classes:
+            raise ConfigError(f"{who}: class list after add_classes is {model.class_names}, expected {self.classes}")
+        diff = diff_parameters(before, model, who)
+        self.grown = dict(diff.grown)
+        params = dict(model.named_parameters())
+        step: dict[str, Any] = {"strategy": self.strategy, "base_classes": list(self.old_classes),
+                                "added": list(self.new_classes), "source": self.source_path}
+        if self.strategy in ("pseudo-label", "naive"):
+            for p in model.parameters():
+                p.requires_grad_(True)
+            self.grown = {}
+        else:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            trainable = diff.new + list(diff.grown)
+            if self.strategy == "freeze-backbone" and not trainable:
+                raise ConfigError(
+                    f"freeze-backbone: {who} adds no per-class parameters for new classes (e.g. the Universal Model "
+                    "with head: shared, or SAT), so nothing could learn them; use lora or pseudo-label"
+                )
+            for name in trainable:
+                params[name].requires_grad_(True)
+            if self.strategy == "lora":
+                lora = self.ext["lora"]
+                targets = apply_lora(model.backbone, rank=int(lora["rank"]), alpha=float(lora["alpha"]),
+                                     targets=lora.get("targets", "conv"), freeze=True)
+                step["lora"] = {"rank": int(lora["rank"]), "alpha": float(lora["alpha"]), "targets": targets}
+            for name, n_old in self.grown.items():
+                self._hooks.append(mask_old_rows(params[name], n_old))
+            step["new_parameters"] = diff.new
+            step["grown_parameters"] = diff.grown
+        self.config.setdefault("extension", {"history": []}).setdefault("history", []).append(step)
+        updates = getattr(model.conditioner, "config_updates", None)
+        if callable(updates):
+            self.config["conditioner"] = {**self.config["conditioner"], **updates()}
+        model.run_config = self.config
+        check_rebuild(model, self.config, in_channels)
+        return model
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW; grown tensors (old rows masked) get no weight decay so their old rows stay exact."""
+        t = self.config["train"]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ConfigError(f"extend ({self.strategy}): nothing to train")
+        decay = [p for n, p in named if n not in self.grown]
+        fixed = [p for n, p in named if n in self.grown]
+        groups = [{"params": decay, "weight_decay": float(t["weight_decay"])}]
+        if fixed:
+            groups.append({"params": fixed, "weight_decay": 0.0})
+        return torch.optim.AdamW(groups, lr=float(t["lr"]))
+
+    def train_mode(self) -> None:
+        super().train_mode()
+        freeze_norm_statistics(self.model)
+
+    @torch.no_grad()
+    def pseudo_targets(self, image: torch.Tensor, classes: Sequence[str], modality, datasets) -> torch.Tensor:
+        """The old model's targets for `classes` on `image`: sigmoid (soft) or >= threshold (hard)."""
+        pb = self.old_model.prompt_batch(list(classes), modality=modality, datasets=datasets,
+                                         batch_size=image.shape[0])
+        amp = getattr(self, "amp", None)  # the trainer's mixed precision (absent in bare test stubs)
+        if amp is not None:
+            from . import amp as amp_mod
+
+            with amp.autocast():
+                logits = self.old_model(amp_mod.input_to(image, self.device, self.channels_last), pb)
+        else:
+            logits = self.old_model(image.to(self.device), pb)
+        probs = torch.sigmoid(logits.float())
+        if self.ext["pseudo_labels"] == "hard":
+            return (probs >= float(self.ext["pseudo_threshold"])).float()
+        return probs
+
+    def prepare_batch(self, batch):
+        """Old classes the sample's dataset does not annotate: pseudo-labels (pseudo-label, lora)
+        or nothing (naive). freeze-backbone: old classes leave the loss (their weights are fixed)."""
+        old_idx = [self.classes.index(c) for c in self.old_classes]
+        if self.strategy == "freeze-backbone":
+            batch.annotated[:, old_idx] = False
+            return batch
+        if self.strategy == "naive" or self.old_model is None:
+            return batch
+        need = [k for k in old_idx if not bool(batch.annotated[:, k].all())]
+        if not need:
+            return batch
+        pseudo = self.pseudo_targets(batch.image, [self.classes[k] for k in need], batch.modality,
+                                     batch.datasets).to(batch.targets.device, batch.targets.dtype)
+        for j, k in enumerate(need):
+            fill = ~batch.annotated[:, k]
+            batch.targets[fill, k] = pseudo[fill, j]
+            batch.annotated[fill, k] = True
+        return batch
+
+
+def check_rebuild(model: nn.Module, config: dict[str, Any], in_channels: int) -> None:
+    """The checkpoint of `model` must reload from `config` alone: same state-dict keys and shapes."""
+    from ..models.build import build_model
+
+    emb = getattr(model.conditioner, "embeddings", None)
+    rebuilt = build_model(config, model.class_names,
+                          embeddings=torch.zeros(*emb.shape) if isinstance(emb, torch.Tensor) else None,
+                          in_channels=in_channels)
+    mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+    if mine != theirs:
+        bad = sorted(set(mine) ^ set(theirs)) + sorted(k for k in set(mine) & set(theirs) if mine[k] != theirs[k])
+        raise CheckpointError(
+            f"{type(model.conditioner).__name__}: the extended model would not reload from its checkpoint "
+            f"(build_model gives a different structure at {bad[:4]})"
+        )
+
+
+class FinetuneTrainer(Trainer):
+    """`Trainer` whose model is initialised from a trained model (all or part of it)."""
+
+    def __init__(self, config: dict[str, Any], source, device: str | None = "auto", progress: bool = True):
+        self.source = source
+        self.ft = config["finetune"]
+        self.transfer: dict[str, Any] = {}
+        super().__init__(config, device=device, progress=progress)
+
+    def build_model(self, in_channels: int):
+        from ..models.build import build_model
+        from ..models.lora import lora_layers, merge_lora
+
+        src = copy.deepcopy(self.source).cpu()
+        if any(True for _ in lora_layers(src)):
+            src = merge_lora(src)
+        model = build_model(self.config, self.classes, in_channels=in_channels)
+        self.transfer = transfer_weights(src, model, self.ft["init"], self.config.get("conditioner", {}))
+        freeze = self.ft["freeze"]
+        for name, p in model.backbone.named_parameters():
+            if freeze == "backbone" or (freeze == "encoder" and encoder_parameter(name)):
+                p.requires_grad_(False)
+        if self.progress:
+            t = self.transfer
+            print(f"fine-tune: {t['copied']} tensors from the checkpoint ({t['classes_matched']} classes matched by name), "
+                  f"{t['fresh']} new; frozen: {freeze}")
+        return model
+
+    def train_mode(self) -> None:
+        super().train_mode()
+        freeze_norm_statistics(self.model)
+
+
+# ---------------------------------------------------------------------------------------------
+# weight transfer for fine-tuning
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ClassLayout:
+    """Where a conditioner keeps per-class values: module keys with the class index as one path
+    component (`controllers.{i}.0.weight`), and tensors with `rows` rows per class after `offset`."""
+
+    templates: list[str] = field(default_factory=list)
+    rows: dict[str, tuple[int, int]] = field(default_factory=dict)
+    shared: set[str] = field(default_factory=set)
+
+
+def class_layout(cond_cfg: dict[str, Any], backbone: nn.Module, text_dim: int | None) -> ClassLayout | None:
+    """Find the per-class layout by building the conditioner with 2 and 3 classes and diffing."""
+    from ..models.build import build_conditioner
+
+    names = ["probe class a", "probe class b", "probe class c"]
+
+    def shapes(n: int) -> dict[str, tuple[int, ...]]:
+        emb = torch.zeros(n, text_dim) if text_dim else None
+        c = build_conditioner(cond_cfg, names[:n], emb)
+        c.bind(backbone)
+        return {k: tuple(v.shape) for k, v in c.state_dict().items()}
+
+    try:
+        two, three = shapes(2), shapes(3)
+    except Exception:  # a conditioner that cannot be built with arbitrary names (e.g. a task list)
+        return None
+    layout = ClassLayout()
+    for key, shape in three.items():
+        if key in two:
+            s2 = two[key]
+            if s2 == shape:
+                layout.shared.add(key)
+            elif len(s2) == len(shape) and s2[1:] == shape[1:] and shape[0] > s2[0]:
+                m = shape[0] - s2[0]
+                layout.rows[key] = (s2[0] - 2 * m, m)
+            continue
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if part == "2" and ".".join(parts[:i] + ["0"] + parts[i + 1:]) in two:
+                tpl = ".".join(parts[:i] + ["{}"] + parts[i + 1:])
+                if tpl not in layout.templates:
+                    layout.templates.append(tpl)
+                break
+    if layout.templates:  # the first classes' module keys exist in both builds: not shared
+        per_class = re.compile("|".join(re.escape(t).replace(r"\{\}", r"\d+") for t in layout.templates))
+        layout.shared = {k for k in layout.shared if not per_class.fullmatch(k)}
+    return layout
+
+
+def transfer_weights(src: nn.Module, dst: nn.Module, init: str, cond_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Copy what fits from `src` into `dst`: backbone (or its encoder) by name and shape; with
+    init='all' also the conditioner's shared tensors and, by class name, its per-class parts."""
+    src_state, dst_state = src.state_dict(), dst.state_dict()
+    new_state = dict(dst_state)
+    copied = 0
+    skipped: list[str] = []
+    for key, value in dst_state.items():
+        if not key.startswith("backbone."):
+            continue
+        name = key[len("backbone."):]
+        if init == "encoder" and not encoder_parameter(name):
+            continue
+        if key in src_state and src_state[key].shape == value.shape:
+            new_state[key] = src_state[key].clone()
+            copied += 1
+        else:
+            skipped.append(key)
+    matched = 0
+    if init == "all":
+        src_names, dst_names = list(src.class_names), list(dst.class_names)
+        emb = getattr(dst.conditioner, "embeddings", None)
+        layout = class_layout(cond_cfg, dst.backbone, int(emb.shape[1]) if isinstance(emb, torch.Tensor) else None)
+        pairs = [(dst_names.index(n), src_names.index(n)) for n in dst_names if n in src_names]
+        matched = len(pairs)
+        pre = "conditioner."
+        if layout is None:
+            if src_names == dst_names:  # the same classes: everything lines up
+                for key, value in dst_state.items():
+                    if key.startswith(pre) and key in src_state and src_state[key].shape == value.shape:
+                        new_state[key] = src_state[key].clone()
+                        copied += 1
+            else:
+                matched = 0
+        else:
+            for key in layout.shared:
+                k = pre + key
+                if k in src_state and k in dst_state and src_state[k].shape == dst_state[k].shape:
+                    new_state[k] = src_state[k].clone()
+                    copied += 1
+            for tpl in layout.templates:
+                for i, j in pairs:
+                    ks, kd = pre + tpl.format(j), pre + tpl.format(i)
+                    if ks in src_state and kd in dst_state and src_state[ks].shape == dst_state[kd].shape:
+                        new_state[kd] = src_state[ks].clone()
+                        copied += 1
+            for key, (offset, m) in layout.rows.items():
+                k = pre + key
+                if k not in src_state or k not in dst_state or src_state[k].shape[1:] != dst_state[k].shape[1:]:
+                    continue
+                t = dst_state[k].clone()
+                for i, j in pairs:
+                    t[offset + i * m: offset + (i + 1) * m] = src_state[k][offset + j * m: offset + (j + 1) * m]
+                if offset > 0:
+                    t[:offset] = src_state[k][:offset]
+                new_state[k] = t
+                copied += 1
+    dst.load_state_dict(new_state, strict=True)
+    return {"copied": copied, "fresh": len(dst_state) - copied, "skipped": skipped, "classes_matched": matched}
+
+
+# ---------------------------------------------------------------------------------------------
+# entry points
+# ---------------------------------------------------------------------------------------------
+def _load_source(checkpoint: str | Path):
+    from .checkpoint import load_checkpoint
+
+    model = load_checkpoint(checkpoint, device="cpu")
+    if getattr(model, "run_config", None) is None:
+        raise CheckpointError(f"{checkpoint}: the checkpoint carries no run config to extend")
+    return model
+
+
+def _source_id(checkpoint: str | Path) -> str:
+    return str(Path(checkpoint).resolve())
+
+
+def extend(checkpoint: str | Path, run: str | Path | dict[str, Any], device: str | None = "auto",
+           progress: bool = True, max_steps: int | None = None, report: bool = True,
+           overrides: dict[str, Any] | None = None) -> Path:
+    """Extend the model of `checkpoint` by the new classes of `run` (a YAML path or a raw mapping);
+    returns the checkpoint folder written. With held-out sets in `extend.evaluate`, prints the
+    forgetting report and writes it to OUTPUT/forgetting.json."""
+    source = _load_source(checkpoint)
+    if isinstance(run, dict):
+        raw, base = copy.deepcopy(run), None
+        where = "run config"
+    else:
+        raw, base = read_run_yaml(run)
+        where = str(run)
+    config = extension_config(raw, source.run_config, base, where)
+    apply_overrides(config, overrides)
+    trainer = ExtensionTrainer(config, source, device=device, progress=progress, source_path=_source_id(checkpoint))
+    try:
+        ckpt = trainer.run(max_steps=max_steps)
+    finally:
+        from . import distributed
+
+        distributed.cleanup(trainer.dist)
+    finished = ckpt.name == "model"
+    ev = config["extend"].get("evaluate") or {}
+    if report and finished and trainer.rank == 0 and (ev.get("old") or ev.get("new")):
+        from .checkpoint import load_checkpoint
+        from .forgetting import format_report, forgetting_report, write_report
+
+        after = load_checkpoint(ckpt, device="cpu")
+        rep = forgetting_report(source, after, trainer.old_classes, trainer.new_classes, ev.get("old"),
+                                ev.get("new"), device=device or "auto")
+        rep["strategy"] = trainer.strategy
+        write_report(rep, Path(config["output"]) / "forgetting.json")
+        print(f"forgetting report ({trainer.strategy}):\n{format_report(rep)}")
+    return ckpt
+
+
+def finetune(checkpoint: str | Path, run: str | Path | dict[str, Any], device: str | None = "auto",
+             progress: bool = True, max_steps: int | None = None, overrides: dict[str, Any] | None = None) -> Path:
+    """Fine-tune the model of `checkpoint` to the datasets and classes of `run`; returns the
+    checkpoint folder written."""
+    source = _load_source(checkpoint)
+    if isinstance(run, dict):
+        raw, base, where = copy.deepcopy(run), None, "run config"
+    else:
+        raw, base = read_run_yaml(run)
+        where = str(run)
+    config = finetune_config(raw, source.run_config, base, where)
+    apply_overrides(config, overrides)
+    trainer = FinetuneTrainer(config, source, device=device, progress=progress)
+    try:
+        return trainer.run(max_steps=max_steps)
+    finally:
+        from . import distributed
+
+        distributed.cleanup(trainer.dist)
+
+
+def apply_overrides(config: dict[str, Any], overrides: dict[str, Any] | None) -> None:
+    """Command-line overrides: 'steps', 'output', and `extend`/`finetune` keys ('strategy', ...)."""
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "steps":
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--steps must be a positive integer, got {value!r}")
+            config["train"]["steps"] = value
+        elif key == "output":
+            config["output"] = str(Path(value).resolve())
+        elif key in ("strategy", "pseudo_labels", "pseudo_threshold"):
+            config["extend"][key] = value
+            check_extend_section(config["extend"])
+        elif key in ("lora_rank", "lora_alpha"):
+            config["extend"]["lora"][key.split("_")[1]] = value
+            check_extend_section(config["extend"])
+        elif key in ("eval_old", "eval_new"):
+            config["extend"]["evaluate"][key.split("_")[1]] = str(Path(value).resolve())
+        elif key in ("init", "freeze"):
+            config["finetune"][key] = value
+            check_finetune_section(config["finetune"])
+        else:
+            raise ConfigError(f"unknown override {key!r}")
