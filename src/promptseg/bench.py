@@ -1,0 +1,547 @@
+"""`promptseg bench compare`: every conditioner trained and scored under identical conditions.
+
+Why a module of its own: a comparison is only fair when nothing but the method differs. Here each
+method gets one run YAML that is byte-for-byte the suite's, except for `conditioner:` (the table
+in configs/bench.yaml); it trains through `promptseg train` (the CLI entry itself) and predicts
+through `inference.predictor.predict` (what `promptseg predict` calls), so the bench measures the
+code users run. Two suites:
+
+- phantom: 4 partially labelled phantom datasets -> held-out, fully labelled phantoms;
+- real-ct: one real scan's labels split into 3 partial datasets (`split_partial_datasets`, shared
+  with benchmarks/learn_real_ct.py) -> the same patient's larger field of view.
+
+Outputs under OUT/<suite>/: data/, cache/, <method>/{run.yaml, run/, predictions/},
+results.json and table.md (the printed table, with the command that made it).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import yaml
+
+from .errors import ConfigError, InputError, PromptsegError
+
+SUITES = ("phantom", "real-ct")
+SPLIT_TAG = "promptseg partial split"  # dataset.json description prefix: ours, safe to overwrite
+_IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+# --- settings ------------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def _settings_text() -> str:
+    return resources.files("promptseg.configs").joinpath("bench.yaml").read_text()
+
+
+def bench_settings() -> dict[str, Any]:
+    """configs/bench.yaml (a fresh copy: callers may edit it)."""
+    return yaml.safe_load(_settings_text())
+
+
+def method_names() -> list[str]:
+    return list(bench_settings()["methods"])
+
+
+def conditioner_config(method: str) -> dict[str, Any]:
+    """The `conditioner:` section the bench gives `method` (CPU-sized, see configs/bench.yaml)."""
+    methods = bench_settings()["methods"]
+    if method not in methods:
+        raise ConfigError(f"unknown method {method!r}; choose from {', '.join(methods)}")
+    return dict(methods[method])
+
+
+def suite_settings(suite: str) -> dict[str, Any]:
+    suites = bench_settings()["suites"]
+    if suite not in suites:
+        raise ConfigError(f"unknown suite {suite!r}; choose from {', '.join(suites)}")
+    return suites[suite]
+
+
+def default_data_dir() -> Path:
+    """`$PROMPTSEG_SHARED_DATA`, else ../shared/data beside the clone (where CI keeps the scans)."""
+    env = os.environ.get("PROMPTSEG_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+# --- datasets ------------------------------------------------------------------------------------
+@dataclass
+class TestCase:
+    """A held-out image, its label map and the label table (class name -> values) of that map."""
+
+    name: str
+    image: Path
+    label: Path
+    labels: dict[str, tuple[int, ...]]
+
+
+@dataclass
+class Suite:
+    """What every method of one comparison shares: training datasets, test cases, run YAML body."""
+
+    name: str
+    title: str
+    note: str
+    datasets: list[Path]
+    test_cases: list[TestCase]
+    run: dict[str, Any]  # the run YAML minus `conditioner:` and `output:`
+
+
+def _file_in(folder: Path, stem: str) -> Path:
+    for ending in _IMAGE_ENDINGS:
+        p = folder / f"{stem}{ending}"
+        if p.is_file():
+            return p
+    raise InputError(folder, f"no {stem}{{{','.join(_IMAGE_ENDINGS)}}} here")
+
+
+def _ending(path: Path) -> str:
+    return next(e for e in _IMAGE_ENDINGS if path.name.endswith(e))
+
+
+def _scan_labels(scan_dir: Path) -> dict[str, tuple[int, ...]]:
+    """labels.json of a scan folder (value -> name) as name -> values."""
+    p = scan_dir / "labels.json"
+    try:
+        table = json.loads(p.read_text())
+        out: dict[str, tuple[int, ...]] = {}
+        for v, n in table.items():
+            out[str(n)] = out.get(str(n), ()) + (int(v),)
+        return out
+    except FileNotFoundError:
+        raise InputError(p, "label table not found") from None
+    except (ValueError, AttributeError) as exc:
+        raise InputError(p, f"not a value -> name JSON table ({exc})") from None
+
+
+def split_partial_datasets(scan_dir: str | Path, out_root: str | Path,
+                           splits: Mapping[str, Sequence[str]]) -> dict[str, Path]:
+    """Turn one labelled scan (image.*, labels.*, labels.json) into partially labelled nnU-Net v2
+    raw folders, one per split: dataset -> the classes it annotates (any taxonomy spelling).
+
+    Each folder holds the same image and a label map with only its classes (renumbered 1..n,
+    named by their canonical taxonomy names); everything else is background there, which the
+    masked loss never reads as "not this class". A folder is written under a temporary name and
+    renamed into place; an existing folder is replaced only if an earlier split wrote it.
+    """
+    from .io import read_image, read_label
+    from .taxonomy import default_taxonomy
+
+    scan_dir, out_root = Path(scan_dir), Path(out_root)
+    if not scan_dir.is_dir():
+        raise InputError(scan_dir, "scan folder not found")
+    image_path, label_path = _file_in(scan_dir, "image"), _file_in(scan_dir, "labels")
+    tax = default_taxonomy()
+    values: dict[str, tuple[int, ...]] = {}
+    for raw, vals in _scan_labels(scan_dir).items():
+        info = tax.get(raw)
+        if info is not None:
+            values[info.name] = values.get(info.name, ()) + vals
+    image = read_image(image_path)
+    label = read_label(label_path, reference=image)
+    case = scan_dir.name
+    out_root.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for name, classes in splits.items():
+        names = []
+        for c in classes:
+            info = tax.get(c)
+            if info is None:
+                raise ConfigError(f"split {name}: {c!r} is not a taxonomy class")
+            if info.name not in values:
+                raise InputError(scan_dir / "labels.json", f"no label for {info.name!r} (asked by split {name})")
+            names.append(info.name)
+        arr = np.zeros(label.shape, np.uint8)
+        for i, n in enumerate(names, start=1):
+            arr[np.isin(label.array, values[n])] = i
+        written[name] = _write_split(out_root, name, case, image_path, label.with_array(arr), names, scan_dir.name)
+    return written
+
+
+def _write_split(root: Path, name: str, case: str, image_path: Path, label, classes: list[str], source: str) -> Path:
+    from .io import write_image
+
+    final = root / name
+    if final.exists():
+        try:
+            desc = json.loads((final / "dataset.json").read_text()).get("description", "")
+        except (OSError, ValueError, AttributeError):
+            desc = ""
+        if not str(desc).startswith(SPLIT_TAG):
+            raise InputError(final, "exists and is not a promptseg partial split; refusing to overwrite")
+    ending = _ending(image_path)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        (work / "imagesTr").mkdir()
+        shutil.copyfile(image_path, work / "imagesTr" / f"{case}_0000{ending}")
+        write_image(label, work / "labelsTr" / f"{case}{ending}")
+        meta = {
+            "channel_names": {"0": "CT"},
+            "labels": {"background": 0, **{c: i for i, c in enumerate(classes, start=1)}},
+            "numTraining": 1,
+            "file_ending": ending,
+            "name": name,
+            "description": f"{SPLIT_TAG} of {source}: only {', '.join(classes)} annotated",
+            "training": [{"image": f"./imagesTr/{case}_0000{ending}", "label": f"./labelsTr/{case}{ending}"}],
+        }
+        (work / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(work, final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return final
+
+
+def nnunet_test_cases(folder: Path) -> list[TestCase]:
+    """The `test` entries (image + label) of an nnU-Net-style dataset.json."""
+    spec = json.loads((folder / "dataset.json").read_text())
+    labels = {}
+    for n, v in spec["labels"].items():
+        vals = tuple(int(x) for x in (v if isinstance(v, list) else [v]))
+        if n != "background" and vals != (0,):
+            labels[n] = vals
+    cases = []
+    for e in spec.get("test") or []:
+        image = (folder / e["image"]).resolve()
+        cases.append(TestCase(image.name.split("_0000")[0], image, (folder / e["label"]).resolve(), labels))
+    if not cases:
+        raise InputError(folder / "dataset.json", "lists no test cases")
+    return cases
+
+
+def scan_test_case(scan_dir: Path) -> TestCase:
+    """A scan folder (image.*, labels.*, labels.json) as a test case."""
+    scan_dir = Path(scan_dir)
+    if not scan_dir.is_dir():
+        raise InputError(scan_dir, "scan folder not found")
+    return TestCase(scan_dir.name, _file_in(scan_dir, "image"), _file_in(scan_dir, "labels"), _scan_labels(scan_dir))
+
+
+def _run_body(settings: dict[str, Any], work: Path) -> dict[str, Any]:
+    base = bench_settings()["run"]
+    body = {**base, "train": dict(settings["train"]), "inference": dict(settings["inference"])}
+    body["cache_dir"] = str(work / "cache")  # one preprocessing cache for all methods of the suite
+    return body
+
+
+def phantom_suite(work: str | Path) -> Suite:
+    """Phantom datasets written under WORK/data (deterministic: regenerated identically each time)."""
+    from .data.phantoms import make_phantom_datasets
+
+    work = Path(work)
+    s = suite_settings("phantom")
+    p = dict(s.get("phantoms") or {})
+    folders = make_phantom_datasets(work / "data", seed=int(p.get("seed", 0)), n_train=p.get("n_train", (8, 8, 8, 4)),
+                                    n_test=int(p.get("n_test", 4)), **{k: p[k] for k in ("shape", "spacing") if k in p})
+    test = folders.pop("PhantomTest_full")
+    return Suite("phantom", s["title"], " ".join(s["note"].split()), list(folders.values()),
+                 nnunet_test_cases(test), _run_body(s, work))
+
+
+def real_ct_suite(work: str | Path, data_dir: str | Path | None = None, test_scan: str | None = None) -> Suite:
+    """The real scan's labels split into partial datasets under WORK/data; scored on `test_scan`
+    (default: the suite's, ct_abdomen_pelvis; benchmarks/learn_real_ct.py scores the training scan)."""
+    work = Path(work)
+    s = suite_settings("real-ct")
+    data = Path(data_dir) if data_dir else default_data_dir()
+    train_scan = data / s["train_scan"]
+    if not train_scan.is_dir():
+        raise InputError(train_scan, "real scan not found (the scans live in ../shared/data beside the clone; pass --data DIR)")
+    folders = split_partial_datasets(train_scan, work / "data", s["splits"])
+    test = scan_test_case(data / (test_scan or s["test_scan"]))
+    note = " ".join(s["note"].split())
+    if test_scan == s["train_scan"]:
+        note = f"Trained and scored on the same scan ({test_scan}): learnability only."
+    return Suite("real-ct", s["title"], note, list(folders.values()), [test], _run_body(s, work))
+
+
+def build_suite(name: str, work: str | Path, data_dir: str | Path | None = None) -> Suite:
+    if name == "phantom":
+        return phantom_suite(work)
+    if name == "real-ct":
+        return real_ct_suite(work, data_dir)
+    raise ConfigError(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
+
+
+# --- one method: train, predict, score ------------------------------------------------------------
+def write_run_yaml(suite: Suite, method: str, run_dir: str | Path, steps: int | None = None,
+                   conditioner: Mapping[str, Any] | None = None, train: Mapping[str, Any] | None = None) -> Path:
+    """RUN_DIR/run.yaml: the suite's run body + this method's `conditioner:` (nothing else differs;
+    `train` overrides train settings for every method alike, e.g. a shorter test run)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    raw = {"name": f"bench-{suite.name}", "output": "run", **json.loads(json.dumps(suite.run)),
+           "datasets": [str(p) for p in suite.datasets],
+           "conditioner": dict(conditioner) if conditioner is not None else conditioner_config(method)}
+    raw.setdefault("train", {}).update(dict(train or {}))
+    if steps is not None:
+        if int(steps) < 1:
+            raise ConfigError(f"--steps must be a positive integer, got {steps}")
+        raw["train"]["steps"] = int(steps)
+    path = run_dir / "run.yaml"
+    tmp = path.with_name(".run.yaml.partial")
+    tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    steps: int
+    seconds: float           # the training loop only (set-up and caching excluded)
+    seconds_per_step: float  # steps 2..N (the first step pays one-off allocation)
+
+
+def train_run(run_yaml: str | Path, device: str = "auto", progress: bool = True) -> TrainResult:
+    """`promptseg train RUN_YAML` from scratch (an earlier run folder is removed), timed."""
+    from .cli import main as cli_main
+    from .train.checkpoint import find_checkpoint
+    from .train.config import load_config
+
+    run_yaml = Path(run_yaml)
+    out = Path(load_config(run_yaml)["output"])
+    if out.exists():  # timings and results must come from one uninterrupted, fresh run
+        if any(out.iterdir()) and not any((out / n).exists() for n in ("log.jsonl", "last", "model")):
+            raise InputError(out, "run output folder holds something other than a promptseg run; refusing to clear it")
+        shutil.rmtree(out)
+    argv = ["train", str(run_yaml), "--device", device] + ([] if progress else ["--quiet"])
+    rc = cli_main(argv)
+    if rc:
+        raise PromptsegError(f"{run_yaml}: `promptseg {' '.join(argv)}` failed (exit {rc})")
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+    secs = [float(r["seconds"]) for r in log]
+    per_step = (secs[-1] - secs[0]) / (len(secs) - 1) if len(secs) > 1 else secs[-1]
+    return TrainResult(find_checkpoint(out / "model"), len(log), secs[-1], per_step)
+
+
+@dataclass
+class ScoreResult:
+    dice: dict[str, float]                    # class -> mean Dice over test cases (NaN: not scorable)
+    per_case: dict[str, dict[str, float]]
+    seconds_per_volume: float                  # predict() per case: preprocess .. write
+    params: int
+
+
+def score_checkpoint(checkpoint: str | Path, cases: Sequence[TestCase], out_dir: str | Path,
+                     device: str = "auto", prompts: Sequence[str] | None = None) -> ScoreResult:
+    """Predict the test cases with `predict` (the function behind `promptseg predict`) and score
+    each class's mask with Dice against the reference (organ = own label + its tumours)."""
+    from .evaluation.labelmap import LabelMap
+    from .evaluation.metrics import dice
+    from .inference.predictor import predict
+    from .io import read_label
+    from .taxonomy import default_taxonomy
+    from .train.checkpoint import load_checkpoint
+
+    model = load_checkpoint(checkpoint, device="cpu")
+    params = int(sum(p.numel() for p in model.parameters()))
+    classes = list(prompts) if prompts else list(model.class_names)
+    results = predict(model, [c.image for c in cases], out_dir, prompts=classes, device=device, progress=False)
+    tax = default_taxonomy()
+    per_case: dict[str, dict[str, float]] = {}
+    seconds = []
+    for case, res in zip(cases, results):
+        pred = res["prediction"]
+        seconds.append(sum(pred.timings.values()))
+        gt = read_label(case.label)
+        ref = LabelMap(gt.array, case.labels, gt.spacing, tax, path=case.label)
+        whole = (slice(None),) * 3
+        scores = {}
+        for name in pred.masks:
+            mask = pred.masks[name].array
+            if mask.shape != gt.shape:
+                raise InputError(case.label, f"reference grid {gt.shape} differs from the prediction's {mask.shape}")
+            scores[name] = dice(mask, ref.mask(name, whole)) if ref.can_score(name) else math.nan
+        per_case[case.name] = scores
+    names = list(dict.fromkeys(n for s in per_case.values() for n in s))
+    mean = {n: _nanmean([s.get(n, math.nan) for s in per_case.values()]) for n in names}
+    return ScoreResult(mean, per_case, float(np.mean(seconds)), params)
+
+
+def _nanmean(values) -> float:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+@dataclass
+class MethodResult:
+    method: str
+    params: int
+    steps: int
+    seconds_per_step: float
+    seconds_per_volume: float
+    train_minutes: float
+    dice: dict[str, float]
+    per_case: dict[str, dict[str, float]] = field(default_factory=dict)
+    run_yaml: str = ""
+    checkpoint: str = ""
+
+    @property
+    def mean_dice(self) -> float:
+        return _nanmean(self.dice.values())
+
+
+def train_and_score(suite: Suite, method: str, run_dir: str | Path, steps: int | None = None, device: str = "auto",
+                    progress: bool = True, conditioner: Mapping[str, Any] | None = None,
+                    train: Mapping[str, Any] | None = None) -> MethodResult:
+    """One method end to end: run.yaml -> `promptseg train` -> predict the suite's test cases -> Dice."""
+    run_dir = Path(run_dir)
+    yml = write_run_yaml(suite, method, run_dir, steps=steps, conditioner=conditioner, train=train)
+    tr = train_run(yml, device=device, progress=progress)
+    pred_dir = run_dir / "predictions"
+    if pred_dir.exists():
+        shutil.rmtree(pred_dir)
+    sc = score_checkpoint(tr.checkpoint, suite.test_cases, pred_dir, device=device)
+    return MethodResult(method, sc.params, tr.steps, tr.seconds_per_step, sc.seconds_per_volume, tr.seconds / 60.0,
+                        sc.dice, sc.per_case, str(yml), str(tr.checkpoint))
+
+
+# --- the comparison ---------------------------------------------------------------------------------
+def _fmt(v: float, digits: int = 3) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def format_table(suite: Suite, rows: Sequence[MethodResult], command: str = "") -> str:
+    """Markdown: title, note, command, then method | params (M) | s/step | s/volume | Dice... | mean."""
+    classes = list(dict.fromkeys(c for r in rows for c in r.dice))
+    head = ["method", "params (M)", "s/step", "s/volume", *classes, "mean Dice"]
+    lines = [f"### {suite.title}", "", suite.note, ""]
+    if rows:
+        r0 = rows[0]
+        lines += [f"Same seed, step budget ({r0.steps} steps) and run YAML for every method; only `conditioner:` "
+                  f"differs. Dice per class on the scored set; timings on this machine.", ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
+    for r in rows:
+        cells = [r.method, f"{r.params / 1e6:.2f}", _fmt(r.seconds_per_step, 2), _fmt(r.seconds_per_volume, 2),
+                 *(_fmt(r.dice.get(c, math.nan)) for c in classes), _fmt(r.mean_dice)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def json_safe(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def compare(suite: str, methods: Sequence[str] | None = None, steps: int | None = None, out: str | Path = "bench_out",
+            device: str = "auto", data_dir: str | Path | None = None, progress: bool = True,
+            threads: int | None = None, command: str = "") -> dict[str, Any]:
+    """Train and score every method on one suite; print and write the table. Returns results.json's content."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    methods = list(dict.fromkeys(methods or method_names()))
+    for m in methods:
+        conditioner_config(m)  # unknown names fail before any work
+    work = Path(out).resolve() / suite
+    t0 = time.time()
+    s = build_suite(suite, work, data_dir)
+    rows: list[MethodResult] = []
+    table = format_table(s, rows, command)
+    for m in methods:
+        print(f"[bench {suite}] {m}: training {steps or s.run['train']['steps']} steps", file=sys.stderr, flush=True)
+        r = train_and_score(s, m, work / m, steps=steps, device=device, progress=progress)
+        print(f"[bench {suite}] {m}: mean Dice {_fmt(r.mean_dice)}, {r.seconds_per_step:.2f} s/step, "
+              f"{r.seconds_per_volume:.2f} s/volume", file=sys.stderr, flush=True)
+        rows.append(r)
+        table = format_table(s, rows, command)  # rewritten after each method: a killed run keeps its rows
+        _atomic_write(work / "table.md", table)
+    result = {
+        "suite": suite, "title": s.title, "note": s.note, "command": command, "device": device,
+        "threads": threads, "minutes": (time.time() - t0) / 60.0,
+        "datasets": [str(p) for p in s.datasets], "test_cases": [str(c.image) for c in s.test_cases],
+        "methods": [{**asdict(r), "mean_dice": r.mean_dice} for r in rows],
+    }
+    _atomic_write(work / "results.json", json.dumps(json_safe(result), indent=1) + "\n")
+    print(table)
+    return result
+
+
+# --- benchmarks/learn_real_ct.py ----------------------------------------------------------------
+def learn_real_ct(out: str | Path, steps: int | None = None, method: str = "universal", device: str = "auto",
+                  data_dir: str | Path | None = None, progress: bool = True,
+                  train: Mapping[str, Any] | None = None) -> MethodResult:
+    """Train on the real-CT suite's partial datasets and score the training scan itself (issue 3):
+    can the method learn real anatomy from partial labels at native 3 mm? Same datasets and run
+    YAML as the real-CT compare suite; `steps`/`train` shorten it (the integration test)."""
+    s = suite_settings("real-ct")
+    suite = real_ct_suite(Path(out).resolve(), data_dir, test_scan=s["train_scan"])
+    return train_and_score(suite, method, Path(out).resolve() / method, steps=steps, device=device,
+                           progress=progress, train=train)
+
+
+# --- CLI -------------------------------------------------------------------------------------------
+def _echo_argv(args) -> list[str]:
+    """The options as given (for the table's 'Command:' line)."""
+    out = ["--suite", args.suite]
+    if args.steps is not None:
+        out += ["--steps", str(args.steps)]
+    if args.methods:
+        out += ["--methods", *args.methods]
+    out += ["--out", args.out]
+    if args.device != "auto":
+        out += ["--device", args.device]
+    if args.data:
+        out += ["--data", args.data]
+    if args.threads:
+        out += ["--threads", str(args.threads)]
+    return out
+
+
+def add_compare_arguments(p) -> None:
+    p.add_argument("--suite", required=True, choices=SUITES, help="phantom (CPU, minutes) or real-ct")
+    p.add_argument("--steps", type=int, default=None, help="training steps per method (default: the suite's)")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help=f"conditioners to compare (default: all of {', '.join(method_names())})")
+    p.add_argument("--out", default="bench_out", help="work folder (data, runs, predictions, table)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--data", default=None, help="folder of the real scans (default: ../shared/data beside the clone)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_compare_args(args) -> int:
+    """`promptseg bench compare ...` (also benchmarks/compare_methods.py)."""
+    command = "promptseg bench compare " + " ".join(shlex.quote(a) for a in _echo_argv(args))
+    compare(args.suite, methods=args.methods, steps=args.steps, out=args.out, device=args.device,
+            data_dir=args.data, progress=not args.quiet, threads=args.threads, command=command)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks: `promptseg bench compare --suite phantom|real-ct`")
+    verbs = p.add_subparsers(dest="bench_verb", metavar="BENCH")
+    c = verbs.add_parser("compare", help="train every conditioner alike and print one comparison table")
+    add_compare_arguments(c)
+    c.set_defaults(func=run_compare_args)
+    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])

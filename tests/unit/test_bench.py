@@ -1,0 +1,111 @@
+"""promptseg.bench without training: the partial split of a labelled scan, the run YAMLs (only
+`conditioner:` differs) and the table."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from promptseg import bench
+from promptseg.errors import ConfigError, InputError
+from promptseg.io import read_image, read_label, write_image
+from promptseg.io.volume import Volume
+
+# TotalSegmentator spellings, as in ../shared/data/*/labels.json
+NAMES = {"1": "spleen", "2": "kidney_right", "3": "kidney_left", "5": "liver", "52": "aorta", "63": "inferior_vena_cava",
+         "30": "vertebrae_L2"}
+
+
+@pytest.fixture()
+def scan(tmp_path) -> Path:
+    d = tmp_path / "scan_x"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    lab = np.zeros((12, 10, 6), np.uint8)
+    for i, v in enumerate(int(v) for v in NAMES):
+        lab[i, :, :3] = v  # one slab per class
+    geo = dict(spacing=(3.0, 2.5, 4.0), origin=(10.0, -20.0, 5.0), direction=np.diag([-1.0, -1.0, 1.0]))
+    write_image(Volume(rng.integers(-1000, 400, lab.shape).astype(np.int16), **geo), d / "image.nii.gz")
+    write_image(Volume(lab, **geo), d / "labels.nii.gz")
+    (d / "labels.json").write_text(json.dumps(NAMES))
+    return d
+
+
+SPLITS = {"A_liver_spleen": ["liver", "spleen"], "B_kidneys": ["right kidney", "kidney_left"],
+          "C_vessels": ["aorta", "IVC"]}
+
+
+def test_split_keeps_only_each_datasets_classes(scan, tmp_path):
+    from promptseg.data.manifest import load_dataset
+
+    out = bench.split_partial_datasets(scan, tmp_path / "splits", SPLITS)
+    assert list(out) == list(SPLITS)
+    src_lab = read_label(scan / "labels.nii.gz").array
+    expect = {"A_liver_spleen": {"liver": 5, "spleen": 1}, "B_kidneys": {"right kidney": 2, "left kidney": 3},
+              "C_vessels": {"aorta": 52, "postcava": 63}}
+    for name, folder in out.items():
+        spec = json.loads((folder / "dataset.json").read_text())
+        assert spec["description"].startswith(bench.SPLIT_TAG)
+        table = {k: v for k, v in spec["labels"].items() if k != "background"}
+        assert set(table) == set(expect[name])  # canonical taxonomy names
+        img = folder / "imagesTr" / "scan_x_0000.nii.gz"
+        assert img.read_bytes() == (scan / "image.nii.gz").read_bytes()  # the image untouched
+        lab = read_label(folder / "labelsTr" / "scan_x.nii.gz", reference=read_image(img))
+        assert set(np.unique(lab.array)) == {0, *table.values()}
+        for cls, v in table.items():
+            assert np.array_equal(lab.array == v, src_lab == expect[name][cls])
+        assert sorted(load_dataset(folder).annotated_classes) == sorted(expect[name])
+
+
+def test_split_errors_are_one_line(scan, tmp_path):
+    with pytest.raises(InputError, match="no label for 'pancreas'"):
+        bench.split_partial_datasets(scan, tmp_path / "s", {"P": ["pancreas"]})
+    with pytest.raises(ConfigError, match="not a taxonomy class"):
+        bench.split_partial_datasets(scan, tmp_path / "s", {"P": ["flux capacitor"]})
+    foreign = tmp_path / "s2" / "A_liver_spleen"
+    foreign.mkdir(parents=True)
+    (foreign / "dataset.json").write_text(json.dumps({"description": "somebody's data"}))
+    with pytest.raises(InputError, match="refusing to overwrite"):
+        bench.split_partial_datasets(scan, tmp_path / "s2", SPLITS)
+    # an earlier split of ours is replaced
+    bench.split_partial_datasets(scan, tmp_path / "s3", SPLITS)
+    bench.split_partial_datasets(scan, tmp_path / "s3", SPLITS)
+
+
+def test_run_yamls_differ_only_in_conditioner(scan, tmp_path):
+    suite = bench.Suite("t", "title", "note", [scan], [], {
+        "seed": 0, "plan": {"name": "universal_ct", "spacing": None}, "backbone": {"name": "unet"},
+        "train": {"steps": 10, "patch_size": [32, 32, 32]}, "inference": {"window": [32, 32, 32]}})
+    docs = {}
+    for m in bench.method_names():
+        p = bench.write_run_yaml(suite, m, tmp_path / m, steps=3, train={"lr": 0.01})
+        docs[m] = yaml.safe_load(p.read_text())
+    conds = {m: d.pop("conditioner") for m, d in docs.items()}
+    assert all(d == docs["universal"] for d in docs.values())  # name, output, datasets, train, ... alike
+    assert docs["universal"]["train"] == {"steps": 3, "patch_size": [32, 32, 32], "lr": 0.01}
+    assert suite.run["train"]["steps"] == 10  # the suite itself is not modified
+    assert {m: c["name"] for m, c in conds.items()} == {m: m for m in bench.method_names()}
+    with pytest.raises(ConfigError, match="unknown method"):
+        bench.conditioner_config("nnunet")
+
+
+def test_table_has_every_class_and_the_note():
+    suite = bench.Suite("t", "my suite", "same patient: not generalisation", [], [], {})
+    rows = [
+        bench.MethodResult("universal", 2_930_000, 300, 0.93, 1.2, 4.6, {"liver": 0.9, "spleen": 0.8}),
+        bench.MethodResult("sat", 1_830_000, 300, 0.51, 1.0, 2.5, {"liver": 0.7, "spleen": math.nan}),
+    ]
+    text = bench.format_table(suite, rows, command="promptseg bench compare --suite t")
+    lines = text.splitlines()
+    assert "not generalisation" in text and "`promptseg bench compare --suite t`" in text
+    header = next(line for line in lines if line.startswith("| method"))
+    assert [c.strip() for c in header.strip("|").split("|")] == \
+        ["method", "params (M)", "s/step", "s/volume", "liver", "spleen", "mean Dice"]
+    uni = next(line for line in lines if line.startswith("| universal"))
+    assert [c.strip() for c in uni.strip("|").split("|")] == ["universal", "2.93", "0.93", "1.20", "0.900", "0.800", "0.850"]
+    sat = next(line for line in lines if line.startswith("| sat"))
+    assert sat.split("|")[-3].strip() == "-" and sat.split("|")[-2].strip() == "0.700"  # NaN skipped in the mean
