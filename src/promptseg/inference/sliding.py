@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from dataclasses import replace
 from typing import Sequence
 
@@ -78,12 +79,16 @@ def sliding_window_logits(
     progress: bool = False,
     sigma_scale: float = 0.125,
     amp: bool | None = None,
+    precision: str | None = None,
+    head_chunk: int | None = None,
 ) -> torch.Tensor:
     """Logits [1, K, X, Y, Z] for `image` [1, C, X, Y, Z], one channel per prompt.
 
     `device` runs the windows (default: the model's device); `out_device` holds the stitched
     logits (default: `device`). `amp` uses float16 autocast on CUDA (default: on for CUDA).
-    Runs under `torch.inference_mode`; the model should be in eval mode.
+    `precision` (auto/float32/bfloat16/float16) overrides `amp`; `head_chunk` evaluates the
+    Universal Model's dynamic head in chunks (see `WindowRunner`). Runs under
+    `torch.inference_mode`; the model should be in eval mode.
     """
     from monai.inferers import sliding_window_inference
 
@@ -99,20 +104,15 @@ def sliding_window_logits(
     if not isinstance(prompt_batch, PromptBatch):
         prompt_batch = model.prompt_batch(list(prompt_batch), batch_size=1)
     roi = fit_window(window, image.shape[2:], size_multiple(model))
-    use_amp = (device.type == "cuda") if amp is None else (amp and device.type == "cuda")
-    cache: dict[int, PromptBatch] = {}
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        if n not in cache:
-            cache[n] = _batch_prompts(prompt_batch, n)
-        out = model(x, cache[n])
-        return out.float()
-
-    autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
+    if precision is not None:
+        dtype = resolve_precision(precision, device)
+    else:
+        use_amp = (device.type == "cuda") if amp is None else (amp and device.type == "cuda")
+        dtype = torch.float16 if use_amp else None
+    run = WindowRunner(model, prompt_batch, dtype, head_chunk)
     if device.type != "cpu":
         image = image.to(device, non_blocking=True)  # one copy up, not one per window
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode():
         logits = sliding_window_inference(
             image.float(),
             roi_size=roi,
@@ -128,3 +128,313 @@ def sliding_window_logits(
             progress=progress,
         )
     return logits
+
+
+# --- the lean path ----------------------------------------------------------------------------
+# Why a second stitcher: MONAI keeps float logits of every class for the whole image (K x N x 4
+# bytes: 1.4 GB for 32 classes of a 1.5 mm abdomen) and the predictor then thresholds them. Here
+# windows are run in the order of one axis and each slab of that axis is thresholded as soon as
+# no later window touches it, so float memory is K x (window + step) slices, whatever the
+# image's length. Window positions and Gaussian weights are MONAI's own (same numbers).
+
+def machine_threads() -> int:
+    """CPU cores this process may use (cgroup/affinity aware), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def set_threads(threads: int | None = None) -> int:
+    """torch intra-op threads: `threads`, else the cores this process may use; returns the count."""
+    n = int(threads) if threads else machine_threads()
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {threads!r}")
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def cpu_has_bf16() -> bool:
+    """True when oneDNN runs bfloat16 natively here (AVX512-BF16 / AMX), where it is ~2-3x faster."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_PRECISIONS = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+               "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for the windows (None = float32). 'auto': float16 on CUDA, bfloat16 on CPUs
+    with native bfloat16, else float32. Stitching and thresholds are always float32."""
+    p = "auto" if precision is None else str(precision).lower()
+    if p == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
+    if p not in _PRECISIONS:
+        raise ValueError(f"precision must be auto, float32, bfloat16 or float16, got {precision!r}")
+    dt = _PRECISIONS[p]
+    if dt is torch.float16 and device.type == "cpu":
+        raise ValueError("float16 is for CUDA; on a CPU use bfloat16 or float32")
+    return dt
+
+
+class WindowRunner:
+    """Runs a segmenter on window batches with everything prompt-dependent prepared once.
+
+    For a `UniversalSegmenter` the conditioner's `prepare` (text codes, task ids, priors) runs once
+    per batch size, not once per window; each window gets a shallow copy of that context. For the
+    Universal Model's dynamic head (`DynamicHeadConditioner.predict`, not overridden) the per-class
+    1x1x1 convolutions run in spatial chunks of `head_chunk // K` voxels (K = classes asked), so
+    its K x 8-channel intermediate (0.9 GB per 96^3 window for 32 classes) never exists and each
+    chunk's (~4 MB) stays in cache: the same numbers, ~5x faster head on a CPU (96^3 window, 32
+    classes, 1 thread: 2.5 s instead of 7.5 s; the backbone alone is 1.3 s). Any other model is
+    called as `model(x, prompts)`.
+    """
+
+    def __init__(self, model, prompt_batch: PromptBatch, dtype: torch.dtype | None = None,
+                 head_chunk: int | None = 131072):
+        self.model = model
+        self.prompt_batch = prompt_batch
+        self.dtype = dtype
+        self.head_chunk = int(head_chunk) if head_chunk else 0
+        self._ctx: dict[int, object] = {}
+        self._batches: dict[int, PromptBatch] = {}
+        from ..models.segmenter import UniversalSegmenter
+
+        self.structured = isinstance(model, UniversalSegmenter) and type(model).forward is UniversalSegmenter.forward
+        self.fast_head = False
+        self._indices = None
+        if self.structured:
+            try:
+                from ..models.conditioners.universal import DynamicHeadConditioner
+            except ImportError:  # pragma: no cover - conditioner module absent
+                DynamicHeadConditioner = None
+            cond = model.conditioner
+            if (DynamicHeadConditioner is not None and isinstance(cond, DynamicHeadConditioner)
+                    and type(cond).predict is DynamicHeadConditioner.predict and self.head_chunk > 0):
+                self.fast_head = True
+                self._indices = cond.resolve_indices(prompt_batch)  # once per volume
+                self.chunk = max(1024, self.head_chunk // max(1, len(self._indices)))
+
+    def _context(self, n: int):
+        from ..models.conditioners.base import Context
+
+        if n not in self._ctx:
+            self._batches[n] = _batch_prompts(self.prompt_batch, n)
+            self._ctx[n] = self.model.conditioner.prepare(self._batches[n], n)
+        base = self._ctx[n]
+        data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.data.items()}
+        return Context(prompts=base.prompts, batch_size=base.batch_size, data=data)
+
+    def _head(self, cond, decoder_out, encoder_feats, ctx) -> torch.Tensor:
+        from ..models.conditioners.universal import BOTTLENECK_KEY
+
+        bottleneck = ctx.data.get(BOTTLENECK_KEY, encoder_feats[-1])
+        image = cond.gap(bottleneck).flatten(1)
+        params = cond.controller_params(image, self._indices)
+        feats = cond.precls(decoder_out)
+        b, c = feats.shape[:2]
+        spatial = feats.shape[2:]
+        flat = feats.reshape(b, c, -1)
+        n = flat.shape[-1]
+        out = torch.empty((b, len(self._indices), n), dtype=torch.float32, device=feats.device)
+        for s in range(0, n, self.chunk):
+            out[:, :, s:s + self.chunk] = cond.dynamic_head(flat[:, :, s:s + self.chunk], params)
+        return out.reshape(b, -1, *spatial)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        autocast = (torch.autocast(x.device.type, dtype=self.dtype) if self.dtype is not None
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            if not self.structured:
+                if n not in self._batches:
+                    self._batches[n] = _batch_prompts(self.prompt_batch, n)
+                return self.model(x, self._batches[n]).float()
+            ctx = self._context(n)
+            cond = self.model.conditioner
+            out = self.model.backbone(x, cond, ctx)
+            if self.fast_head:
+                return self._head(cond, out.decoder_out, out.encoder_feats, ctx)
+            return cond.predict(out.decoder_out, out.encoder_feats, ctx).float()
+
+
+def scan_interval(image_size: Sequence[int], roi: Sequence[int], overlap: float) -> tuple[int, ...]:
+    """MONAI's step between windows: int(roi * (1 - overlap)), the roi itself when it spans the axis."""
+    out = []
+    for n, r in zip(image_size, roi):
+        out.append(int(r) if r == n else max(1, int(r * (1 - overlap))))
+    return tuple(out)
+
+
+def window_grid(image_shape: Sequence[int], roi: Sequence[int], overlap: float):
+    """(padding, padded shape, window start tuples) exactly as MONAI's sliding_window_inference."""
+    from monai.data.utils import dense_patch_slices
+
+    pad = [(max(r - n, 0) // 2, max(r - n, 0) - max(r - n, 0) // 2) for n, r in zip(image_shape, roi)]
+    padded = tuple(max(n, r) for n, r in zip(image_shape, roi))
+    slices = dense_patch_slices(padded, tuple(roi), scan_interval(padded, roi, overlap))
+    starts = [tuple(int(s.start) for s in sl) for sl in slices]
+    return pad, padded, starts
+
+
+def _logit(t: float) -> float:
+    return math.log(t / (1.0 - t))
+
+
+#: probabilities are kept as round(PROB_SCALE * p) in uint16
+PROB_SCALE = 65535.0
+
+
+def sliding_window_masks(
+    model,
+    image: torch.Tensor,
+    prompt_batch: PromptBatch,
+    thresholds: Sequence[float],
+    window: Sequence[int] | int = (96, 96, 96),
+    overlap: float = 0.5,
+    mode: str = "gaussian",
+    sw_batch_size: int = 2,
+    device: str | torch.device | None = None,
+    precision: str | None = "auto",
+    head_chunk: int | None = 131072,
+    sigma_scale: float = 0.125,
+    region: Sequence[slice] | None = None,
+    progress: bool = False,
+    stats: dict | None = None,
+):
+    """Per-class bool masks and uint16 probabilities [K, X, Y, Z] (numpy, CPU) for `image` [1, C, ...].
+
+    Same windows, Gaussian weights and blending as `sliding_window_logits` (MONAI), but only a
+    slab of float logits is ever held. mask = logit > logit(t) (= sigmoid > t); prob =
+    round(PROB_SCALE * sigmoid) (uint16: 2e-5 steps, fine enough that resampling it later matches
+    resampling float32 probabilities; uint8's 4e-3 steps moved boundaries of flat fields). `region` (slices of the image) runs only the windows that overlap it;
+    inside it the logits are exactly those of the full run (every window covering a voxel there
+    is run), outside it everything is background. `stats` (a dict) receives the windows run,
+    the windows of the full grid and the network seconds.
+    """
+    import time
+
+    import numpy as np
+    import torch.nn.functional as F
+    from monai.data.utils import compute_importance_map
+    from tqdm import tqdm
+
+    if image.ndim != 5 or image.shape[0] != 1:
+        raise ValueError(f"expected an image [1, C, X, Y, Z], got {tuple(image.shape)}")
+    k = len(prompt_batch)
+    if len(thresholds) != k:
+        raise ValueError(f"{len(thresholds)} thresholds for {k} prompts")
+    if device is None:
+        try:
+            device = next(model.parameters()).device
+        except StopIteration:
+            device = image.device
+    device = torch.device(device)
+    dtype = resolve_precision(precision, device)
+    runner = WindowRunner(model, prompt_batch, dtype, head_chunk)
+    shape = tuple(int(s) for s in image.shape[2:])
+    roi = fit_window(window, shape, size_multiple(model))
+    pad, padded, starts = window_grid(shape, roi, overlap)
+    x = image.float()
+    if any(p for pp in pad for p in pp):
+        flat_pad = [v for a in reversed(range(3)) for v in pad[a]]
+        x = F.pad(x, flat_pad, mode="constant", value=float(image.min()) if image.numel() else 0.0)
+    x = x.to(device)
+
+    n_full = len(starts)
+    if region is not None:  # keep windows overlapping the region (in padded coordinates)
+        lo = [(r.start or 0) + p[0] for r, p in zip(region, pad)]
+        hi = [(shape[a] if region[a].stop is None else region[a].stop) + pad[a][0] for a in range(3)]
+        starts = [s for s in starts if all(s[a] < hi[a] and s[a] + roi[a] > lo[a] for a in range(3))]
+    # Stream along axis 0: MONAI's window order is already sorted by it, so the windows run in the
+    # same order and the same batches as `sliding_window_inference` -- which matters for models
+    # whose normalisation uses batch statistics at inference (the official U-Net's ContBatchNorm).
+    axis = 0
+    weight = compute_importance_map(roi, mode=mode, sigma_scale=sigma_scale, device=device, dtype=torch.float32)
+    bounds = sorted({0, padded[axis]} | {s[axis] for s in starts} | {s[axis] + roi[axis] for s in starts})
+    bounds = [b for b in bounds if b <= padded[axis]]
+
+    masks = np.zeros((k,) + shape, dtype=bool)
+    probs = np.zeros((k,) + shape, dtype=np.uint16)
+    cut = torch.tensor([_logit(float(t)) for t in thresholds], dtype=torch.float32, device=device).view(k, 1, 1, 1)
+    acc: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    other = [a for a in range(3) if a != axis]
+
+    def chunk(j: int):
+        if j not in acc:
+            size = [padded[a] for a in range(3)]
+            size[axis] = bounds[j + 1] - bounds[j]
+            acc[j] = (torch.zeros([k] + size, dtype=torch.float32, device=device),
+                      torch.zeros([1] + size, dtype=torch.float32, device=device))
+        return acc[j]
+
+    def finish(j: int) -> None:
+        """Slab j is complete: blend, threshold, crop the padding, write into the outputs."""
+        if j not in acc:
+            return
+        total, wsum = acc.pop(j)
+        covered = wsum > 0
+        total.div_(wsum.clamp_min(1e-12))
+        lo_p, hi_p = bounds[j], bounds[j + 1]
+        sel = [slice(pad[a][0], pad[a][0] + shape[a]) for a in range(3)]
+        a0, a1 = max(lo_p, pad[axis][0]), min(hi_p, pad[axis][0] + shape[axis])
+        if a1 <= a0:
+            return
+        sel[axis] = slice(a0 - lo_p, a1 - lo_p)
+        z = total[(slice(None), *sel)]
+        cov = covered[(slice(None), *sel)]
+        out = [slice(None)] * 3
+        out[axis] = slice(a0 - pad[axis][0], a1 - pad[axis][0])
+        m = (z > cut) & cov
+        p = torch.sigmoid(z).mul_(PROB_SCALE).round_().mul_(cov).to(torch.int32)
+        masks[(slice(None), *out)] = m.cpu().numpy()
+        probs[(slice(None), *out)] = p.cpu().numpy().astype(np.uint16)
+
+    bs = max(1, int(sw_batch_size))
+    t0 = time.perf_counter()
+    done = 0  # slabs [0, done) are written
+    bar = tqdm(total=len(starts), desc="windows", unit="win", disable=not progress, leave=False)
+    for b0 in range(0, len(starts), bs):
+        batch = starts[b0:b0 + bs]
+        xs = torch.cat([x[(slice(None), slice(None), *(slice(s[a], s[a] + roi[a]) for a in range(3)))] for s in batch])
+        logits = runner(xs)
+        if logits.shape[1] != k or tuple(logits.shape[2:]) != tuple(roi):
+            raise RuntimeError(f"model returned {tuple(logits.shape)} for windows {tuple(xs.shape)} and {k} prompts")
+        for i, s in enumerate(batch):
+            j = bounds.index(s[axis])
+            while bounds[j] < s[axis] + roi[axis]:
+                total, wsum = chunk(j)
+                w_lo, w_hi = bounds[j] - s[axis], bounds[j + 1] - s[axis]
+                src = [slice(None)] * 3
+                src[axis] = slice(w_lo, w_hi)
+                dst = [slice(s[a], s[a] + roi[a]) for a in range(3)]
+                dst[axis] = slice(None)
+                w = weight[tuple(src)]
+                total[(slice(None), *dst)].addcmul_(logits[i][(slice(None), *src)], w)
+                wsum[(slice(None), *dst)] += w
+                j += 1
+        bar.update(len(batch))
+        nxt = starts[b0 + bs][axis] if b0 + bs < len(starts) else padded[axis]
+        while done < len(bounds) - 1 and bounds[done + 1] <= nxt:
+            finish(done)
+            done += 1
+    bar.close()
+    for j in list(acc):
+        finish(j)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    if region is not None:  # outside the region windows are incomplete: background there
+        keep = np.zeros(shape, dtype=bool)
+        keep[tuple(region)] = True
+        masks &= keep
+        probs *= keep
+    if stats is not None:
+        stats.update(windows=len(starts), windows_full=n_full, window=tuple(roi),
+                     network_s=time.perf_counter() - t0, precision=str(dtype or torch.float32).replace("torch.", ""))
+    return masks, probs
