@@ -359,7 +359,7 @@ def score_checkpoint(checkpoint: str | Path, cases: Sequence[TestCase], out_dir:
         seconds.append(sum(pred.timings.values()))
         gt = read_label(case.label)
         ref = LabelMap(gt.array, case.labels, gt.spacing, tax, path=case.label)
-        whole = (slice(None),) * 3
+        whole = tuple(slice(0, n) for n in gt.shape)
         scores = {}
         for name in pred.masks:
             mask = pred.masks[name].array
@@ -415,7 +415,19 @@ def _fmt(v: float, digits: int = 3) -> str:
     return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
-def format_table(suite: Suite, rows: Sequence[MethodResult], command: str = "") -> str:
+def machine_line(device: str = "auto") -> str:
+    """Where the timings come from: device, torch threads, load average (a busy box inflates them)."""
+    import torch
+
+    from .train.trainer import resolve_device
+
+    dev = resolve_device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} torch thread(s)"
+    load = "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return f"Timings: {name}; load average {load} on {os.cpu_count()} CPUs when written."
+
+
+def format_table(suite: Suite, rows: Sequence[MethodResult], command: str = "", machine: str = "") -> str:
     """Markdown: title, note, command, then method | params (M) | s/step | s/volume | Dice... | mean."""
     classes = list(dict.fromkeys(c for r in rows for c in r.dice))
     head = ["method", "params (M)", "s/step", "s/volume", *classes, "mean Dice"]
@@ -426,6 +438,8 @@ def format_table(suite: Suite, rows: Sequence[MethodResult], command: str = "") 
                   f"differs. Dice per class on the scored set; timings on this machine.", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
+    if machine:
+        lines += [machine, ""]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
     for r in rows:
@@ -467,18 +481,18 @@ def compare(suite: str, methods: Sequence[str] | None = None, steps: int | None 
     t0 = time.time()
     s = build_suite(suite, work, data_dir)
     rows: list[MethodResult] = []
-    table = format_table(s, rows, command)
+    table = format_table(s, rows, command, machine_line(device))
     for m in methods:
         print(f"[bench {suite}] {m}: training {steps or s.run['train']['steps']} steps", file=sys.stderr, flush=True)
         r = train_and_score(s, m, work / m, steps=steps, device=device, progress=progress)
         print(f"[bench {suite}] {m}: mean Dice {_fmt(r.mean_dice)}, {r.seconds_per_step:.2f} s/step, "
               f"{r.seconds_per_volume:.2f} s/volume", file=sys.stderr, flush=True)
         rows.append(r)
-        table = format_table(s, rows, command)  # rewritten after each method: a killed run keeps its rows
+        table = format_table(s, rows, command, machine_line(device))  # rewritten per method: a killed run keeps its rows
         _atomic_write(work / "table.md", table)
     result = {
         "suite": suite, "title": s.title, "note": s.note, "command": command, "device": device,
-        "threads": threads, "minutes": (time.time() - t0) / 60.0,
+        "threads": threads, "minutes": (time.time() - t0) / 60.0, "machine": machine_line(device),
         "datasets": [str(p) for p in s.datasets], "test_cases": [str(c.image) for c in s.test_cases],
         "methods": [{**asdict(r), "mean_dice": r.mean_dice} for r in rows],
     }

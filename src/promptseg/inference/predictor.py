@@ -399,7 +399,7 @@ class Predictor:
             if grown is None:
                 break
             tries += 1
-            if tries > 2:  # the locating pass was far off: stop guessing, run everywhere
+            if tries > 1:  # the locating pass was far off: stop guessing, run everywhere
                 notes.append("roi: classes kept reaching the edge of the located region; ran everywhere")
                 region = None
             else:
