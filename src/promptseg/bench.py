@@ -303,7 +303,7 @@ class TrainResult:
     checkpoint: Path
     steps: int
     seconds: float           # the training loop only (set-up and caching excluded)
-    seconds_per_step: float  # steps 2..N (the first step pays one-off allocation)
+    seconds_per_step: float  # median over steps 2..N (the first pays one-off allocation)
 
 
 def train_run(run_yaml: str | Path, device: str = "auto", progress: bool = True) -> TrainResult:
@@ -324,7 +324,8 @@ def train_run(run_yaml: str | Path, device: str = "auto", progress: bool = True)
         raise PromptsegError(f"{run_yaml}: `promptseg {' '.join(argv)}` failed (exit {rc})")
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
     secs = [float(r["seconds"]) for r in log]
-    per_step = (secs[-1] - secs[0]) / (len(secs) - 1) if len(secs) > 1 else secs[-1]
+    # median step time: robust to other jobs' bursts on a shared machine (the mean is in `seconds`)
+    per_step = float(np.median(np.diff(secs))) if len(secs) > 1 else secs[-1]
     return TrainResult(find_checkpoint(out / "model"), len(log), secs[-1], per_step)
 
 
@@ -372,6 +373,11 @@ def score_checkpoint(checkpoint: str | Path, cases: Sequence[TestCase], out_dir:
     return ScoreResult(mean, per_case, float(np.mean(seconds)), params)
 
 
+def _nans(scores: Mapping[str, float | None]) -> dict[str, float]:
+    """JSON null (how NaN is stored) back to NaN."""
+    return {k: math.nan if v is None else float(v) for k, v in scores.items()}
+
+
 def _nanmean(values) -> float:
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     return float(np.mean(vals)) if vals else math.nan
@@ -397,17 +403,38 @@ class MethodResult:
 
 def train_and_score(suite: Suite, method: str, run_dir: str | Path, steps: int | None = None, device: str = "auto",
                     progress: bool = True, conditioner: Mapping[str, Any] | None = None,
-                    train: Mapping[str, Any] | None = None) -> MethodResult:
-    """One method end to end: run.yaml -> `promptseg train` -> predict the suite's test cases -> Dice."""
+                    train: Mapping[str, Any] | None = None, reuse: bool = False) -> MethodResult:
+    """One method end to end: run.yaml -> `promptseg train` -> predict the suite's test cases -> Dice.
+
+    RUN_DIR/result.json records the outcome together with the run YAML it came from; `reuse`
+    returns it instead of training again when that YAML is unchanged (a bench killed half-way).
+    """
     run_dir = Path(run_dir)
     yml = write_run_yaml(suite, method, run_dir, steps=steps, conditioner=conditioner, train=train)
+    record = run_dir / "result.json"
+    if reuse and record.is_file():
+        try:
+            doc = json.loads(record.read_text())
+            if doc.get("run_yaml_text") == yml.read_text():
+                doc.pop("run_yaml_text")
+                doc.pop("mean_dice", None)
+                doc["dice"] = _nans(doc["dice"])
+                doc["per_case"] = {c: _nans(d) for c, d in doc["per_case"].items()}
+                return MethodResult(**doc)
+        except (OSError, ValueError, TypeError, KeyError):
+            pass  # unreadable or from another version: train again
+    if record.exists():
+        record.unlink()
     tr = train_run(yml, device=device, progress=progress)
     pred_dir = run_dir / "predictions"
     if pred_dir.exists():
         shutil.rmtree(pred_dir)
     sc = score_checkpoint(tr.checkpoint, suite.test_cases, pred_dir, device=device)
-    return MethodResult(method, sc.params, tr.steps, tr.seconds_per_step, sc.seconds_per_volume, tr.seconds / 60.0,
-                        sc.dice, sc.per_case, str(yml), str(tr.checkpoint))
+    result = MethodResult(method, sc.params, tr.steps, tr.seconds_per_step, sc.seconds_per_volume, tr.seconds / 60.0,
+                          sc.dice, sc.per_case, str(yml), str(tr.checkpoint))
+    doc = {**asdict(result), "mean_dice": result.mean_dice, "run_yaml_text": yml.read_text()}
+    _atomic_write(record, json.dumps(json_safe(doc), indent=1) + "\n")
+    return result
 
 
 # --- the comparison ---------------------------------------------------------------------------------
@@ -468,8 +495,11 @@ def json_safe(obj):
 
 def compare(suite: str, methods: Sequence[str] | None = None, steps: int | None = None, out: str | Path = "bench_out",
             device: str = "auto", data_dir: str | Path | None = None, progress: bool = True,
-            threads: int | None = None, command: str = "") -> dict[str, Any]:
-    """Train and score every method on one suite; print and write the table. Returns results.json's content."""
+            threads: int | None = None, command: str = "", resume: bool = False) -> dict[str, Any]:
+    """Train and score every method on one suite; print and write the table. Returns results.json's content.
+
+    `resume` keeps the methods an earlier, interrupted call already finished with the same run YAML.
+    """
     if threads:
         import torch
 
@@ -484,7 +514,7 @@ def compare(suite: str, methods: Sequence[str] | None = None, steps: int | None 
     table = format_table(s, rows, command, machine_line(device))
     for m in methods:
         print(f"[bench {suite}] {m}: training {steps or s.run['train']['steps']} steps", file=sys.stderr, flush=True)
-        r = train_and_score(s, m, work / m, steps=steps, device=device, progress=progress)
+        r = train_and_score(s, m, work / m, steps=steps, device=device, progress=progress, reuse=resume)
         print(f"[bench {suite}] {m}: mean Dice {_fmt(r.mean_dice)}, {r.seconds_per_step:.2f} s/step, "
               f"{r.seconds_per_volume:.2f} s/volume", file=sys.stderr, flush=True)
         rows.append(r)
@@ -541,6 +571,8 @@ def add_compare_arguments(p) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--data", default=None, help="folder of the real scans (default: ../shared/data beside the clone)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep methods an interrupted run already finished (same run YAML); train the rest")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -548,7 +580,8 @@ def run_compare_args(args) -> int:
     """`promptseg bench compare ...` (also benchmarks/compare_methods.py)."""
     command = "promptseg bench compare " + " ".join(shlex.quote(a) for a in _echo_argv(args))
     compare(args.suite, methods=args.methods, steps=args.steps, out=args.out, device=args.device,
-            data_dir=args.data, progress=not args.quiet, threads=args.threads, command=command)
+            data_dir=args.data, progress=not args.quiet, threads=args.threads, command=command,
+            resume=args.resume)
     return 0
 
 

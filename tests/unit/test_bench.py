@@ -109,3 +109,24 @@ def test_table_has_every_class_and_the_note():
     assert [c.strip() for c in uni.strip("|").split("|")] == ["universal", "2.93", "0.93", "1.20", "0.900", "0.800", "0.850"]
     sat = next(line for line in lines if line.startswith("| sat"))
     assert sat.split("|")[-3].strip() == "-" and sat.split("|")[-2].strip() == "0.700"  # NaN skipped in the mean
+
+
+def test_resume_reuses_a_finished_method_only_for_the_same_yaml(scan, tmp_path, monkeypatch):
+    suite = bench.Suite("t", "title", "note", [scan], [], {"train": {"steps": 10}})
+    calls = []
+
+    def fake_train(yml, device="auto", progress=True):
+        calls.append(yml)
+        return bench.TrainResult(Path("ckpt"), 10, 6.0, 0.5)
+
+    monkeypatch.setattr(bench, "train_run", fake_train)
+    monkeypatch.setattr(bench, "score_checkpoint", lambda *a, **k: bench.ScoreResult(
+        {"liver": 0.9, "spleen": math.nan}, {"c1": {"liver": 0.9, "spleen": math.nan}}, 1.5, 1000))
+    first = bench.train_and_score(suite, "onehot", tmp_path / "onehot", reuse=True)
+    again = bench.train_and_score(suite, "onehot", tmp_path / "onehot", reuse=True)
+    assert len(calls) == 1
+    assert again.dice["liver"] == 0.9 and math.isnan(again.dice["spleen"]) and again.params == 1000
+    assert again.mean_dice == first.mean_dice == 0.9
+    bench.train_and_score(suite, "onehot", tmp_path / "onehot", steps=5, reuse=True)  # another YAML
+    bench.train_and_score(suite, "onehot", tmp_path / "onehot", steps=5, reuse=False)  # not asked to reuse
+    assert len(calls) == 3
