@@ -295,7 +295,7 @@ class Trainer:
         while self.step < stop:
             logs = self.train_step()
             bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss']:.3f}", dice=f"{logs['dice']:.3f}", lr=f"{logs['lr']:.1e}")
+            bar.set_postfix(loss=f"{logs['loss']:.3f}", dice_loss=f"{logs['dice']:.3f}", lr=f"{logs['lr']:.1e}")
             if self.rank == 0:
                 with open(log_path, "a") as f:
                     f.write(json.dumps({"step": self.step, **logs, "seconds": round(time.time() - started, 2)}) + "\n")
