@@ -13,22 +13,13 @@ import pytest
 import torch
 
 from promptseg.cli import main
-from promptseg.models.official import official_layout
+from promptseg.models.official import random_official_state_dict
 from promptseg.train.checkpoint import load_checkpoint
 
 
 def _official_file(tmp_path, backbone: str, prefix: str = "module.") -> "Path":
-    gen = torch.Generator().manual_seed(0)
-    sd = {}
-    for k, shape in official_layout(backbone).items():
-        if k.endswith("num_batches_tracked"):
-            sd[prefix + k] = torch.tensor(1)
-        elif "running_var" in k:
-            sd[prefix + k] = torch.rand(shape, generator=gen) + 0.5
-        else:
-            sd[prefix + k] = torch.randn(shape, generator=gen) * 0.02
     path = tmp_path / f"official_{backbone}.pth"
-    torch.save({"net": sd, "epoch": 1}, path)
+    torch.save({"net": random_official_state_dict(backbone, prefix=prefix), "epoch": 1}, path)
     return path
 
 

@@ -109,11 +109,13 @@ def _side_mask(shape: tuple[int, ...], axis: int, sign: int, middle: float, side
 
 def largest_components(mask: np.ndarray, k: int = 1, connectivity: int = 26, min_fraction: float = 0.0) -> np.ndarray:
     """The `k` largest connected components of `mask` (ties: lower label, i.e. scan order),
-    plus any other component at least `min_fraction` of the largest (0 = exactly k)."""
+    plus any other component at least `min_fraction` of the largest (0 = exactly k).
+    Labelled inside the mask's bounding box: an organ in a whole-body grid costs its own size."""
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return mask.copy()
-    labels, n = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
+    box = _bbox(mask, 0)
+    labels, n = cc3d.connected_components(np.ascontiguousarray(mask[box]), connectivity=connectivity, return_N=True)
     if n <= k:
         return mask.copy()
     sizes = np.bincount(labels.ravel())
@@ -122,7 +124,11 @@ def largest_components(mask: np.ndarray, k: int = 1, connectivity: int = 26, min
     keep = list(order[:k])
     if min_fraction > 0:
         keep += [int(i) for i in order[k:n] if sizes[i] >= min_fraction * sizes[order[0]]]
-    return np.isin(labels, keep)
+    lut = np.zeros(n + 1, dtype=bool)
+    lut[keep] = True
+    out = np.zeros(mask.shape, dtype=bool)
+    out[box] = lut[labels]
+    return out
 
 
 def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
@@ -185,6 +191,7 @@ def postprocess(
     direction: np.ndarray | None = None,
     rules: Mapping[str, Any] | None = None,
     notes: list[str] | None = None,
+    workers: int = 1,
 ) -> dict[str, np.ndarray]:
     """Apply the taxonomy's rules to binary masks (class name -> bool array, network grid).
 
@@ -193,6 +200,7 @@ def postprocess(
     parent -> small lesions dropped. Classes the taxonomy does not know pass through unchanged.
     `probs` is accepted for symmetry with `merge` (rules here are binary). Messages about rules
     that could not apply (e.g. a tumour whose organ was not asked) are appended to `notes`.
+    `workers` threads run the per-class largest-component step side by side.
     """
     tax = taxonomy or default_taxonomy()
     rules = load_rules(rules)
@@ -226,11 +234,22 @@ def postprocess(
             if c.laterality in ("left", "right") and name not in handled:
                 out[name] = out[name] & _side_mask(shape, lr_axis, lr_sign, middle, c.laterality)
 
-    # 2. one connected component where the anatomy has one
+    # 2. one connected component where the anatomy has one (classes side by side: cc3d and
+    #    numpy release the GIL)
     if rules.get("largest_component", True):
-        for name, c in info.items():
-            if c.single_instance and c.kind != "lesion":
-                out[name] = largest_components(out[name], 1, conn, float(rules.get("largest_component_min_fraction") or 0))
+        single = [name for name, c in info.items() if c.single_instance and c.kind != "lesion"]
+        fraction = float(rules.get("largest_component_min_fraction") or 0)
+
+        def keep_largest(name: str) -> np.ndarray:
+            return largest_components(out[name], 1, conn, fraction)
+
+        if workers > 1 and len(single) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                out.update(zip(single, pool.map(keep_largest, single)))
+        else:
+            out.update((name, keep_largest(name)) for name in single)
 
     # 3. vessels cut below a reference organ's lowest slice
     si_axis, si_sign = patient_axis(direction, "superior")

@@ -367,12 +367,13 @@ class Predictor:
                 masks = postprocess(
                     masks, None, self.taxonomy, pre.record.network.spacing, body_mask=body[box],
                     direction=np.asarray(pre.record.network.direction, dtype=float).reshape(3, 3),
-                    rules=self.rules, notes=notes,
+                    rules=self.rules, notes=notes, workers=self.threads,
                 )
         part: dict[str, float] = {}
         with _Timer(timings, "invert"):
             label_vol, packed = invert_classes(classes, raw, probs, masks, thresholds, pre.record, box, values,
-                                               self.taxonomy, interpolation=s["interpolation"], timings=part)
+                                               self.taxonomy, interpolation=s["interpolation"], timings=part,
+                                               workers=self.threads)
             del raw, probs, masks
         timings["invert"] -= part["merge"]  # reported apart: the merge runs class by class inside
         timings["merge"] = part["merge"]
@@ -495,8 +496,14 @@ class Predictor:
         out["labels"] = write_labels_json(out_dir / "labels.json", pred.names)
         mask_paths: dict[str, Path] = {}
         if write_masks:
-            for name in pred.masks:
-                mask_paths[name] = write_image(pred.masks[name], out_dir / case / f"{slug(name)}.nii.gz")
+            # gzip is most of the writing time and zlib releases the GIL: one class per thread
+            from concurrent.futures import ThreadPoolExecutor
+
+            def write_mask(name: str) -> Path:
+                return write_image(pred.masks[name], out_dir / case / f"{slug(name)}.nii.gz")
+
+            with ThreadPoolExecutor(max_workers=max(1, int(self.threads))) as pool:
+                mask_paths = dict(zip(pred.masks, pool.map(write_mask, list(pred.masks))))
         out["masks"] = mask_paths
         pred.timings["write"] = time.perf_counter() - t0
         out["prediction"] = pred

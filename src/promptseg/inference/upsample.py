@@ -89,6 +89,26 @@ def _padded(x: np.ndarray, sub, ext) -> np.ndarray:
     return out
 
 
+def _bounded_ordered_map(fn, items: Sequence, workers: int):
+    """fn over items in order, `workers` at a time, never more than 2 x workers results held
+    (each is a class's box: memory stays bounded however many classes there are)."""
+    if workers <= 1:
+        for item in items:
+            yield fn(item)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def invert_classes(
     classes: Sequence[str],
     raw: np.ndarray,
@@ -101,6 +121,7 @@ def invert_classes(
     taxonomy: Taxonomy,
     interpolation: str = "linear",
     timings: dict[str, float] | None = None,
+    workers: int = 1,
 ) -> tuple[Volume, np.ndarray]:
     """(label map Volume, packed masks uint8 [ceil(K/8), *original]) on the record's original grid.
 
@@ -108,6 +129,8 @@ def invert_classes(
     (slices of the record's network grid); kept: class -> post-processed mask of the crop.
     interpolation "nearest" skips the probability resampling (faster, blockier). `timings`
     receives the seconds spent merging ("merge"), which is interleaved with the resampling.
+    `workers` threads resample classes side by side (torch and numpy release the GIL); the
+    merge stays in class order, so the result does not depend on it.
     """
     import time
 
@@ -124,16 +147,13 @@ def invert_classes(
     offset = [int(b.start or 0) + int(lo) for b, lo in zip(box, record.crop_lo)]
     crop_shape = raw.shape[1:]
     n_res, n_or = record.resampled.shape, record.oriented.shape
-    layer = -1
-    for i in sorted(range(k), key=lambda j: (layer_of(classes[j], taxonomy), j)):
-        name = classes[i]
-        if layer_of(name, taxonomy) != layer:
-            layer = layer_of(name, taxonomy)
-            best.fill(0)
-        keep = np.asarray(kept[name], dtype=bool)
+
+    def resample(i: int):
+        """Class i on the oriented input grid: (region, mask, uint16 probability) or None."""
+        keep = np.asarray(kept[classes[i]], dtype=bool)
         sub = _bbox(raw[i] | keep, 1)
         if sub is None:
-            continue
+            return None
         # one more voxel where the box meets the crop's edge: outside the crop is probability 0,
         # and the reference (resampling the un-cropped grid) blends toward it there
         ext = [(int(sub[a].start > 0 or offset[a] > 0), int(sub[a].stop < crop_shape[a] or
@@ -142,7 +162,7 @@ def invert_classes(
         hi = [sub[a].stop + ext[a][1] + offset[a] for a in range(3)]
         plans = [_axis_plan(n_res[a], n_or[a], lo[a], hi[a]) for a in range(3)]
         if any(len(p[0]) == 0 for p in plans):
-            continue
+            return None
         keep_s, raw_s = _padded(keep, sub, ext), _padded(raw[i], sub, ext)
         near = [np.clip(nearest_indices(n_res[a], n_or[a])[plans[a][0]] - lo[a], 0, hi[a] - lo[a] - 1)
                 for a in range(3)]
@@ -163,8 +183,20 @@ def invert_classes(
             mask = keep_s[grid]
             prob = _padded(probs[i], sub, ext)[grid]
         if not mask.any():
-            continue
+            return None
         region = tuple(slice(int(p[0][0]), int(p[0][-1]) + 1) for p in plans)
+        return region, mask, prob
+
+    order = sorted(range(k), key=lambda j: (layer_of(classes[j], taxonomy), j))
+    layer = -1
+    for i, done in zip(order, _bounded_ordered_map(resample, order, max(1, int(workers)))):
+        name = classes[i]
+        if layer_of(name, taxonomy) != layer:
+            layer = layer_of(name, taxonomy)
+            best.fill(0)
+        if done is None:
+            continue
+        region, mask, prob = done
         bits = reorient(packed[i // 8], record.perm, record.flip)
         bits[region] |= mask.astype(np.uint8) << np.uint8(7 - i % 8)
         t0 = time.perf_counter()

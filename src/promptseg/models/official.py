@@ -66,6 +66,22 @@ def official_layout(backbone: str) -> dict[str, tuple[int, ...]]:
     return {k: tuple(s) for k, s in official_facts()["models"][backbone]["keys"]}
 
 
+def random_official_state_dict(backbone: str, seed: int = 0, prefix: str = "module.") -> dict[str, torch.Tensor]:
+    """A state dict with the official names and shapes and seeded random values: what a published
+    file looks like to the loader, for testing the import and timing the pipeline without the
+    real weights (which are never downloaded here). Batch-norm variances are kept positive."""
+    gen = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+    for k, shape in official_layout(backbone).items():
+        if k.endswith("num_batches_tracked"):
+            sd[prefix + k] = torch.tensor(1)
+        elif "running_var" in k:
+            sd[prefix + k] = torch.rand(shape, generator=gen) + 0.5
+        else:
+            sd[prefix + k] = torch.randn(shape, generator=gen) * 0.02
+    return sd
+
+
 def official_class_names() -> list[str]:
     from ..taxonomy import UNIVERSAL_CLASSES
 
