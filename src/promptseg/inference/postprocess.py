@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from ..errors import ConfigError
 from ..taxonomy import ClassInfo, Taxonomy, default_taxonomy
+from .threads import ordered_thread_map
 
 _RAS_DIRECTION = np.diag([-1.0, -1.0, 1.0])  # RAS grid written in the LPS convention of Volume
 
@@ -234,8 +235,7 @@ def postprocess(
             if c.laterality in ("left", "right") and name not in handled:
                 out[name] = out[name] & _side_mask(shape, lr_axis, lr_sign, middle, c.laterality)
 
-    # 2. one connected component where the anatomy has one (classes side by side: cc3d and
-    #    numpy release the GIL)
+    # 2. one connected component where the anatomy has one (classes side by side)
     if rules.get("largest_component", True):
         single = [name for name, c in info.items() if c.single_instance and c.kind != "lesion"]
         fraction = float(rules.get("largest_component_min_fraction") or 0)
@@ -243,13 +243,7 @@ def postprocess(
         def keep_largest(name: str) -> np.ndarray:
             return largest_components(out[name], 1, conn, fraction)
 
-        if workers > 1 and len(single) > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                out.update(zip(single, pool.map(keep_largest, single)))
-        else:
-            out.update((name, keep_largest(name)) for name in single)
+        out.update(zip(single, list(ordered_thread_map(keep_largest, single, workers))))
 
     # 3. vessels cut below a reference organ's lowest slice
     si_axis, si_sign = patient_axis(direction, "superior")

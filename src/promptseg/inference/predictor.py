@@ -36,6 +36,7 @@ from ..io.volume import Volume
 from .merge import label_values
 from .postprocess import body_mask_from_image, load_rules, postprocess
 from .sliding import resolve_device, set_threads, sliding_window_masks
+from .threads import ordered_thread_map
 from .upsample import invert_classes
 
 #: Inference settings and their defaults (a checkpoint's `inference:` section overrides them).
@@ -496,14 +497,11 @@ class Predictor:
         out["labels"] = write_labels_json(out_dir / "labels.json", pred.names)
         mask_paths: dict[str, Path] = {}
         if write_masks:
-            # gzip is most of the writing time and zlib releases the GIL: one class per thread
-            from concurrent.futures import ThreadPoolExecutor
-
-            def write_mask(name: str) -> Path:
+            def write_mask(name: str) -> Path:  # gzip is most of the writing time
                 return write_image(pred.masks[name], out_dir / case / f"{slug(name)}.nii.gz")
 
-            with ThreadPoolExecutor(max_workers=max(1, int(self.threads))) as pool:
-                mask_paths = dict(zip(pred.masks, pool.map(write_mask, list(pred.masks))))
+            names = list(pred.masks)
+            mask_paths = dict(zip(names, ordered_thread_map(write_mask, names, int(self.threads))))
         out["masks"] = mask_paths
         pred.timings["write"] = time.perf_counter() - t0
         out["prediction"] = pred

@@ -28,6 +28,7 @@ from ..preprocess.geometry import nearest_indices, reorient
 from ..taxonomy import Taxonomy
 from .merge import label_dtype, layer_of
 from .sliding import PROB_SCALE
+from .threads import ordered_thread_map
 
 
 def _axis_plan(n_res: int, n_or: int, lo: int, hi: int):
@@ -87,26 +88,6 @@ def _padded(x: np.ndarray, sub, ext) -> np.ndarray:
     at = [-b for b in before]
     out[at[0]:at[0] + inner.shape[0], at[1]:at[1] + inner.shape[1], at[2]:at[2] + inner.shape[2]] = inner
     return out
-
-
-def _bounded_ordered_map(fn, items: Sequence, workers: int):
-    """fn over items in order, `workers` at a time, never more than 2 x workers results held
-    (each is a class's box: memory stays bounded however many classes there are)."""
-    if workers <= 1:
-        for item in items:
-            yield fn(item)
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 def invert_classes(
@@ -189,7 +170,7 @@ def invert_classes(
 
     order = sorted(range(k), key=lambda j: (layer_of(classes[j], taxonomy), j))
     layer = -1
-    for i, done in zip(order, _bounded_ordered_map(resample, order, max(1, int(workers)))):
+    for i, done in zip(order, ordered_thread_map(resample, order, int(workers))):
         name = classes[i]
         if layer_of(name, taxonomy) != layer:
             layer = layer_of(name, taxonomy)
