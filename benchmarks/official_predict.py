@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -35,15 +34,19 @@ def promptseg(*args: str) -> list[str]:
 
 
 def run_timed(cmd: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MB of the child, its stdout)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        sys.exit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-2000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, max(peak, before) / 1024.0, done.stdout
+    """(wall seconds, peak RSS MB of this child alone, its stdout). `os.wait4` gives the child's
+    own rusage; RUSAGE_CHILDREN would be the maximum over every child so far."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err.read()[-2000:]}")
+        return wall, usage.ru_maxrss / 1024.0, out.read()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for bb in args.backbones:
-        src = work / f"official_{bb}.pth"
-        torch.save({"net": random_official_state_dict(bb, seed=0), "epoch": 0}, src)
         model_dir = work / f"{bb}_model"
-        if not (model_dir / "checkpoint.json").exists():
+        if not (model_dir / "checkpoint.json").exists():  # a --work folder of an earlier run keeps its import
+            src = work / f"official_{bb}.pth"
+            torch.save({"net": random_official_state_dict(bb, seed=0), "epoch": 0}, src)
             run_timed(promptseg("import-checkpoint", str(src), "-o", str(model_dir)))
         cmd = promptseg("predict", "-m", str(model_dir), "-i", args.image, "-o", str(work / f"{bb}_out"),
                         "--device", args.device, "--quiet")
