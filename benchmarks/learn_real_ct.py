@@ -27,6 +27,7 @@ BAR_CLASSES = ["liver", "spleen", "right kidney", "left kidney"]
 
 def main(argv: list[str] | None = None) -> int:
     from promptseg.bench import json_safe, learn_real_ct, method_names, suite_settings
+    from promptseg.io.atomic import atomic_write
     from promptseg.errors import PromptsegError
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -70,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve() / "learn_real_ct.json"
     doc = {**asdict(r), "mean_dice": r.mean_dice, "minutes": minutes, "bar": args.bar, "bar_met": ok,
            "load_average": load}
-    tmp = out.with_name(f".{out.name}.partial")
-    tmp.write_text(json.dumps(json_safe(doc), indent=1, default=str) + "\n")
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(json_safe(doc), indent=1, default=str) + "\n")
     return 0 if ok else 1
 
 

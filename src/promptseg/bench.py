@@ -33,6 +33,8 @@ import numpy as np
 import yaml
 
 from .errors import ConfigError, InputError, PromptsegError
+from .evaluation.evaluate import json_safe
+from .io.atomic import atomic_write
 
 SUITES = ("phantom", "real-ct")
 SPLIT_TAG = "promptseg partial split"  # dataset.json description prefix: ours, safe to overwrite
@@ -433,7 +435,7 @@ def train_and_score(suite: Suite, method: str, run_dir: str | Path, steps: int |
     result = MethodResult(method, sc.params, tr.steps, tr.seconds_per_step, sc.seconds_per_volume, tr.seconds / 60.0,
                           sc.dice, sc.per_case, str(yml), str(tr.checkpoint))
     doc = {**asdict(result), "mean_dice": result.mean_dice, "run_yaml_text": yml.read_text()}
-    _atomic_write(record, json.dumps(json_safe(doc), indent=1) + "\n")
+    atomic_write(record, json.dumps(json_safe(doc), indent=1) + "\n")
     return result
 
 
@@ -476,23 +478,6 @@ def format_table(suite: Suite, rows: Sequence[MethodResult], command: str = "", 
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def json_safe(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
 def compare(suite: str, methods: Sequence[str] | None = None, steps: int | None = None, out: str | Path = "bench_out",
             device: str = "auto", data_dir: str | Path | None = None, progress: bool = True,
             threads: int | None = None, command: str = "", resume: bool = False) -> dict[str, Any]:
@@ -519,14 +504,14 @@ def compare(suite: str, methods: Sequence[str] | None = None, steps: int | None 
               f"{r.seconds_per_volume:.2f} s/volume", file=sys.stderr, flush=True)
         rows.append(r)
         table = format_table(s, rows, command, machine_line(device))  # rewritten per method: a killed run keeps its rows
-        _atomic_write(work / "table.md", table)
+        atomic_write(work / "table.md", table)
     result = {
         "suite": suite, "title": s.title, "note": s.note, "command": command, "device": device,
         "threads": threads, "minutes": (time.time() - t0) / 60.0, "machine": machine_line(device),
         "datasets": [str(p) for p in s.datasets], "test_cases": [str(c.image) for c in s.test_cases],
         "methods": [{**asdict(r), "mean_dice": r.mean_dice} for r in rows],
     }
-    _atomic_write(work / "results.json", json.dumps(json_safe(result), indent=1) + "\n")
+    atomic_write(work / "results.json", json.dumps(json_safe(result), indent=1) + "\n")
     print(table)
     return result
 

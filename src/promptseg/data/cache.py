@@ -39,6 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError, PromptsegError
+from ..io.atomic import atomic_write
 from .manifest import Case, DatasetManifest, LabelMapping
 
 CACHE_VERSION = 1
@@ -129,9 +130,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def _save_json(path: Path, doc: dict) -> None:
-    from .manifest import atomic_write_text
-
-    atomic_write_text(path, json.dumps(doc, indent=1))
+    atomic_write(path, json.dumps(doc, indent=1))
 
 
 def _smallest_label_dtype(a: np.ndarray) -> np.dtype:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import yaml
 
 from ..errors import InputError, PromptsegError
+from ..io.atomic import atomic_write
 
 MANIFEST_NAME = "promptseg_dataset.yaml"
 MANIFEST_FORMAT = "promptseg-dataset/1"
@@ -226,7 +226,7 @@ class DatasetManifest:
             header = ("# promptseg dataset manifest. Edit `target` of a label to change its class (null = ignore);\n"
                       "# under `pending`, set `confirm: true` to accept `proposal` (edit it first if wrong).\n")
             text = header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=120)
-        atomic_write_text(path, text)
+        atomic_write(path, text)
         self.path = path
         return path
 
@@ -312,18 +312,6 @@ class DatasetManifest:
 def _under(root: Path, p) -> Path:
     p = Path(str(p))
     return p if p.is_absolute() else root / p
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + os.replace, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- folder scanning ---------------------------------------------------------------------------

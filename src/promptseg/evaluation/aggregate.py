@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ._atomic import atomic_write
+from ..io.atomic import atomic_write
 
 SUMMARY_METRICS = ("dice", "nsd", "hd95", "msd", "volume_diff_mm3")
 LESION_REGION = "lesion"

@@ -22,7 +22,7 @@ from .. import __version__
 from ..errors import ConfigError, InputError
 from ..taxonomy import Taxonomy, default_taxonomy
 from . import aggregate
-from ._atomic import atomic_write
+from ..io.atomic import atomic_write
 from .cases import CaseFile, find_cases
 from .detection import DetectionCase, lesion_counts, summarize
 from .labelmap import LabelMap, class_ref, union_boxes
@@ -135,18 +135,18 @@ def _score_case(pred: CaseFile, gt: CaseFile, dataset: str, s: EvaluationSetting
     return rows, det, unlabelled
 
 
-def _json_safe(obj):
+def json_safe(obj):
     """NaN and +-inf become null (JSON has neither); tuples become lists."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
+        return json_safe(obj.item())
     return obj
 
 
@@ -207,7 +207,7 @@ def evaluate_pairs(
         files["metrics.csv"] = aggregate.write_csv(rows, out / "metrics.csv", ROW_COLUMNS)
         if s.report and s.worst_n > 0:
             summary["worst_cases"] = _draw_worst(rows, jobs, s.worst_n, out, tax, s.include_children)
-        files["summary.json"] = atomic_write(out / "summary.json", json.dumps(_json_safe(summary), indent=1) + "\n")
+        files["summary.json"] = atomic_write(out / "summary.json", json.dumps(json_safe(summary), indent=1) + "\n")
         if s.report:
             from .report import write_report
 

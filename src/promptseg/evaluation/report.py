@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ._atomic import atomic_write
+from ..io.atomic import atomic_write
 
 GT_COLOR = "#00d000"
 PRED_COLOR = "#ff2050"

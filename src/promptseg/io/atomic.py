@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader never sees a half-written metrics.csv / summary.json / report."""
+"""Atomic file writes: a reader never sees a half-written manifest, metrics table, report or bench result."""
 from __future__ import annotations
 
 import os
