@@ -146,7 +146,7 @@ def test_cli_on_shared_data_writes_the_three_files(tmp_path, capsys):
     liver = next(r for r in rows if r["class"] == "liver")
     assert 0.5 < float(liver["dice"]) < 1.0 and liver["status"] == "scored"
     assert len(summary["worst_cases"]) == 2 and all((out / w["png"]).is_file() for w in summary["worst_cases"])
-    html = (out / "report.html").read_text()
+    html = (out / "report.html").read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") == 3 and "ct_abdomen_pelvis" in html
 
 
