@@ -66,6 +66,16 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return torch.device(device)
 
 
+def _run_device(model, image: torch.Tensor, device) -> torch.device:
+    """Where the windows run: `device` when given, else the model's (the image's if it has no weights)."""
+    if device is None:
+        try:
+            return next(model.parameters()).device
+        except StopIteration:
+            return image.device
+    return torch.device(device)
+
+
 def sliding_window_logits(
     model,
     image: torch.Tensor,
@@ -94,12 +104,7 @@ def sliding_window_logits(
 
     if image.ndim != 5 or image.shape[0] != 1:
         raise ValueError(f"expected an image [1, C, X, Y, Z], got {tuple(image.shape)}")
-    if device is None:
-        try:
-            device = next(model.parameters()).device
-        except StopIteration:
-            device = image.device
-    device = torch.device(device)
+    device = _run_device(model, image, device)
     out_device = torch.device(out_device) if out_device is not None else device
     if not isinstance(prompt_batch, PromptBatch):
         prompt_batch = model.prompt_batch(list(prompt_batch), batch_size=1)
@@ -330,12 +335,7 @@ def sliding_window_masks(
     k = len(prompt_batch)
     if len(thresholds) != k:
         raise ValueError(f"{len(thresholds)} thresholds for {k} prompts")
-    if device is None:
-        try:
-            device = next(model.parameters()).device
-        except StopIteration:
-            device = image.device
-    device = torch.device(device)
+    device = _run_device(model, image, device)
     dtype = resolve_precision(precision, device)
     runner = WindowRunner(model, prompt_batch, dtype, head_chunk)
     shape = tuple(int(s) for s in image.shape[2:])
