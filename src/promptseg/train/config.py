@@ -110,15 +110,23 @@ def resolve_config(raw: dict[str, Any], base_dir: Path | None = None) -> dict[st
     return cfg
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
+def read_run_yaml(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """The run YAML's mapping as written (no defaults) and the folder its paths are relative to."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: run config not found")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: a run config must be a mapping")
+    return raw, p.parent
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    raw, base = read_run_yaml(path)
     try:
-        return resolve_config(raw or {}, p.parent)
+        return resolve_config(raw, base)
     except ConfigError as exc:
-        raise ConfigError(f"{p}: {exc}") from None
+        raise ConfigError(f"{Path(path)}: {exc}") from None

@@ -49,10 +49,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import yaml
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from .config import read_run_yaml
 from .trainer import Trainer, class_list, load_datasets
 
 STRATEGIES = ("pseudo-label", "freeze-backbone", "lora", "naive")
@@ -112,19 +112,6 @@ def check_finetune_section(ft: dict[str, Any], where: str = "run config") -> dic
     if ft["freeze"] not in ("none", "encoder", "backbone"):
         raise ConfigError(f"{where}: finetune.freeze must be none, encoder or backbone, got {ft['freeze']!r}")
     return ft
-
-
-def read_run_yaml(path: str | Path) -> tuple[dict[str, Any], Path]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: run config not found")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: a run config must be a mapping")
-    return raw, p.parent
 
 
 def _resolve(raw: dict[str, Any], base_dir: Path | None, where: str) -> dict[str, Any]:
