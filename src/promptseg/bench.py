@@ -21,7 +21,6 @@ import os
 import shlex
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -34,7 +33,7 @@ import yaml
 
 from .errors import ConfigError, InputError, PromptsegError
 from .evaluation.evaluate import json_safe
-from .io.atomic import atomic_write
+from .io.atomic import atomic_directory, atomic_write
 
 SUITES = ("phantom", "real-ct")
 SPLIT_TAG = "promptseg partial split"  # dataset.json description prefix: ours, safe to overwrite
@@ -183,8 +182,7 @@ def _write_split(root: Path, name: str, case: str, image_path: Path, label, clas
         if not str(desc).startswith(SPLIT_TAG):
             raise InputError(final, "exists and is not a promptseg partial split; refusing to overwrite")
     ending = _ending(image_path)
-    work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-    try:
+    with atomic_directory(final) as work:
         (work / "imagesTr").mkdir()
         shutil.copyfile(image_path, work / "imagesTr" / f"{case}_0000{ending}")
         write_image(label, work / "labelsTr" / f"{case}{ending}")
@@ -198,12 +196,6 @@ def _write_split(root: Path, name: str, case: str, image_path: Path, label, clas
             "training": [{"image": f"./imagesTr/{case}_0000{ending}", "label": f"./labelsTr/{case}{ending}"}],
         }
         (work / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(work, final)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return final
 
 

@@ -11,15 +11,13 @@ kidney lands on the patient's left whatever the file orientation.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from ..errors import ConfigError, InputError, TaxonomyError
+from ..io.atomic import atomic_directory
 from ..io.volume import Volume
 
 # The phantom's own label table (every class name is a taxonomy name; tumour overrides organ).
@@ -421,8 +419,7 @@ def _write_dataset(root: Path, name: str, classes, tumour_ranges, stream: int, n
             desc = ""
         if not str(desc).startswith("promptseg phantom"):
             raise InputError(final, "exists and is not a promptseg phantom dataset; refusing to overwrite")
-    work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-    try:
+    with atomic_directory(final) as work:
         img_dir, lab_dir = ("imagesTs", "labelsTs") if test else ("imagesTr", "labelsTr")
         (work / img_dir).mkdir()
         (work / lab_dir).mkdir()
@@ -457,12 +454,6 @@ def _write_dataset(root: Path, name: str, classes, tumour_ranges, stream: int, n
         else:
             meta["training"] = entries
         (work / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(work, final)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return final
 
 
