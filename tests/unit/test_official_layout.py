@@ -12,21 +12,14 @@ from promptseg.models.official import (
     official_facts,
     official_layout,
     official_to_native,
+    random_official_state_dict,
 )
 
 
 def fake_official(backbone: str, prefix: str = "module.", infix: bool = True) -> dict[str, torch.Tensor]:
     """Random tensors with the official names/shapes, spelled as a saved checkpoint would be."""
-    g = torch.Generator().manual_seed(0)
-    out = {}
-    for name, shape in official_layout(backbone).items():
-        if not infix:
-            name = name.removeprefix("backbone.")
-        if name.endswith("num_batches_tracked"):
-            out[prefix + name] = torch.tensor(7)
-        else:
-            out[prefix + name] = torch.randn(shape, generator=g) if shape else torch.tensor(1.0)
-    return out
+    sd = random_official_state_dict(backbone, seed=0, prefix="")
+    return {prefix + (name if infix else name.removeprefix("backbone.")): v for name, v in sd.items()}
 
 
 @pytest.fixture(scope="module")
