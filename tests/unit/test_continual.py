@@ -26,12 +26,7 @@ UNIVERSAL = {"name": "universal", "hidden": 8, "mlp_hidden": 8}
 OLD = ["spleen", "liver", "pancreas"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(classes, cond=UNIVERSAL, seed=0):

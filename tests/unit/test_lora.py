@@ -16,13 +16,7 @@ from promptseg.models.lora import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two OpenMP threads on a shared, loaded machine are ~50x slower than one for these sizes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise_adapters(model: nn.Module, std: float = 0.1) -> None:
