@@ -33,11 +33,11 @@ import yaml
 
 from .errors import ConfigError, InputError, PromptsegError
 from .evaluation.evaluate import json_safe
-from .io.atomic import atomic_directory, atomic_write
+from .io.atomic import atomic_directory, atomic_write, refuse_foreign
+from .io.formats import WRITABLE, case_id, channel_file, image_ending
 
 SUITES = ("phantom", "real-ct")
 SPLIT_TAG = "promptseg partial split"  # dataset.json description prefix: ours, safe to overwrite
-_IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 # --- settings ------------------------------------------------------------------------------------
@@ -100,15 +100,11 @@ class Suite:
 
 
 def _file_in(folder: Path, stem: str) -> Path:
-    for ending in _IMAGE_ENDINGS:
+    for ending in WRITABLE:
         p = folder / f"{stem}{ending}"
         if p.is_file():
             return p
-    raise InputError(folder, f"no {stem}{{{','.join(_IMAGE_ENDINGS)}}} here")
-
-
-def _ending(path: Path) -> str:
-    return next(e for e in _IMAGE_ENDINGS if path.name.endswith(e))
+    raise InputError(folder, f"no {stem}{{{','.join(WRITABLE)}}} here")
 
 
 def _scan_labels(scan_dir: Path) -> dict[str, tuple[int, ...]]:
@@ -174,17 +170,11 @@ def _write_split(root: Path, name: str, case: str, image_path: Path, label, clas
     from .io import write_image
 
     final = root / name
-    if final.exists():
-        try:
-            desc = json.loads((final / "dataset.json").read_text()).get("description", "")
-        except (OSError, ValueError, AttributeError):
-            desc = ""
-        if not str(desc).startswith(SPLIT_TAG):
-            raise InputError(final, "exists and is not a promptseg partial split; refusing to overwrite")
-    ending = _ending(image_path)
+    refuse_foreign(final, SPLIT_TAG, "a promptseg partial split")
+    ending = image_ending(image_path)
     with atomic_directory(final) as work:
         (work / "imagesTr").mkdir()
-        shutil.copyfile(image_path, work / "imagesTr" / f"{case}_0000{ending}")
+        shutil.copyfile(image_path, work / "imagesTr" / channel_file(case, 0, ending))
         write_image(label, work / "labelsTr" / f"{case}{ending}")
         meta = {
             "channel_names": {"0": "CT"},
@@ -193,9 +183,9 @@ def _write_split(root: Path, name: str, case: str, image_path: Path, label, clas
             "file_ending": ending,
             "name": name,
             "description": f"{SPLIT_TAG} of {source}: only {', '.join(classes)} annotated",
-            "training": [{"image": f"./imagesTr/{case}_0000{ending}", "label": f"./labelsTr/{case}{ending}"}],
+            "training": [{"image": f"./imagesTr/{channel_file(case, 0, ending)}", "label": f"./labelsTr/{case}{ending}"}],
         }
-        (work / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+        atomic_write(work / "dataset.json", json.dumps(meta, indent=2) + "\n")
     return final
 
 
@@ -210,7 +200,7 @@ def nnunet_test_cases(folder: Path) -> list[TestCase]:
     cases = []
     for e in spec.get("test") or []:
         image = (folder / e["image"]).resolve()
-        cases.append(TestCase(image.name.split("_0000")[0], image, (folder / e["label"]).resolve(), labels))
+        cases.append(TestCase(case_id(image), image, (folder / e["label"]).resolve(), labels))
     if not cases:
         raise InputError(folder / "dataset.json", "lists no test cases")
     return cases
@@ -286,9 +276,7 @@ def write_run_yaml(suite: Suite, method: str, run_dir: str | Path, steps: int | 
             raise ConfigError(f"--steps must be a positive integer, got {steps}")
         raw["train"]["steps"] = int(steps)
     path = run_dir / "run.yaml"
-    tmp = path.with_name(".run.yaml.partial")
-    tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
-    os.replace(tmp, path)
+    atomic_write(path, yaml.safe_dump(raw, sort_keys=False))
     return path
 
 

@@ -6,7 +6,6 @@ labelled phantoms by text prompts, and writes masks, a PNG overlay and a metrics
 from __future__ import annotations
 
 import json
-import os
 import time
 from importlib import resources
 from pathlib import Path
@@ -14,39 +13,15 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .evaluation.report import overlay_png
+from .io.atomic import atomic_write
+from .io.formats import DEFAULT_ENDING, case_id, channel_file
+
 
 def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
     from .evaluation.metrics import dice
 
     return float(dice(pred, gt))
-
-
-def _overlay_png(image: np.ndarray, label: np.ndarray, path: Path, title: str) -> None:
-    """Three orthogonal slices through the image with the merged label map overlaid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    centre = [int(np.mean(ix)) if len(ix) else s // 2 for ix, s in zip(np.nonzero(label), label.shape)]
-    views = [
-        (image[:, :, centre[2]], label[:, :, centre[2]], "axial"),
-        (image[:, centre[1], :], label[:, centre[1], :], "coronal"),
-        (image[centre[0], :, :], label[centre[0], :, :], "sagittal"),
-    ]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
-    for ax, (img, lab, name) in zip(axes, views):
-        ax.imshow(np.rot90(img), cmap="gray", vmin=-175, vmax=250)
-        masked = np.ma.masked_where(np.rot90(lab) == 0, np.rot90(lab))
-        ax.imshow(masked, cmap="tab20", alpha=0.5, interpolation="nearest", vmin=0, vmax=32)
-        ax.set_title(name)
-        ax.axis("off")
-    fig.suptitle(title)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: int = 4) -> dict:
@@ -66,7 +41,7 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
     raw = yaml.safe_load(resources.files("promptseg.configs").joinpath("demo.yaml").read_text())
     if steps is not None:
         raw["train"]["steps"] = steps
-    (out / "demo.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    atomic_write(out / "demo.yaml", yaml.safe_dump(raw, sort_keys=False))
     config = resolve_config(raw, out)
     print(f"[2/4] training ({config['train']['steps']} steps on {', '.join(Path(d['path']).name for d in config['datasets'])})")
     t1 = time.time()
@@ -83,12 +58,12 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
     prompts = [n for n in model.class_names]
     pred_dir = out / "predictions"
     per_case: dict[str, dict[str, float]] = {}
-    images = sorted((test_dir / "imagesTs").glob("*_0000.nii.gz"))
+    images = sorted((test_dir / "imagesTs").glob(channel_file("*")))
     for img_path in images:
-        case = img_path.name[: -len("_0000.nii.gz")]
+        case = case_id(img_path)
         written = predictor.predict_file(img_path, pred_dir, prompts=prompts)
         image = read_image(img_path)
-        gt = read_label(test_dir / "labelsTs" / f"{case}.nii.gz", reference=image).array
+        gt = read_label(test_dir / "labelsTs" / f"{case}{DEFAULT_ENDING}", reference=image).array
         merged = read_label(written["label_map"]).array
         scores = {}
         for name in prompts:
@@ -100,7 +75,8 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
             pred_mask = read_label(mask_path).array > 0 if mask_path else np.zeros_like(gt_mask)
             scores[name] = _dice(pred_mask, gt_mask) if gt_mask.any() or pred_mask.any() else float("nan")
         per_case[case] = scores
-        _overlay_png(image.array, merged, pred_dir / f"{case}_overlay.png", f"{case}: prediction")
+        png = overlay_png(gt > 0, merged > 0, image.spacing, image.array, f"{case}: prediction", image.direction)
+        atomic_write(pred_dir / f"{case}_overlay.png", png)
 
     print("[4/4] Dice per class on held-out phantoms")
     summary = {}
@@ -116,9 +92,7 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
         "checkpoint": str(ckpt),
         "predictions": str(pred_dir),
     }
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out / "metrics.json")
+    atomic_write(out / "metrics.json", json.dumps(result, indent=1))
     print(f"done in {result['total_seconds']:.0f} s; masks, overlays and metrics in {out}")
     return result
 

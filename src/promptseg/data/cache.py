@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -39,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError, PromptsegError
-from ..io.atomic import atomic_write
+from ..io.atomic import atomic_path, atomic_write
 from .manifest import Case, DatasetManifest, LabelMapping
 
 CACHE_VERSION = 1
@@ -119,14 +117,8 @@ def _fingerprints(case: Case, old: dict | None = None) -> dict[str, dict]:
 
 # --- atomic array writes ---------------------------------------------------------------------------
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 def _save_json(path: Path, doc: dict) -> None:

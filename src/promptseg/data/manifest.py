@@ -29,10 +29,10 @@ import yaml
 
 from ..errors import InputError, PromptsegError
 from ..io.atomic import atomic_write
+from ..io.formats import channel_file, image_ending, split_channel
 
 MANIFEST_NAME = "promptseg_dataset.yaml"
 MANIFEST_FORMAT = "promptseg-dataset/1"
-IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 # --- records ---------------------------------------------------------------------------------
@@ -315,14 +315,6 @@ def _under(root: Path, p) -> Path:
 
 
 # --- folder scanning ---------------------------------------------------------------------------
-def image_ending(name: str) -> str:
-    low = name.lower()
-    for e in sorted(IMAGE_ENDINGS, key=len, reverse=True):
-        if low.endswith(e):
-            return name[len(name) - len(e):]
-    return ""
-
-
 def _modality_from_channels(channels: list[str]) -> str:
     names = [c.strip().lower() for c in channels]
     if any(n == "ct" or n.startswith("ct") for n in names):
@@ -393,15 +385,14 @@ def _scan_nnunet(root: Path, doc: dict, djson: Path) -> tuple[list[Case], list, 
         ending = ".nii.gz"
         notes.append("dataset.json has no file_ending; assumed .nii.gz")
     n = len(channels)
-    pat = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})" + re.escape(ending) + r"$")
 
     def case_ids(img_dir: Path, lab_dir: Path) -> set[str]:
         ids: set[str] = set()
         if img_dir.is_dir():
             for f in img_dir.iterdir():
-                m = pat.match(f.name)
-                if m and not f.name.startswith("."):
-                    ids.add(m.group("case"))
+                case, ch = split_channel(f.name[: -len(ending)]) if f.name.endswith(ending) else ("", None)
+                if ch is not None and case and not f.name.startswith("."):
+                    ids.add(case)
         if lab_dir.is_dir():
             for f in lab_dir.iterdir():
                 if f.name.endswith(ending) and not f.name.startswith("."):
@@ -420,7 +411,7 @@ def _scan_nnunet(root: Path, doc: dict, djson: Path) -> tuple[list[Case], list, 
     cases = []
     for cid in sorted(ids):
         lab = lab_dir / f"{cid}{ending}"
-        cases.append(Case(cid, [img_dir / f"{cid}_{i:04d}{ending}" for i in range(n)], lab if lab.exists() else None))
+        cases.append(Case(cid, [img_dir / channel_file(cid, i, ending) for i in range(n)], lab if lab.exists() else None))
     nt = doc.get("numTraining")
     if isinstance(nt, int) and nt != len(cases) and img_dir.name == "imagesTr":
         notes.append(f"dataset.json numTraining is {nt} but {len(cases)} cases were found")

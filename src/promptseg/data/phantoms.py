@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..errors import ConfigError, InputError, TaxonomyError
-from ..io.atomic import atomic_directory
+from ..errors import ConfigError, TaxonomyError
+from ..io.atomic import atomic_directory, atomic_write, refuse_foreign
+from ..io.formats import channel_file
 from ..io.volume import Volume
 
 # The phantom's own label table (every class name is a taxonomy name; tumour overrides organ).
@@ -412,13 +413,7 @@ def _case_seed(seed: int, stream: int, index: int) -> int:
 def _write_dataset(root: Path, name: str, classes, tumour_ranges, stream: int, n: int, seed: int,
                    shape, spacing, test: bool, progress) -> Path:
     final = root / name
-    if final.exists():
-        try:
-            desc = json.loads((final / "dataset.json").read_text()).get("description", "")
-        except (OSError, ValueError, AttributeError):
-            desc = ""
-        if not str(desc).startswith("promptseg phantom"):
-            raise InputError(final, "exists and is not a promptseg phantom dataset; refusing to overwrite")
+    refuse_foreign(final, "promptseg phantom", "a promptseg phantom dataset")
     with atomic_directory(final) as work:
         img_dir, lab_dir = ("imagesTs", "labelsTs") if test else ("imagesTr", "labelsTr")
         (work / img_dir).mkdir()
@@ -431,9 +426,9 @@ def _write_dataset(root: Path, name: str, classes, tumour_ranges, stream: int, n
             image, label, _ = make_phantom_case(_case_seed(seed, stream, i), shape, spacing, counts)
             arr, table = _relabel(label.array, tuple(classes))
             case = f"{prefix}_{i:03d}"
-            _write_volume(image, work / img_dir / f"{case}_0000.nii.gz")
+            _write_volume(image, work / img_dir / channel_file(case))
             _write_volume(label.with_array(arr), work / lab_dir / f"{case}.nii.gz")
-            entries.append({"image": f"./{img_dir}/{case}_0000.nii.gz", "label": f"./{lab_dir}/{case}.nii.gz"})
+            entries.append({"image": f"./{img_dir}/{channel_file(case)}", "label": f"./{lab_dir}/{case}.nii.gz"})
             progress.update(1)
         if table is None:
             table = _relabel(np.zeros((1, 1, 1), np.uint8), tuple(classes))[1]
@@ -453,7 +448,7 @@ def _write_dataset(root: Path, name: str, classes, tumour_ranges, stream: int, n
             meta["test"] = entries
         else:
             meta["training"] = entries
-        (work / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+        atomic_write(work / "dataset.json", json.dumps(meta, indent=2) + "\n")
     return final
 
 

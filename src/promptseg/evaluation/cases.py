@@ -18,21 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+from ..io.formats import DEFAULT_ENDING, IMAGE_ENDINGS, channel_file, split_ending
 
-LABEL_EXTS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 CASE_FILE_STEMS = ("labels", "label", "seg", "segmentation")
 IMAGE_FILE_STEMS = ("image", "img", "ct", "mr", "mri")
 FOLDER_JSONS = ("labels.json", "dataset.json")
 BACKGROUND_NAMES = {"background", "bg", "clear label", "unlabeled", "unlabelled"}
-
-
-def split_ext(path: Path) -> tuple[str, str] | None:
-    """(stem, extension) for a supported image file name, else None."""
-    name = path.name
-    for ext in LABEL_EXTS:
-        if name.lower().endswith(ext) and len(name) > len(ext):
-            return name[: -len(ext)], ext
-    return None
 
 
 @dataclass
@@ -160,7 +151,7 @@ def _dataset_name(root: Path) -> str:
 
 
 def _label_file_in(folder: Path) -> Path | None:
-    hits = [p for p in sorted(folder.iterdir()) if p.is_file() and (se := split_ext(p)) and se[0].lower() in CASE_FILE_STEMS]
+    hits = [p for p in sorted(folder.iterdir()) if p.is_file() and (se := split_ending(p)) and se[0].lower() in CASE_FILE_STEMS]
     if len(hits) > 1:
         raise InputError(folder, f"more than one label map ({', '.join(h.name for h in hits)})")
     return hits[0] if hits else None
@@ -168,7 +159,7 @@ def _label_file_in(folder: Path) -> Path | None:
 
 def _image_in(folder: Path) -> Path | None:
     for p in sorted(folder.iterdir()):
-        se = split_ext(p)
+        se = split_ending(p)
         if p.is_file() and se and se[0].lower() in IMAGE_FILE_STEMS:
             return p
     return None
@@ -178,8 +169,8 @@ def _nnunet_image(root: Path, case: str) -> Path | None:
     for sub in ("imagesTr", "imagesTs", "images"):
         d = root.parent / sub
         if d.is_dir():
-            for ext in LABEL_EXTS:
-                for name in (f"{case}_0000{ext}", f"{case}{ext}"):
+            for ext in IMAGE_ENDINGS:
+                for name in (channel_file(case, 0, ext), f"{case}{ext}"):
                     if (d / name).is_file():
                         return d / name
     return None
@@ -212,7 +203,7 @@ def find_cases(root: str | Path, dataset: str | None = None) -> CaseFolder:
             if cf is None:
                 continue
         else:
-            se = split_ext(p)
+            se = split_ending(p)
             if se is None:
                 continue
             case = se[0]
@@ -227,5 +218,5 @@ def find_cases(root: str | Path, dataset: str | None = None) -> CaseFolder:
             raise InputError(root, f"case {cf.case!r} appears twice ({out.cases[cf.case].path.name}, {cf.path.name})")
         out.cases[cf.case] = cf
     if not out.cases:
-        raise InputError(root, f"no label maps found (expected {{case}}{LABEL_EXTS[0]} files or {{case}}/labels{LABEL_EXTS[0]})")
+        raise InputError(root, f"no label maps found (expected {{case}}{DEFAULT_ENDING} files or {{case}}/labels{DEFAULT_ENDING})")
     return out

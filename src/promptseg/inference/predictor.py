@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,10 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError
+from ..io.atomic import atomic_write
+from ..io.formats import case_id as case_name
+from ..io.formats import image_ending
+from ..io.formats import output_ending as output_extension
 from ..io.volume import Volume
 from .merge import label_values
 from .postprocess import body_mask_from_image, load_rules, postprocess
@@ -62,39 +64,6 @@ DEFAULT_INFERENCE: dict[str, Any] = {
     "roi_margin_mm": 15.0,            # margin around the located classes
     "rules": None,       # overrides of postprocess_rules.yaml
 }
-
-_CASE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-_OUT_EXT = {".nii.gz": ".nii.gz", ".nii": ".nii", ".nrrd": ".nrrd", ".nhdr": ".nrrd", ".mha": ".mha", ".mhd": ".mha"}
-
-
-def case_name(path: str | Path) -> str:
-    """File name without its image suffix ('ct.nii.gz' -> 'ct') and without nnU-Net's channel
-    suffix ('case_0000.nii.gz' -> 'case', so predictions match labelsTr names); a DICOM folder's
-    own name."""
-    p = Path(path)
-    name = p.name
-    if p.is_dir():
-        return name
-    low = name.lower()
-    stem = p.stem
-    for ext in _CASE_SUFFIXES:
-        if low.endswith(ext):
-            stem = name[: -len(ext)]
-            break
-    return re.sub(r"_\d{4}$", "", stem)
-
-
-def output_extension(path: str | Path) -> str:
-    """Merged-map extension: the input's format family (NIfTI/NRRD/MHA), .nii.gz for DICOM."""
-    p = Path(path)
-    if p.is_dir():
-        return ".nii.gz"
-    low = p.name.lower()
-    for ext in sorted(_OUT_EXT, key=len, reverse=True):
-        if low.endswith(ext):
-            return _OUT_EXT[ext]
-    return ".nii.gz"
-
 
 def slug(name: str) -> str:
     """File-name form of a class name: lower case, spaces and '/' -> '_'."""
@@ -520,16 +489,10 @@ def write_labels_json(path: Path, names: Mapping[int, str]) -> Path:
             pass  # a broken old table is replaced
     table.update({str(int(k)): v for k, v in names.items()})
     table = dict(sorted(table.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 1 << 30))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
-        tmp.write_text(json.dumps(table, indent=1) + "\n")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(table, indent=1) + "\n")
     except OSError as exc:
         raise InputError(path, f"cannot write label table ({exc})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -558,7 +521,7 @@ def collect_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
         for child in sorted(p.iterdir()):
             if child.name.startswith("."):
                 continue
-            if child.is_file() and child.name.lower().endswith(_CASE_SUFFIXES):
+            if child.is_file() and image_ending(child.name):
                 found.append(child)
             elif child.is_dir() and _is_dicom_dir(child):
                 found.append(child)

@@ -5,9 +5,10 @@ Bad files raise `promptseg.errors.InputError` with one line naming the file and 
 from __future__ import annotations
 
 from .dicom import read_dicom_series, write_dicom_series
-from .readers import FORMATS, image_extension, read_image, read_label
+from .formats import FORMATS, IMAGE_ENDINGS, WRITABLE, case_id, image_ending
+from .readers import image_extension, read_image, read_label
 from .volume import Volume
-from .writers import WRITABLE, write_image
+from .writers import write_image
 
 __all__ = [
     "Volume",
@@ -19,4 +20,7 @@ __all__ = [
     "image_extension",
     "FORMATS",
     "WRITABLE",
+    "IMAGE_ENDINGS",
+    "image_ending",
+    "case_id",
 ]

@@ -11,26 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from .formats import FORMATS, image_ending
 from .sitk_convert import check_dimensions, check_geometry, check_voxels, one_line, volume_from_sitk
 from .volume import Volume
 
-FORMATS = {
-    ".nii.gz": "NIfTI",
-    ".nii": "NIfTI",
-    ".nrrd": "NRRD",
-    ".nhdr": "NRRD",
-    ".mha": "MetaImage",
-    ".mhd": "MetaImage",
-}
-
-
 def image_extension(path: str | Path) -> str:
     """The format-deciding suffix, compound for '.nii.gz' ('' when there is none)."""
-    name = Path(path).name.lower()
-    for ext in sorted(FORMATS, key=len, reverse=True):
-        if name.endswith(ext):
-            return ext
-    return Path(name).suffix
+    return image_ending(path).lower() or Path(path).suffix.lower()
 
 
 def read_image(path: str | Path) -> Volume:

@@ -2,24 +2,22 @@
 
 Atomic because predictions are often written next to inputs by long jobs: a crash must never
 leave a half-written file that a later step mistakes for a result. The data goes to a temporary
-file in the destination folder (same filesystem) and is moved into place with `os.replace`.
+file in the destination folder (same filesystem) and is moved into place (`io.atomic`).
 """
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from .atomic import atomic_path
+from .formats import COMPRESSED, WRITABLE
 from .readers import image_extension
 from .sitk_convert import one_line, sitk_from_volume
 from .volume import Volume
 
-WRITABLE = (".nii.gz", ".nii", ".nrrd", ".mha")
-_COMPRESS = {".nii.gz": True, ".nii": False, ".nrrd": True, ".mha": True}
 
 
 def _cast(array: np.ndarray, dtype, path: Path) -> np.ndarray:
@@ -63,14 +61,9 @@ def write_image(volume: Volume, path: str | Path, dtype=None) -> Path:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(p, f"cannot create output folder ({one_line(exc, p)})") from None
-    stem = p.name[: len(p.name) - len(ext)]
-    tmp = p.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.partial{ext}")
     try:
-        sitk.WriteImage(image, str(tmp), _COMPRESS[ext])
-        os.replace(tmp, p)
+        with atomic_path(p) as tmp:
+            sitk.WriteImage(image, str(tmp), COMPRESSED[ext])
     except (RuntimeError, OSError) as exc:
-        raise InputError(p, f"cannot write image ({one_line(exc, tmp)})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        raise InputError(p, f"cannot write image ({one_line(exc, p)})") from None
     return p

@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
 from ..errors import ConfigError
+from ..io.atomic import atomic_path
 from .encoders import OneHotEncoder, TextEncoder, canonical_encoder_name, get_text_encoder
 
 DEFAULT_TEMPLATE = "A computerized tomography of a {}."
@@ -70,18 +70,11 @@ def _read(path: Path, meta: dict[str, str], n: int) -> torch.Tensor | None:
 
 
 def _write(path: Path, emb: torch.Tensor, meta: dict[str, str]) -> None:
-    """Atomic: a temp file in the same folder, then os.replace (readers never see half a file)."""
+    """Atomic (`io.atomic`): readers never see half a file."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({"embeddings": emb.contiguous()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file({"embeddings": emb.contiguous()}, str(tmp), metadata=meta)
 
 
 def embed_classes(names: list[str], encoder: str | TextEncoder = "minilm",

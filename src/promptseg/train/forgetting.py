@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..io.atomic import atomic_write
 
 
 def held_out_labels(path: str | Path) -> Path:
@@ -153,7 +153,5 @@ def write_report(report: dict[str, Any], path: str | Path) -> Path:
             return [clean(v) for v in o]
         return o
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(clean(report), indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(clean(report), indent=1) + "\n")
     return path

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..io.atomic import atomic_write
 from ..taxonomy import default_taxonomy
 from .checkpoint import find_checkpoint, load_state_strict, load_training_state, save_checkpoint
 from .losses import masked_bce_dice
@@ -80,9 +80,7 @@ def truncate_log(path: Path, step: int) -> None:
             continue  # a line cut by the kill
         keep.append(line)
     if keep != lines:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(keep))
-        os.replace(tmp, path)
+        atomic_write(path, "".join(keep))
 
 
 def training_classes(classes: list[str], batch, max_queries: int, rng: np.random.Generator) -> list[str]:
