@@ -206,7 +206,8 @@ def child_reference(args) -> dict:
     import torch
     from monai.inferers import sliding_window_inference
 
-    from promptseg.inference.sliding import fit_window, set_threads, size_multiple
+    from promptseg.inference.sliding import fit_window, size_multiple
+    from promptseg.runtime import set_threads
     from promptseg.io import read_image, write_image
     from promptseg.preprocess import get_plan, invert, preprocess_image
     from promptseg.train.checkpoint import load_checkpoint
@@ -353,7 +354,7 @@ def main() -> int:
 
     import torch
 
-    from promptseg.inference.sliding import cpu_has_bf16, machine_threads, set_threads
+    from promptseg.runtime import cpu_has_bf16, machine_threads, set_threads
 
     threads = set_threads(args.threads)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="predict_speed_"))

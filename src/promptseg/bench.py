@@ -428,7 +428,7 @@ def machine_line(device: str = "auto") -> str:
     """Where the timings come from: device, torch threads, load average (a busy box inflates them)."""
     import torch
 
-    from .train.trainer import resolve_device
+    from .runtime import resolve_device
 
     dev = resolve_device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} torch thread(s)"

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from promptseg.errors import ConfigError
+from promptseg import runtime
 from promptseg.train import amp
 
 
@@ -22,9 +23,9 @@ def test_resolve_precision(asked, device, expected):
 
 
 def test_auto_is_bf16_on_cuda_and_fp16_without_bf16_support():
-    with mock.patch.object(amp, "_cuda_bf16", return_value=True):
+    with mock.patch.object(runtime, "cuda_bf16", return_value=True):
         assert amp.resolve_precision("auto", "cuda") == "bf16"
-    with mock.patch.object(amp, "_cuda_bf16", return_value=False):
+    with mock.patch.object(runtime, "cuda_bf16", return_value=False):
         assert amp.resolve_precision("auto", "cuda:1") == "fp16"
 
 

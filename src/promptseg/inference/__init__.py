@@ -8,7 +8,8 @@ from __future__ import annotations
 from .merge import label_values, merge
 from .postprocess import body_mask_from_image, load_rules, postprocess
 from .predictor import Prediction, Predictor, case_name, collect_inputs, predict, slug
-from .sliding import fit_window, resolve_device, set_threads, sliding_window_logits, sliding_window_masks
+from ..runtime import resolve_device, set_threads
+from .sliding import fit_window, sliding_window_logits, sliding_window_masks
 from .upsample import invert_classes
 
 __all__ = [

@@ -35,9 +35,10 @@ from ..io.formats import case_id as case_name
 from ..io.formats import image_ending
 from ..io.formats import output_ending as output_extension
 from ..io.volume import Volume
+from ..runtime import precision_name, resolve_device, set_threads
 from .merge import label_values
 from .postprocess import body_mask_from_image, load_rules, postprocess
-from .sliding import resolve_device, set_threads, sliding_window_masks
+from .sliding import sliding_window_masks
 from .threads import ordered_thread_map
 from .upsample import invert_classes
 
@@ -88,8 +89,7 @@ def inference_settings(inference: Mapping[str, Any] | None) -> dict[str, Any]:
     for k, t in (cfg["thresholds"] or {}).items():
         if not 0 < float(t) < 1:
             raise ConfigError(f"inference.thresholds[{k!r}] must be in (0, 1), got {t!r}")
-    if str(cfg["precision"]).lower() not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
-        raise ConfigError(f"inference.precision must be auto, float32, bfloat16 or float16, got {cfg['precision']!r}")
+    precision_name(cfg["precision"], "inference.precision")
     if cfg["interpolation"] not in ("linear", "nearest"):
         raise ConfigError(f"inference.interpolation must be linear or nearest, got {cfg['interpolation']!r}")
     if cfg["threads"] is not None and int(cfg["threads"]) < 1:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from dataclasses import replace
 from typing import Sequence
 
 import torch
 
 from ..models.conditioners.base import PromptBatch
+from ..runtime import autocast_dtype
 
 
 def size_multiple(model) -> tuple[int, int, int]:
@@ -57,13 +57,6 @@ def _batch_prompts(pb: PromptBatch, n: int) -> PromptBatch:
         modality=None if mod is None else [mod[0]] * n,
         datasets=None if ds is None else [ds[0]] * n,
     )
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' -> CUDA when present, else CPU; anything else as torch understands it."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _run_device(model, image: torch.Tensor, device) -> torch.device:
@@ -110,7 +103,7 @@ def sliding_window_logits(
         prompt_batch = model.prompt_batch(list(prompt_batch), batch_size=1)
     roi = fit_window(window, image.shape[2:], size_multiple(model))
     if precision is not None:
-        dtype = resolve_precision(precision, device)
+        dtype = autocast_dtype(precision, device)
     else:
         use_amp = (device.type == "cuda") if amp is None else (amp and device.type == "cuda")
         dtype = torch.float16 if use_amp else None
@@ -141,52 +134,6 @@ def sliding_window_logits(
 # windows are run in the order of one axis and each slab of that axis is thresholded as soon as
 # no later window touches it, so float memory is K x (window + step) slices, whatever the
 # image's length. Window positions and Gaussian weights are MONAI's own (same numbers).
-
-def machine_threads() -> int:
-    """CPU cores this process may use (cgroup/affinity aware), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def set_threads(threads: int | None = None) -> int:
-    """torch intra-op threads: `threads`, else the cores this process may use; returns the count."""
-    n = int(threads) if threads else machine_threads()
-    if n < 1:
-        raise ValueError(f"threads must be >= 1, got {threads!r}")
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return n
-
-
-def cpu_has_bf16() -> bool:
-    """True when oneDNN runs bfloat16 natively here (AVX512-BF16 / AMX), where it is ~2-3x faster."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-_PRECISIONS = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-               "float16": torch.float16, "fp16": torch.float16}
-
-
-def resolve_precision(precision: str | None, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for the windows (None = float32). 'auto': float16 on CUDA, bfloat16 on CPUs
-    with native bfloat16, else float32. Stitching and thresholds are always float32."""
-    p = "auto" if precision is None else str(precision).lower()
-    if p == "auto":
-        if device.type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
-    if p not in _PRECISIONS:
-        raise ValueError(f"precision must be auto, float32, bfloat16 or float16, got {precision!r}")
-    dt = _PRECISIONS[p]
-    if dt is torch.float16 and device.type == "cpu":
-        raise ValueError("float16 is for CUDA; on a CPU use bfloat16 or float32")
-    return dt
-
 
 class WindowRunner:
     """Runs a segmenter on window batches with everything prompt-dependent prepared once.
@@ -336,7 +283,7 @@ def sliding_window_masks(
     if len(thresholds) != k:
         raise ValueError(f"{len(thresholds)} thresholds for {k} prompts")
     device = _run_device(model, image, device)
-    dtype = resolve_precision(precision, device)
+    dtype = autocast_dtype(precision, device)
     runner = WindowRunner(model, prompt_batch, dtype, head_chunk)
     shape = tuple(int(s) for s in image.shape[2:])
     roi = fit_window(window, shape, size_multiple(model))

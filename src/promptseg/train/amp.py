@@ -19,33 +19,15 @@ from typing import Any, Iterable
 
 import torch
 
+from .. import runtime
 from ..errors import ConfigError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _COMPILE_KEYS = {"backend", "mode", "dynamic", "fullgraph", "options"}
 
 
 def resolve_precision(precision: str | None, device: torch.device | str) -> str:
-    """'fp32', 'bf16' or 'fp16' for `precision` on `device` ('auto': bf16 on CUDA, fp32 on CPU)."""
-    p = "auto" if precision is None else str(precision).lower()
-    aliases = {"float32": "fp32", "32": "fp32", "bfloat16": "bf16", "float16": "fp16", "16": "fp16", "half": "fp16"}
-    p = aliases.get(p, p)
-    if p not in PRECISIONS:
-        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    dev = torch.device(device)
-    if p != "auto":
-        return p
-    if dev.type != "cuda":
-        return "fp32"
-    return "bf16" if _cuda_bf16(dev) else "fp16"
-
-
-def _cuda_bf16(dev: torch.device) -> bool:
-    try:
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    except Exception:  # no driver: the caller asked about CUDA without having one
-        return True
+    """'fp32', 'bf16' or 'fp16' for training at `precision` on `device` (`runtime.resolve_precision`)."""
+    return runtime.resolve_precision(precision, device, training=True, setting="train.precision")
 
 
 class MixedPrecision:
@@ -57,7 +39,7 @@ class MixedPrecision:
     def __init__(self, precision: str | None = "auto", device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.dtype = _DTYPES.get(self.precision)
+        self.dtype = runtime.DTYPES[self.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
     @property

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import ConfigError
 from ..io.atomic import atomic_write
+from ..runtime import resolve_device
 from ..taxonomy import default_taxonomy
 from .checkpoint import find_checkpoint, load_state_strict, load_training_state, save_checkpoint
 from .losses import masked_bce_dice
@@ -27,14 +28,6 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
         return (step + 1) / max(1, warmup)
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but no CUDA device is available")
-    return torch.device(device)
 
 
 def load_datasets(config: dict[str, Any]):
