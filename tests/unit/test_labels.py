@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from promptseg.data.labels import (annotated_classes, body_midline, label_to_targets,
-                                   label_to_targets_with_info, otsu_threshold)
+from promptseg.data.labels import annotated_classes, body_midline, label_to_targets, label_to_targets_with_info
 from promptseg.data.manifest import LabelMapping as M
 
 SHAPE = (40, 24, 16)
@@ -113,8 +112,6 @@ def test_region_values_form_one_overlapping_class():
     assert t[0].sum() == 8 * 24 * 16 and t[1].sum() == 4 * 24 * 16 and (t[0] & t[1]).sum() == t[1].sum()
 
 
-def test_otsu_and_body_midline():
-    vals = np.concatenate([np.full(1000, -1000.0), np.full(500, 40.0)])
-    assert -1000 < otsu_threshold(vals) < 40
+def test_body_midline():
     assert body_midline(_body(shift=3)) == pytest.approx(22.5, abs=0.01)
     assert body_midline(np.zeros(SHAPE)) is None

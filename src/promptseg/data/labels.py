@@ -5,9 +5,9 @@ Rules (SPEC "Common ground"; Universal Model journal §4.1.1):
 - A parent includes its children: voxels of a lesion/vessel whose taxonomy `parent` is an
   annotated class also count as that class, transitively (hepatic vessel tumour -> liver).
 - A paired-organ label without side ("kidney") is split into left and right. Midline rule:
-    1. with an image: the centroid, along the left-right axis, of the body mask (largest
-       6-connected component of voxels above the image's Otsu threshold; works on HU and on
-       normalised intensities). On the test CT this lies within one voxel of the spine's centre;
+    1. with an image: the centroid, along the left-right axis, of the body mask
+       (`promptseg.masks.body_mask`, the one post-processing uses; works on HU and on
+       normalised intensities);
     2. without an image: the midpoint between the centroids of the two largest components of
        the group's voxels (when the second has >= 10 % of the first's size);
     3. otherwise the centre of the grid.
@@ -26,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..masks import body_mask, centroid, components, half_space, two_largest
 from .manifest import LabelMapping
 
 
@@ -53,61 +54,19 @@ def annotated_classes(mappings: Sequence[LabelMapping], taxonomy=None) -> list[s
     return sorted(out, key=lambda n: out[n])
 
 
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold on a 1-D sample (numpy only)."""
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
-    if v.size == 0 or v.min() == v.max():
-        return float(v.min()) if v.size else 0.0
-    hist, edges = np.histogram(v, bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w1 = np.cumsum(hist).astype(np.float64)
-    m = np.cumsum(hist * centres)
-    w2 = w1[-1] - w1
-    mu1 = m / np.maximum(w1, 1)
-    mu2 = (m[-1] - m) / np.maximum(w2, 1)
-    return float(centres[int(np.argmax(w1 * w2 * (mu1 - mu2) ** 2))])
-
-
 def body_midline(image: np.ndarray, lr_axis: int = 0) -> float | None:
-    """Left-right centroid (voxel index) of the body: largest component above the Otsu threshold."""
-    import cc3d
-
+    """Left-right centroid (voxel index) of the body (`masks.body_mask`); None without a body."""
     img = np.asarray(image)
-    if img.ndim == 4:
-        img = img[0]
-    step = max(1, int(round((img.size / 2e6) ** (1 / 3))))
-    t = otsu_threshold(img[::step, ::step, ::step])
-    body = np.ascontiguousarray(img > t)
-    if not body.any():
-        return None
-    body = cc3d.largest_k(body, k=1, connectivity=6) > 0
-    other = tuple(a for a in range(3) if a != lr_axis)
-    profile = body.sum(axis=other).astype(np.float64)
-    return float((profile * np.arange(profile.size)).sum() / profile.sum())
-
-
-def _centroid(mask: np.ndarray, axis: int) -> float:
-    other = tuple(a for a in range(mask.ndim) if a != axis)
-    prof = mask.sum(axis=other).astype(np.float64)
-    return float((prof * np.arange(prof.size)).sum() / max(prof.sum(), 1.0))
-
-
-def _components(mask: np.ndarray):
-    import cc3d
-
-    return cc3d.connected_components(np.ascontiguousarray(mask), connectivity=26, return_N=True)
+    body = body_mask(img[0] if img.ndim == 4 else img, fallback=False)
+    return None if body is None else centroid(body, lr_axis)
 
 
 def _mask_midline(mask: np.ndarray, lr_axis: int) -> float | None:
-    comps, n = _components(mask)
-    if n < 2:
+    """Midpoint of the centroids of the two largest components (the second >= 10 % of the first)."""
+    comps, _n, a, b = two_largest(mask, 26, min_ratio=0.1)
+    if a is None:
         return None
-    sizes = np.bincount(comps.ravel())[1:]
-    order = np.argsort(sizes)[::-1]
-    if sizes[order[1]] < 0.1 * sizes[order[0]]:
-        return None
-    return (_centroid(comps == order[0] + 1, lr_axis) + _centroid(comps == order[1] + 1, lr_axis)) / 2
+    return (centroid(comps == a, lr_axis) + centroid(comps == b, lr_axis)) / 2
 
 
 def _descendants(name: str, tx, seen=None) -> list[str]:
@@ -208,9 +167,8 @@ def label_to_targets_with_info(label: np.ndarray, mappings: Sequence[LabelMappin
             if s is not None:
                 union |= s
         x0, rule = midline(union)
-        coords = np.arange(shape[lr_axis]).reshape([-1 if a == lr_axis else 1 for a in range(3)])
-        on_right = (coords > x0) if right_is_high else (coords < x0)
-        comps, n = _components(union)
+        on_right = half_space(shape, lr_axis, 1 if right_is_high else -1, x0, "right")
+        comps, n = components(union)
         counts_r = np.bincount(comps[np.broadcast_to(on_right, shape)], minlength=n + 1)
         counts_all = np.bincount(comps.ravel(), minlength=n + 1)
         exp_l = np.bincount(comps[sl], minlength=n + 1) if sl is not None else np.zeros(n + 1, int)

@@ -29,6 +29,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from ..masks import bbox
+
 Spacing = Sequence[float]
 
 EMPTY_SCORES = {"nan": math.nan, "one": 1.0}
@@ -74,15 +76,7 @@ def volume_mm3(mask: np.ndarray, spacing: Spacing) -> float:
 
 def union_bbox(*masks: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
     """Bounding box (with `margin` voxels, clipped to the grid) of the union of masks; None if all empty."""
-    union = np.logical_or.reduce([_as_bool(m) for m in masks])
-    if not union.any():
-        return None
-    out = []
-    for axis in range(union.ndim):
-        other = tuple(a for a in range(union.ndim) if a != axis)
-        nz = np.flatnonzero(union.any(axis=other))
-        out.append(slice(max(int(nz[0]) - margin, 0), min(int(nz[-1]) + 1 + margin, union.shape[axis])))
-    return tuple(out)
+    return bbox(np.logical_or.reduce([_as_bool(m) for m in masks]), margin)
 
 
 def surface(mask: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from ..io.atomic import atomic_write
+from ..masks import bbox
 
 GT_COLOR = "#00d000"
 PRED_COLOR = "#ff2050"
@@ -129,14 +130,11 @@ def overlay_png(gt: np.ndarray, pred: np.ndarray, spacing, image: np.ndarray | N
     # zoom on the structure (with context) so that small ones stay visible
     offset = [0, 0, 0]
     union = g | p
-    if union.any():
-        idx = np.argwhere(union)
-        lo, hi = idx.min(0), idx.max(0) + 1
-        margin = np.maximum(12, (hi - lo) // 2)
-        lo, hi = np.maximum(lo - margin, 0), np.minimum(hi + margin, union.shape)
-        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    tight = bbox(union)
+    if tight is not None:
+        box = bbox(union, [max(12, (s.stop - s.start) // 2) for s in tight])
         g, p, bg = g[box], p[box], bg[box]
-        offset = [int(a) for a in lo]
+        offset = [s.start for s in box]
     err = g ^ p
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
     views = (("axial", 2, (0, 1)), ("coronal", 1, (0, 2)), ("sagittal", 0, (1, 2)))

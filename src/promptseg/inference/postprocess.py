@@ -24,6 +24,8 @@ import yaml
 from scipy import ndimage
 
 from ..errors import ConfigError
+from ..masks import bbox, half_space, largest_components, midline, split_left_right
+from ..masks import body_mask as body_mask_from_image  # noqa: F401  (public name of inference)
 from ..taxonomy import ClassInfo, Taxonomy, default_taxonomy
 from .threads import ordered_thread_map
 
@@ -70,73 +72,6 @@ def patient_axis(direction: np.ndarray | None, toward: str) -> tuple[int, int]:
     return axis, (1 if comp[axis] > 0 else -1)
 
 
-def body_mask_from_image(image: np.ndarray, fraction: float = 0.1) -> np.ndarray:
-    """The patient's body: voxels above a low intensity cut, largest component, holes filled.
-
-    The cut is `fraction` of the way from the 1st to the 99th intensity percentile, which puts it
-    between air and fat for CT (any normalisation) and above the noise floor for MR.
-    """
-    img = np.asarray(image, dtype=np.float32)
-    if img.size == 0:
-        return np.zeros(img.shape, bool)
-    lo, hi = np.percentile(img, [1, 99])
-    if hi <= lo:
-        return np.ones(img.shape, bool)
-    fg = img > lo + fraction * (hi - lo)
-    fg = largest_components(fg, 1)
-    if not fg.any():
-        return np.ones(img.shape, bool)
-    return ndimage.binary_fill_holes(fg)
-
-
-def midline(body_mask: np.ndarray | None, shape: tuple[int, ...], axis: int) -> float:
-    """Index along `axis` of the body's sagittal midline (centroid of the body mask)."""
-    if body_mask is not None and body_mask.any():
-        other = tuple(a for a in range(body_mask.ndim) if a != axis)
-        profile = body_mask.sum(axis=other, dtype=np.int64)
-        return float((profile * np.arange(profile.size)).sum() / profile.sum())
-    return (shape[axis] - 1) / 2.0
-
-
-def _side_mask(shape: tuple[int, ...], axis: int, sign: int, middle: float, side: str) -> np.ndarray:
-    """Broadcastable boolean: voxels on the patient's `side` ('right'/'left') of `middle`."""
-    idx = np.arange(shape[axis], dtype=np.float64)
-    toward_right = sign * (idx - middle) > 0
-    keep = toward_right if side == "right" else ~toward_right
-    view = [1] * len(shape)
-    view[axis] = shape[axis]
-    return keep.reshape(view)
-
-
-def largest_components(mask: np.ndarray, k: int = 1, connectivity: int = 26, min_fraction: float = 0.0) -> np.ndarray:
-    """The `k` largest connected components of `mask` (ties: lower label, i.e. scan order),
-    plus any other component at least `min_fraction` of the largest (0 = exactly k).
-    Labelled inside the mask's bounding box: an organ in a whole-body grid costs its own size."""
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return mask.copy()
-    box = _bbox(mask, 0)
-    labels, n = cc3d.connected_components(np.ascontiguousarray(mask[box]), connectivity=connectivity, return_N=True)
-    if n <= k:
-        return mask.copy()
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    order = np.argsort(-sizes, kind="stable")
-    keep = list(order[:k])
-    if min_fraction > 0:
-        keep += [int(i) for i in order[k:n] if sizes[i] >= min_fraction * sizes[order[0]]]
-    lut = np.zeros(n + 1, dtype=bool)
-    lut[keep] = True
-    out = np.zeros(mask.shape, dtype=bool)
-    out[box] = lut[labels]
-    return out
-
-
-def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    nz = [np.flatnonzero(mask.any(axis=tuple(b for b in range(mask.ndim) if b != a))) for a in range(mask.ndim)]
-    return tuple(slice(max(0, int(i[0]) - margin), min(s, int(i[-1]) + margin + 1)) for i, s in zip(nz, mask.shape))
-
-
 def grow_region(mask: np.ndarray, closing: int = 5, dilation: int = 5) -> np.ndarray:
     """`mask` closed then dilated with cubes of the given sides (the region a lesion may occupy).
 
@@ -148,7 +83,7 @@ def grow_region(mask: np.ndarray, closing: int = 5, dilation: int = 5) -> np.nda
     if not mask.any():
         return out
     margin = closing + dilation + 2
-    box = _bbox(mask, margin)
+    box = bbox(mask, margin)
     sub = mask[box]
     # pad so the closing's erosion never sees the crop edge as background
     sub = np.pad(sub, margin)
@@ -162,27 +97,6 @@ def grow_region(mask: np.ndarray, closing: int = 5, dilation: int = 5) -> np.nda
 
 
 # --- the rules ----------------------------------------------------------------------------------
-def _split_pair_by_components(
-    left: np.ndarray, right: np.ndarray, axis: int, sign: int, middle: float, connectivity: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Left/right masks from the union's two largest components, assigned by centroid side."""
-    union = left | right
-    if not union.any():
-        return union.copy(), union.copy()
-    labels, n = cc3d.connected_components(union, connectivity=connectivity, return_N=True)
-    if n >= 2:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        a, b = np.argsort(-sizes, kind="stable")[:2]
-        ca = np.argwhere(labels == a)[:, axis].mean()
-        cb = np.argwhere(labels == b)[:, axis].mean()
-        right_label, left_label = (a, b) if sign * (ca - cb) > 0 else (b, a)
-        return labels == left_label, labels == right_label
-    # one fused component: cut it at the body midline
-    right_side = _side_mask(union.shape, axis, sign, middle, "right")
-    return union & ~right_side, union & right_side
-
-
 def postprocess(
     masks: Mapping[str, np.ndarray],
     probs: Mapping[str, np.ndarray] | None = None,
@@ -228,12 +142,12 @@ def postprocess(
         lname = by_canonical.get(members["left"].name) if "left" in members else None
         rname = by_canonical.get(members["right"].name) if "right" in members else None
         if lname and rname:
-            out[lname], out[rname] = _split_pair_by_components(out[lname], out[rname], lr_axis, lr_sign, middle, conn)
+            out[lname], out[rname] = split_left_right(out[lname] | out[rname], lr_axis, lr_sign, middle, conn)
             handled |= {lname, rname}
     if rules.get("lateral_midline", True):
         for name, c in info.items():
             if c.laterality in ("left", "right") and name not in handled:
-                out[name] = out[name] & _side_mask(shape, lr_axis, lr_sign, middle, c.laterality)
+                out[name] = out[name] & half_space(shape, lr_axis, lr_sign, middle, c.laterality)
 
     # 2. one connected component where the anatomy has one (classes side by side)
     if rules.get("largest_component", True):
@@ -254,10 +168,9 @@ def postprocess(
         rname = by_canonical.get(ref.name) if ref else None
         if not (tname and rname) or not out[rname].any():
             continue
-        other = tuple(a for a in range(3) if a != si_axis)
-        occupied = np.flatnonzero(out[rname].any(axis=other))
+        ref_box = bbox(out[rname])[si_axis]
         height = si_sign * np.arange(shape[si_axis])
-        lowest = (si_sign * occupied).min()
+        lowest = min(si_sign * ref_box.start, si_sign * (ref_box.stop - 1))
         keep = (height >= lowest).reshape([shape[si_axis] if a == si_axis else 1 for a in range(3)])
         out[tname] = out[tname] & keep
 

@@ -35,9 +35,10 @@ from ..io.formats import case_id as case_name
 from ..io.formats import image_ending
 from ..io.formats import output_ending as output_extension
 from ..io.volume import Volume
+from ..masks import bbox, body_mask
 from ..runtime import precision_name, resolve_device, set_threads
 from .merge import label_values
-from .postprocess import body_mask_from_image, load_rules, postprocess
+from .postprocess import load_rules, postprocess
 from .sliding import sliding_window_masks
 from .threads import ordered_thread_map
 from .upsample import invert_classes
@@ -169,14 +170,6 @@ class _Timer:
         self.timings[self.stage] = self.timings.get(self.stage, 0.0) + time.perf_counter() - self.t0
 
 
-def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, slice, slice]:
-    out = []
-    for a in range(3):
-        nz = np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))
-        out.append(slice(max(0, int(nz[0]) - margin), min(mask.shape[a], int(nz[-1]) + margin + 1)))
-    return tuple(out)  # type: ignore[return-value]
-
-
 def _logit(t: float) -> float:
     return math.log(t / (1.0 - t))
 
@@ -196,9 +189,8 @@ def _grow_region(raw: np.ndarray, region, shape, margin) -> tuple[slice, ...] | 
                 touch |= bool(union[tuple(idx)].any())
     if not touch:
         return None
-    nz = [np.flatnonzero(union.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
-    out = tuple(slice(max(0, min(region[a].start, int(nz[a][0]) - margin[a])),
-                      min(shape[a], max(region[a].stop, int(nz[a][-1]) + 1 + margin[a]))) for a in range(3))
+    box = bbox(union, margin)
+    out = tuple(slice(min(region[a].start, box[a].start), max(region[a].stop, box[a].stop)) for a in range(3))
     if out == tuple(region):  # cannot grow further: touching the crop border only
         return None
     return out
@@ -317,8 +309,8 @@ class Predictor:
         with _Timer(timings, "preprocess"):
             pre = preprocess_image(volume, self.plan)
             image = pre.array
-            body = body_mask_from_image(image)
-            box = _bbox(body, int(s["body_margin"])) if s["crop_body"] and body.any() else (slice(None),) * 3
+            body = body_mask(image)
+            box = bbox(body, int(s["body_margin"])) if s["crop_body"] and body.any() else (slice(None),) * 3
             box = tuple(slice(b.start or 0, image.shape[a] if b.stop is None else b.stop) for a, b in enumerate(box))
             tensor = torch.from_numpy(np.ascontiguousarray(image[box]))[None, None]
         stats["network_grid"] = tuple(int(v) for v in tensor.shape[2:])
@@ -406,8 +398,8 @@ class Predictor:
         from ..preprocess import preprocess_image
 
         pre = preprocess_image(volume, coarse_plan)
-        body = body_mask_from_image(pre.array)
-        cbox = _bbox(body, int(s["body_margin"])) if s["crop_body"] and body.any() else tuple(slice(0, n) for n in pre.array.shape)
+        body = body_mask(pre.array)
+        cbox = bbox(body, int(s["body_margin"])) if s["crop_body"] and body.any() else tuple(slice(0, n) for n in pre.array.shape)
         tensor = torch.from_numpy(np.ascontiguousarray(pre.array[cbox]))[None, None]
         pb = self.model.prompt_batch(classes, modality=self.modality, batch_size=1)
         raw, _ = sliding_window_masks(self.model, tensor, pb, self.thresholds(classes), window=coarse_window,
@@ -424,9 +416,9 @@ class Predictor:
         if not union.any():
             notes.append("roi: the locating pass found none of the asked classes; running everywhere")
             return None
-        nz = [np.flatnonzero(union.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
-        lo = [int(n[0]) - 0.5 + int(c.start) for n, c in zip(nz, cbox)]
-        hi = [int(n[-1]) + 0.5 + int(c.start) for n, c in zip(nz, cbox)]
+        found = bbox(union)
+        lo = [f.start - 0.5 + int(c.start) for f, c in zip(found, cbox)]
+        hi = [f.stop - 0.5 + int(c.start) for f, c in zip(found, cbox)]
         corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
         world = pre.record.network.world(corners)  # LPS mm
         fine = record.network

@@ -24,6 +24,7 @@ import torch
 from scipy import ndimage
 
 from ..io.volume import Volume
+from ..masks import bbox
 from ..preprocess.geometry import nearest_indices, reorient
 from ..taxonomy import Taxonomy
 from .merge import label_dtype, layer_of
@@ -63,16 +64,6 @@ def _lerp(x: torch.Tensor, axis: int, i0: np.ndarray, i1: np.ndarray, lam: np.nd
     view = [1, 1, 1]
     view[axis] = -1
     return torch.lerp(a, b, torch.as_tensor(lam).view(view))
-
-
-def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
-    out = []
-    for a in range(3):
-        nz = np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))
-        if nz.size == 0:
-            return None
-        out.append(slice(max(0, int(nz[0]) - margin), min(mask.shape[a], int(nz[-1]) + margin + 1)))
-    return tuple(out)
 
 
 def _padded(x: np.ndarray, sub, ext) -> np.ndarray:
@@ -132,7 +123,7 @@ def invert_classes(
     def resample(i: int):
         """Class i on the oriented input grid: (region, mask, uint16 probability) or None."""
         keep = np.asarray(kept[classes[i]], dtype=bool)
-        sub = _bbox(raw[i] | keep, 1)
+        sub = bbox(raw[i] | keep, 1)
         if sub is None:
             return None
         # one more voxel where the box meets the crop's edge: outside the crop is probability 0,

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..io.volume import Volume
+from ..masks import bbox
 
 
 @dataclass(frozen=True)
@@ -201,17 +202,10 @@ def resample_linear(x, shape: Sequence[int]):
 def foreground_box(mask: np.ndarray, margin) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """Bounding box [lo, hi) of True voxels grown by `margin` voxels, clamped; the whole grid
     when nothing is foreground."""
-    shape = mask.shape
-    margins = list(margin) if isinstance(margin, (list, tuple)) else [int(margin)] * 3
-    lo, hi = [], []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=others))
-        if hits.size == 0:
-            return (0, 0, 0), tuple(int(s) for s in shape)
-        lo.append(max(0, int(hits[0]) - margins[axis]))
-        hi.append(min(shape[axis], int(hits[-1]) + 1 + margins[axis]))
-    return tuple(lo), tuple(hi)
+    box = bbox(mask, list(margin) if isinstance(margin, (list, tuple)) else int(margin))
+    if box is None:
+        return (0, 0, 0), tuple(int(s) for s in mask.shape)
+    return tuple(b.start for b in box), tuple(b.stop for b in box)
 
 
 def crop_grid(grid: Grid, lo: Sequence[int], hi: Sequence[int]) -> Grid:

@@ -1,0 +1,138 @@
+"""Operations on binary masks shared by data preparation, inference and evaluation: bounding
+boxes, connected components, the body mask and its midline, and the patient's left/right halves.
+
+Why one module: the same box, the same "largest component" and the same body midline must be
+used when training targets are split into left/right and when predictions are post-processed,
+or the two disagree about where the patient's middle is. Depends only on numpy, scipy and cc3d
+(no promptseg stage), so every stage may import it.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import cc3d
+import numpy as np
+from scipy import ndimage
+
+
+# --- boxes --------------------------------------------------------------------------------------
+def bbox(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[slice, ...] | None:
+    """Slices of the True voxels' bounding box grown by `margin` voxels (one per axis or one for
+    all) and clipped to the grid; None when the mask is empty."""
+    mask = np.asarray(mask)
+    margins = [int(m) for m in margin] if isinstance(margin, (list, tuple)) else [int(margin)] * mask.ndim
+    out = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        out.append(slice(max(0, int(hits[0]) - margins[axis]), min(mask.shape[axis], int(hits[-1]) + 1 + margins[axis])))
+    return tuple(out)
+
+
+# --- components ---------------------------------------------------------------------------------
+def components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, int]:
+    """(labels, n): connected components of `mask` (0 = background, 1..n in scan order)."""
+    return cc3d.connected_components(np.ascontiguousarray(mask, dtype=bool), connectivity=connectivity, return_N=True)
+
+
+def largest_components(mask: np.ndarray, k: int = 1, connectivity: int = 26, min_fraction: float = 0.0) -> np.ndarray:
+    """The `k` largest connected components of `mask` (ties: lower label, i.e. scan order),
+    plus any other component at least `min_fraction` of the largest (0 = exactly k).
+    Labelled inside the mask's bounding box: an organ in a whole-body grid costs its own size."""
+    mask = np.asarray(mask, dtype=bool)
+    box = bbox(mask)
+    if box is None:
+        return mask.copy()
+    labels, n = components(mask[box], connectivity)
+    if n <= k:
+        return mask.copy()
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    order = np.argsort(-sizes, kind="stable")
+    keep = list(order[:k])
+    if min_fraction > 0:
+        keep += [int(i) for i in order[k:n] if sizes[i] >= min_fraction * sizes[order[0]]]
+    lut = np.zeros(n + 1, dtype=bool)
+    lut[keep] = True
+    out = np.zeros(mask.shape, dtype=bool)
+    out[box] = lut[labels]
+    return out
+
+
+# --- body and midline ---------------------------------------------------------------------------
+def body_mask(image: np.ndarray, fraction: float = 0.1, fallback: bool = True) -> np.ndarray | None:
+    """The patient's body: voxels above a low intensity cut, largest component, holes filled.
+
+    The cut is `fraction` of the way from the 1st to the 99th intensity percentile, which puts it
+    between air and fat for CT (any normalisation) and above the noise floor for MR. An image
+    without contrast has no detectable body: all True with `fallback`, else None.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    nobody = np.ones(img.shape, bool) if fallback else None
+    if img.size == 0:
+        return np.zeros(img.shape, bool) if fallback else None
+    lo, hi = np.percentile(img, [1, 99])
+    if hi <= lo:
+        return nobody
+    fg = largest_components(img > lo + fraction * (hi - lo), 1)
+    if not fg.any():
+        return nobody
+    return ndimage.binary_fill_holes(fg)
+
+
+def centroid(mask: np.ndarray, axis: int) -> float | None:
+    """Mean index of the True voxels along `axis`; None for an empty mask."""
+    other = tuple(a for a in range(mask.ndim) if a != axis)
+    profile = np.asarray(mask).sum(axis=other, dtype=np.int64)
+    total = profile.sum()
+    return float((profile * np.arange(profile.size)).sum() / total) if total else None
+
+
+def midline(body: np.ndarray | None, shape: tuple[int, ...], axis: int) -> float:
+    """Index along `axis` of the body's sagittal midline (centroid of `body`); the grid centre
+    when there is no body mask."""
+    c = centroid(body, axis) if body is not None else None
+    return (shape[axis] - 1) / 2.0 if c is None else c
+
+
+# --- left / right -------------------------------------------------------------------------------
+def half_space(shape: tuple[int, ...], axis: int, sign: int, middle: float, side: str) -> np.ndarray:
+    """Broadcastable boolean: voxels on the patient's `side` ('right'/'left') of the plane
+    `index == middle` along `axis`; `sign` = +1 when increasing the index moves to the right."""
+    idx = np.arange(shape[axis], dtype=np.float64)
+    toward_right = sign * (idx - middle) > 0
+    keep = toward_right if side == "right" else ~toward_right
+    view = [1] * len(shape)
+    view[axis] = shape[axis]
+    return keep.reshape(view)
+
+
+def two_largest(mask: np.ndarray, connectivity: int = 26, min_ratio: float = 0.0):
+    """(labels, n, a, b): the components and the labels of the two largest (a >= b), or a = b =
+    None when there are fewer than two or the second is under `min_ratio` of the first."""
+    labels, n = components(mask, connectivity)
+    if n < 2:
+        return labels, n, None, None
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    a, b = (int(i) for i in np.argsort(-sizes, kind="stable")[:2])
+    if sizes[b] < min_ratio * sizes[a]:
+        return labels, n, None, None
+    return labels, n, a, b
+
+
+def split_left_right(union: np.ndarray, axis: int, sign: int, middle: float,
+                     connectivity: int = 26) -> tuple[np.ndarray, np.ndarray]:
+    """(left, right) of a paired organ's mask: its two largest components, assigned by centroid
+    side; a single fused component is cut at the plane `middle` (see `half_space`)."""
+    union = np.asarray(union, dtype=bool)
+    if not union.any():
+        return union.copy(), union.copy()
+    labels, _n, a, b = two_largest(union, connectivity)
+    if a is not None:
+        ca, cb = centroid(labels == a, axis), centroid(labels == b, axis)
+        right_label, left_label = (a, b) if sign * (ca - cb) > 0 else (b, a)
+        return labels == left_label, labels == right_label
+    right = half_space(union.shape, axis, sign, middle, "right")
+    return union & ~right, union & right
