@@ -35,6 +35,7 @@ from .errors import ConfigError, InputError, PromptsegError
 from .evaluation.evaluate import json_safe
 from .io.atomic import atomic_directory, atomic_write, refuse_foreign
 from .io.formats import WRITABLE, case_id, channel_file, image_ending
+from .io.labeltable import load_table, parse_label_mapping, read_label_json
 
 SUITES = ("phantom", "real-ct")
 SPLIT_TAG = "promptseg partial split"  # dataset.json description prefix: ours, safe to overwrite
@@ -109,17 +110,7 @@ def _file_in(folder: Path, stem: str) -> Path:
 
 def _scan_labels(scan_dir: Path) -> dict[str, tuple[int, ...]]:
     """labels.json of a scan folder (value -> name) as name -> values."""
-    p = scan_dir / "labels.json"
-    try:
-        table = json.loads(p.read_text())
-        out: dict[str, tuple[int, ...]] = {}
-        for v, n in table.items():
-            out[str(n)] = out.get(str(n), ()) + (int(v),)
-        return out
-    except FileNotFoundError:
-        raise InputError(p, "label table not found") from None
-    except (ValueError, AttributeError) as exc:
-        raise InputError(p, f"not a value -> name JSON table ({exc})") from None
+    return read_label_json(scan_dir / "labels.json")
 
 
 def split_partial_datasets(scan_dir: str | Path, out_root: str | Path,
@@ -191,12 +182,8 @@ def _write_split(root: Path, name: str, case: str, image_path: Path, label, clas
 
 def nnunet_test_cases(folder: Path) -> list[TestCase]:
     """The `test` entries (image + label) of an nnU-Net-style dataset.json."""
-    spec = json.loads((folder / "dataset.json").read_text())
-    labels = {}
-    for n, v in spec["labels"].items():
-        vals = tuple(int(x) for x in (v if isinstance(v, list) else [v]))
-        if n != "background" and vals != (0,):
-            labels[n] = vals
+    spec = load_table(folder / "dataset.json")
+    labels = parse_label_mapping(spec["labels"], folder / "dataset.json")
     cases = []
     for e in spec.get("test") or []:
         image = (folder / e["image"]).resolve()

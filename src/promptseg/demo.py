@@ -16,6 +16,7 @@ import yaml
 from .evaluation.report import overlay_png
 from .io.atomic import atomic_write
 from .io.formats import DEFAULT_ENDING, case_id, channel_file
+from .io.labeltable import read_label_json
 
 
 def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -52,8 +53,7 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
     model = load_checkpoint(ckpt, device="cpu")
     predictor = Predictor(model, device=device, progress=False)
     test_dir = folders["PhantomTest_full"]
-    spec = json.loads((test_dir / "dataset.json").read_text())
-    value_to_name = {int(v): k for k, v in spec["labels"].items() if int(v) != 0}
+    value_to_name = {v: k for k, vals in read_label_json(test_dir / "dataset.json").items() for v in vals}
     tax = default_taxonomy()
     prompts = [n for n in model.class_names]
     pred_dir = out / "predictions"

@@ -11,7 +11,8 @@ import pytest
 
 from promptseg.errors import InputError
 from promptseg.evaluation import evaluate_folders
-from promptseg.evaluation.cases import find_cases, parse_label_mapping
+from promptseg.evaluation.cases import find_cases
+from promptseg.io.labeltable import parse_label_mapping
 
 AFF = np.diag([1.0, 1.0, 2.0, 1.0])
 

@@ -30,6 +30,7 @@ import yaml
 from ..errors import InputError, PromptsegError
 from ..io.atomic import atomic_write
 from ..io.formats import channel_file, image_ending, split_channel
+from ..io.labeltable import label_entries, load_table
 
 MANIFEST_NAME = "promptseg_dataset.yaml"
 MANIFEST_FORMAT = "promptseg-dataset/1"
@@ -341,37 +342,21 @@ def _int_key(k, path: Path) -> int:
         raise InputError(path, f"label value {k!r} is not an integer") from None
 
 
-def _labels_nnunet(doc: dict, path: Path) -> list[tuple[int, str, list[int]]]:
-    """nnU-Net v2 `labels`: name -> value or name -> [values] (a region)."""
+def _label_entries(doc, path: Path) -> list[tuple[int, str, list[int]]]:
+    """(value, name, region values) per entry of a label table (`io.labeltable`): a region's
+    value is its smallest, its values listed; a single value lists none."""
     out = []
-    for name, v in doc.items():
-        if isinstance(v, list):
-            vals = [_int_key(x, path) for x in v]
-            if not vals:
-                raise InputError(path, f"label {name!r} lists no values")
-            out.append((vals[0] if len(vals) == 1 else min(vals), str(name), vals if len(vals) > 1 else []))
-        else:
-            out.append((_int_key(v, path), str(name), []))
+    for name, vals in label_entries(doc, path):
+        out.append((vals[0] if len(vals) == 1 else min(vals), name, list(vals) if len(vals) > 1 else []))
     return out
-
-
-def _labels_value_to_name(doc: dict, path: Path) -> list[tuple[int, str, list[int]]]:
-    return [(_int_key(k, path), str(v), []) for k, v in doc.items()]
 
 
 def read_labels_file(path: Path) -> list[tuple[int, str, list[int]]]:
     """A plain labels file: {value: name} (like MSD) or {name: value} (like nnU-Net)."""
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"not valid JSON/YAML ({str(exc).splitlines()[0]})") from None
-    if isinstance(doc, dict) and isinstance(doc.get("labels"), dict):
-        doc = doc["labels"]
-    if not isinstance(doc, dict) or not doc:
+    entries = _label_entries(load_table(path), path)
+    if not entries:
         raise InputError(path, "labels file must map label values to names")
-    if all(re.fullmatch(r"\s*-?\d+\s*", str(k)) for k in doc):
-        return _labels_value_to_name(doc, path)
-    return _labels_nnunet(doc, path)
+    return entries
 
 
 def _scan_nnunet(root: Path, doc: dict, djson: Path) -> tuple[list[Case], list, str, list[str], list[str]]:
@@ -415,7 +400,7 @@ def _scan_nnunet(root: Path, doc: dict, djson: Path) -> tuple[list[Case], list, 
     nt = doc.get("numTraining")
     if isinstance(nt, int) and nt != len(cases) and img_dir.name == "imagesTr":
         notes.append(f"dataset.json numTraining is {nt} but {len(cases)} cases were found")
-    return cases, _labels_nnunet(doc["labels"], djson), ending, channels, notes
+    return cases, _label_entries(doc["labels"], djson), ending, channels, notes
 
 
 def _scan_msd(root: Path, doc: dict, djson: Path) -> tuple[list[Case], list, str, list[str], list[str]]:
@@ -458,7 +443,7 @@ def _scan_msd(root: Path, doc: dict, djson: Path) -> tuple[list[Case], list, str
     nt = doc.get("numTraining")
     if isinstance(nt, int) and nt != len(cases):
         notes.append(f"dataset.json numTraining is {nt} but {len(cases)} cases are listed")
-    return cases, _labels_value_to_name(doc["labels"], djson), ending, channels, notes
+    return cases, _label_entries(doc["labels"], djson), ending, channels, notes
 
 
 def _find_pair(folder: Path) -> tuple[Path, Path] | None:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..io.formats import DEFAULT_ENDING, IMAGE_ENDINGS, channel_file, split_ending
+from ..io.labeltable import read_label_json
 
 CASE_FILE_STEMS = ("labels", "label", "seg", "segmentation")
 IMAGE_FILE_STEMS = ("image", "img", "ct", "mr", "mri")
 FOLDER_JSONS = ("labels.json", "dataset.json")
-BACKGROUND_NAMES = {"background", "bg", "clear label", "unlabeled", "unlabelled"}
 
 
 @dataclass
@@ -44,75 +44,6 @@ class CaseFolder:
     root: Path
     cases: dict[str, CaseFile] = field(default_factory=dict)
     dataset: str = ""
-
-
-def _int_value(v, source: Path) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise InputError(source, f"label value {v!r} is not an integer")
-    try:
-        f = float(v)
-    except ValueError:
-        raise InputError(source, f"label value {v!r} is not an integer") from None
-    if f != int(f) or f < 0:
-        raise InputError(source, f"label value {v!r} is not a non-negative integer")
-    return int(f)
-
-
-def _is_int_like(v) -> bool:
-    if isinstance(v, bool):
-        return False
-    if isinstance(v, int):
-        return True
-    if isinstance(v, str):
-        return v.strip().lstrip("+").isdigit()
-    return False
-
-
-def parse_label_mapping(doc, source: Path) -> dict[str, tuple[int, ...]]:
-    """Raw class name -> values from any of the accepted JSON shapes (background dropped)."""
-    if isinstance(doc, dict):
-        for key in ("labels", "classes", "label_map"):
-            if isinstance(doc.get(key), (dict, list)):
-                doc = doc[key]
-                break
-    pairs: list[tuple[str, tuple[int, ...]]] = []
-    if isinstance(doc, list):
-        for item in doc:
-            if not isinstance(item, dict) or "name" not in item:
-                raise InputError(source, "label list entries need 'name' and 'value'")
-            value = item.get("value", item.get("label", item.get("id")))
-            vals = value if isinstance(value, list) else [value]
-            pairs.append((str(item["name"]), tuple(_int_value(v, source) for v in vals)))
-    elif isinstance(doc, dict):
-        if doc and all(_is_int_like(k) for k in doc):  # value -> name
-            for k, v in doc.items():
-                name = v.get("name") if isinstance(v, dict) else v
-                if not isinstance(name, str):
-                    raise InputError(source, f"label {k} has no name")
-                pairs.append((name, (_int_value(k, source),)))
-        else:  # name -> value(s)
-            for k, v in doc.items():
-                vals = v if isinstance(v, list) else [v]
-                pairs.append((str(k), tuple(_int_value(x, source) for x in vals)))
-    else:
-        raise InputError(source, "expected a JSON object mapping label values to class names")
-    out: dict[str, tuple[int, ...]] = {}
-    for name, vals in pairs:
-        vals = tuple(sorted(set(v for v in vals if v != 0)))
-        if not vals or name.strip().lower() in BACKGROUND_NAMES:
-            continue
-        out[name] = tuple(sorted(set(out.get(name, ()) + vals)))
-    return out
-
-
-def read_label_json(path: Path) -> dict[str, tuple[int, ...]]:
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read label names ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    return parse_label_mapping(doc, Path(path))
 
 
 def _try_case_json(path: Path) -> dict[str, tuple[int, ...]] | None:
