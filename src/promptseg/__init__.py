@@ -1,8 +1,7 @@
 """promptseg: universal, prompt-driven 3D medical image segmentation."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .errors import CheckpointError, ConfigError, InputError, PromptsegError, TaxonomyError
 
 __all__ = [

@@ -26,7 +26,7 @@ VERB_MODULES = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="promptseg", description="Universal prompt-driven 3D medical image segmentation")
-    from . import __version__
+    from ._version import __version__
 
     parser.add_argument("--version", action="version", version=f"promptseg {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")

@@ -121,7 +121,18 @@ def test_pipeline_agrees_with_monai_on_perturbed_real_label_maps(case_dir, toler
     assert max(worst.values()) < 1e-3, worst
 
 
+def gt_case_folders() -> dict[str, int]:
+    """The case folders of ../shared/data (those holding a label map) -> number of named labels."""
+    out = {}
+    for p in sorted(DATA.iterdir()):
+        if p.is_dir() and any(f.name.startswith("labels.") and not f.name.endswith(".json") for f in p.iterdir()):
+            out[p.name] = len(json.loads((p / "labels.json").read_text()))
+    return out
+
+
 def test_cli_on_shared_data_writes_the_three_files(tmp_path, capsys):
+    """Two of the shared cases predicted: the others are missing predictions and score Dice 0
+    (nnU-Net's rule), so the class means fall; the sarcoma folders (no label map) are no cases."""
     from promptseg.cli import main
 
     pred = tmp_path / "pred"
@@ -133,21 +144,45 @@ def test_cli_on_shared_data_writes_the_three_files(tmp_path, capsys):
     print(printed.out)
     for name in ("metrics.csv", "summary.json", "report.html"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
+    cases = gt_case_folders()
+    others = sorted(set(cases) - {"ct_abdomen_small", "ct_chest_lung_tumor"})
+    assert others and not any(c.startswith("sts_") for c in cases)
     with open(out / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 41 + 1
-    assert {r["case"] for r in rows} == {"ct_abdomen_small", "ct_chest_lung_tumor"}
+    assert len(rows) == sum(cases.values())  # every class of every GT case has its row
+    assert {r["case"] for r in rows} == set(cases)
+    missing_rows = [r for r in rows if r["case"] in others]
+    assert {r["status"] for r in missing_rows} == {"missing prediction"}
+    assert all(float(r["dice"]) == 0.0 and r["pred_voxels"] == "0" for r in missing_rows if int(r["gt_voxels"]) > 0)
     summary = json.loads((out / "summary.json").read_text())
-    others = sorted(p.name for p in DATA.iterdir() if p.is_dir() and p.name not in ("ct_abdomen_small", "ct_chest_lung_tumor"))
-    assert [m["case"] for m in summary["missing_cases"]] == others  # listed, not dropped
-    assert all(f"missing prediction: data/{c}" in printed.err for c in others)
+    assert [m["case"] for m in summary["missing_cases"]] == others  # listed, and counted
+    assert all(f"missing prediction: data/{c} (scored as an empty prediction: Dice 0)" in printed.err for c in others)
+    assert summary["n_cases"] == len(cases)
     (det,) = summary["detection"]
     assert det["cls"] == "lung tumor" and det["tp"] == 1 and det["sensitivity"] == 1.0 and det["specificity"] is None
-    liver = next(r for r in rows if r["class"] == "liver")
-    assert 0.5 < float(liver["dice"]) < 1.0 and liver["status"] == "scored"
+    liver_rows = {r["case"]: r for r in rows if r["class"] == "liver"}
+    small = float(liver_rows["ct_abdomen_small"]["dice"])
+    assert 0.5 < small < 1.0 and liver_rows["ct_abdomen_small"]["status"] == "scored"
+    assert {c for c, r in liver_rows.items() if r["status"] == "missing prediction"} == set(liver_rows) - {"ct_abdomen_small"}
+    liver = next(e for e in summary["class_wise"] if e["class"] == "liver")
+    assert liver["dice"]["n"] == len(liver_rows) >= 2
+    assert liver["dice"]["mean"] == pytest.approx(small / len(liver_rows))  # the zeros are in the mean
     assert len(summary["worst_cases"]) == 2 and all((out / w["png"]).is_file() for w in summary["worst_cases"])
     html = (out / "report.html").read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") == 3 and "ct_abdomen_pelvis" in html
+
+    # --allow-missing: the same two cases scored, the others listed but out of the means
+    out2 = tmp_path / "out2"
+    assert main(["evaluate", str(pred), str(DATA), "-o", str(out2), "--quiet", "--no-report", "--allow-missing"]) == 0
+    err2 = capsys.readouterr().err
+    assert all(f"missing prediction: data/{c} (left out of the means: --allow-missing)" in err2 for c in others)
+    with open(out2 / "metrics.csv") as fh:
+        rows2 = list(csv.DictReader(fh))
+    assert len(rows2) == cases["ct_abdomen_small"] + cases["ct_chest_lung_tumor"]
+    summary2 = json.loads((out2 / "summary.json").read_text())
+    assert [m["case"] for m in summary2["missing_cases"]] == others
+    liver2 = next(e for e in summary2["class_wise"] if e["class"] == "liver")
+    assert liver2["dice"]["n"] == 1 and liver2["dice"]["mean"] == pytest.approx(small)
 
 
 def test_region_wise_groups_the_41_classes_by_taxonomy_region(tmp_path):

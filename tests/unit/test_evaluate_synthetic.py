@@ -131,7 +131,8 @@ def test_missing_extra_outside_taxonomy_and_unlabelled_values(tmp_path):
     for c in ("a", "b", "zz"):
         save(tmp_path / f"pred/{c}.nii.gz", p)
     labels(tmp_path / "pred/labels.json", {"1": "liver", "9": "funny bone"})
-    res = evaluate_folders(tmp_path / "pred", tmp_path / "gt", None, progress=False, report=False)
+    # allow_missing: case c is listed, not scored (its Dice-0 default is in test_faults_evaluate)
+    res = evaluate_folders(tmp_path / "pred", tmp_path / "gt", None, progress=False, report=False, allow_missing=True)
     sm = res.summary
     assert sm["missing_cases"] == [{"dataset": "gt", "case": "c"}]
     assert sm["extra_cases"] == [{"dataset": "gt", "case": "zz"}]
@@ -222,7 +223,7 @@ def test_cli_verb(tmp_path, capsys):
     assert "liver" in out.out and "missing prediction: gt/b" in out.err
     summary = json.loads((tmp_path / "o/summary.json").read_text())
     assert summary["settings"]["class_tolerance_mm"] == {"liver": 3.0}
-    assert summary["class_wise"][0]["dice"]["mean"] == 1.0
+    assert summary["class_wise"][0]["dice"]["mean"] == 0.5  # b has no prediction: Dice 0, in the mean
     assert main(args + ["--strict"]) == 3
     assert main(["evaluate", str(tmp_path / "pred")]) == 2  # PRED without GT: one-line error
     assert "PRED GT pairs" in capsys.readouterr().err

@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..io.atomic import atomic_write
+from .columns import COUNTED, SCORED, spell
 
 SUMMARY_METRICS = ("dice", "nsd", "hd95", "msd", "volume_diff_mm3")
 LESION_REGION = "lesion"
@@ -54,8 +55,8 @@ def _mean(values: Iterable) -> float:
 
 
 def scored(rows: Iterable[Row]) -> list[Row]:
-    """Rows that were scored (not 'not predicted')."""
-    return [r for r in rows if r.get("status", "scored") == "scored"]
+    """Rows that enter the means: scored, or a missing prediction scored as empty (not 'not predicted')."""
+    return [r for r in rows if r.get("status", SCORED) in COUNTED]
 
 
 def region_of(entry: Row, lesions_separate: bool = True) -> str:
@@ -153,15 +154,7 @@ def overall(class_table: Sequence[dict], metrics: Sequence[str] = SUMMARY_METRIC
 
 # --- the per case x class table as CSV -------------------------------------------------------
 def _cell(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        return repr(v) if math.isfinite(v) else ("inf" if v > 0 else "-inf")
-    return str(v)
+    return spell(v, none="", yes_no=("true", "false"), nan="nan", infinite=lambda x: "inf" if x > 0 else "-inf", number=repr)
 
 
 def table_to_csv(rows: Sequence[Row], columns: Sequence[str]) -> str:

@@ -50,6 +50,8 @@ def register(subparsers) -> None:
                    help="region-wise: keep lesions in their organ's region instead of a separate 'lesion' region")
     p.add_argument("--worst", type=int, default=5, metavar="N", help="draw the N lowest-Dice (case, class) pairs (default 5)")
     p.add_argument("--no-report", action="store_true", help="write metrics.csv and summary.json only")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="leave ground-truth cases without a prediction out of the means (default: they score Dice 0, as in nnU-Net)")
     p.add_argument("--strict", action="store_true", help="exit with status 3 when cases are missing or extra")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -83,6 +85,7 @@ def run(args) -> int:
         lesions_separate=not args.lesions_in_regions,
         worst_n=args.worst,
         report=not args.no_report,
+        allow_missing=args.allow_missing,
     )
     out = Path(args.out) if args.out else Path(pairs[0][0]) / "evaluation"
     res = evaluate_pairs(pairs, out, settings, progress=not args.quiet)
@@ -109,9 +112,10 @@ def run(args) -> int:
             why = "scored but" if key in scored_classes else "not in any ground truth's label set, so"
             print(f"note: --detect {name!r}: {why} no detection computed", file=sys.stderr)
     problems = 0
-    for key, what in (("missing_cases", "missing prediction"), ("extra_cases", "prediction without ground truth")):
+    why = "left out of the means: --allow-missing" if args.allow_missing else "scored as an empty prediction: Dice 0"
+    for key, what, note in (("missing_cases", "missing prediction", f" ({why})"), ("extra_cases", "prediction without ground truth", "")):
         for m in s[key]:
-            print(f"{what}: {m['dataset']}/{m['case']}", file=sys.stderr)
+            print(f"{what}: {m['dataset']}/{m['case']}{note}", file=sys.stderr)
             problems += 1
     for m in s["not_predicted"]:
         print(f"not predicted: {m['dataset']}/{m['class']} ({m['n_cases']} cases)", file=sys.stderr)

@@ -1,7 +1,10 @@
 """Folders of predictions and ground truth -> metrics.csv, summary.json, report.html.
 
 `evaluate_folders(pred_dir, gt_dir, out_dir)` is the Python API behind `promptseg evaluate`.
-Cases are matched by name (missing and extra cases are listed, never dropped silently); label
+Cases are matched by name; a ground-truth case without a prediction is scored as an empty
+prediction (DSC 0 for every class it holds, as nnU-Net counts it; status 'missing prediction')
+unless `allow_missing`, which lists it without scoring it; extra predictions are listed; a pair
+of folders without any matching case is an error. Label
 values are mapped to classes through each folder's label JSON and the taxonomy, so a prediction
 with 32 classes can be scored against a dataset that annotates 2. Only the ground truth's classes
 are scored; one the prediction does not name is reported as 'not predicted' (not as 0).
@@ -18,23 +21,19 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConfigError, InputError
 from ..taxonomy import Taxonomy, default_taxonomy
-from . import aggregate
 from ..io.atomic import atomic_write
+from ..io import read_image, read_label
+from . import aggregate
 from .cases import CaseFile, find_cases
+from .columns import MISSING, NOT_PREDICTED, ROW_COLUMNS, SCORED
 from .detection import DetectionCase, lesion_counts, summarize
 from .labelmap import LabelMap, class_ref, union_boxes
 from .metrics import all_metrics, empty_score_value
+from .report import overlay_png, write_report
 
-ROW_COLUMNS = (
-    "dataset", "case", "class", "gt_name", "pred_name", "region", "kind", "in_taxonomy", "status",
-    "tolerance_mm", "dice", "nsd", "hd95", "msd", "volume_gt_mm3", "volume_pred_mm3",
-    "volume_diff_mm3", "volume_rel_diff", "gt_voxels", "pred_voxels",
-)
-NUMERIC_COLUMNS = ROW_COLUMNS[9:]
-SCORED, NOT_PREDICTED = "scored", "not predicted"
 
 
 @dataclass
@@ -53,6 +52,7 @@ class EvaluationSettings:
     lesions_separate: bool = True  # region-wise: lesions form their own region (SAT)
     worst_n: int = 5  # worst (case, class) pairs drawn in the report
     report: bool = True
+    allow_missing: bool = False  # True: a GT case without prediction is listed, not scored (else Dice 0)
 
 
 @dataclass
@@ -91,19 +91,24 @@ def _keyed(mapping: dict[str, float], taxonomy: Taxonomy) -> dict[str, float]:
 
 
 def _read_pair(pred: CaseFile, gt: CaseFile):
-    from ..io import read_label
-
     g = read_label(gt.path)
     p = read_label(pred.path, reference=g)
     return p, g
 
 
-def _score_case(pred: CaseFile, gt: CaseFile, dataset: str, s: EvaluationSettings, taxonomy: Taxonomy,
+def _score_case(pred: CaseFile | None, gt: CaseFile, dataset: str, s: EvaluationSettings, taxonomy: Taxonomy,
                 tolerances: dict[str, float], thresholds: dict[str, float], detect_keys: set[str]):
-    pv, gv = _read_pair(pred, gt)
+    """Rows of one case; `pred` None (a missing prediction) scores an empty map naming every GT class."""
+    if pred is None:
+        gv = read_label(gt.path)
+        pv = gv.with_array(np.zeros(gv.shape, np.uint8))
+        pred_labels, pred_path, status = gt.labels, gt.path, MISSING
+    else:
+        pv, gv = _read_pair(pred, gt)
+        pred_labels, pred_path, status = pred.labels, pred.path, SCORED
     spacing = gv.spacing
     gmap = LabelMap(gv.array, gt.labels, spacing, taxonomy, gt.path, s.include_children)
-    pmap = LabelMap(pv.array, pred.labels, spacing, taxonomy, pred.path, s.include_children)
+    pmap = LabelMap(pv.array, pred_labels, spacing, taxonomy, pred_path, s.include_children)
     empty = empty_score_value(s.empty_score)
     rows, det = [], []
     for key in gmap.keys:
@@ -111,7 +116,7 @@ def _score_case(pred: CaseFile, gt: CaseFile, dataset: str, s: EvaluationSetting
         tol = tolerances.get(key, s.tolerance_mm)
         row = {
             "dataset": dataset, "case": gt.case, "class": key, "gt_name": ref.raw,
-            "pred_name": pmap.refs[key].raw if key in pmap.refs else "",
+            "pred_name": pmap.refs[key].raw if key in pmap.refs and pred is not None else "",
             "region": ref.region, "kind": ref.kind, "in_taxonomy": ref.in_taxonomy, "tolerance_mm": tol,
         }
         if not pmap.can_score(key, ref.group):
@@ -125,13 +130,13 @@ def _score_case(pred: CaseFile, gt: CaseFile, dataset: str, s: EvaluationSetting
         else:
             gm, pm = gmap.mask(key, box, ref.group), pmap.mask(key, box, ref.group)
         row.update(all_metrics(pm, gm, spacing, tolerance=tol, empty_score=empty, percentile=s.percentile))
-        row.update(status=SCORED, gt_voxels=int(gm.sum()), pred_voxels=int(pm.sum()))
+        row.update(status=status, gt_voxels=int(gm.sum()), pred_voxels=int(pm.sum()))
         rows.append(row)
         if ref.kind == "lesion" or key in detect_keys:
             det.append(DetectionCase(dataset, gt.case, key, row["volume_gt_mm3"], row["volume_pred_mm3"],
                                      thresholds.get(key, s.detect_threshold_mm3),
                                      lesion_counts(pm, gm, min_overlap_voxels=s.lesion_overlap_voxels)))
-    unlabelled = {"gt": gmap.unlabelled_values(), "pred": pmap.unlabelled_values()}
+    unlabelled = {"gt": gmap.unlabelled_values(), "pred": pmap.unlabelled_values() if pred is not None else []}
     return rows, det, unlabelled
 
 
@@ -155,6 +160,12 @@ def _worst(rows: Sequence[dict], n: int) -> list[dict]:
             and (r.get("gt_voxels", 0) or r.get("pred_voxels", 0))]
     cand.sort(key=lambda r: (r["dice"], r.get("nsd", 0.0) if math.isfinite(r.get("nsd", math.nan)) else 0.0))
     return cand[:n]
+
+
+def _some(names: set[str], n: int = 3) -> str:
+    """'3 cases: a, b, c' / '40 cases: a, b, c, ...' for a one-line message."""
+    shown = sorted(names)[:n]
+    return f"{len(names)} case{'s' if len(names) != 1 else ''}: " + ", ".join(shown) + (", ..." if len(names) > n else "")
 
 
 def evaluate_pairs(
@@ -188,7 +199,10 @@ def evaluate_pairs(
         datasets_info.append({"dataset": ds, "pred_dir": str(pred_dir), "gt_dir": str(gt_dir),
                               "n_gt_cases": len(gt_names), "n_pred_cases": len(pred_names),
                               "n_matched": len(gt_names & pred_names), "missing_cases": miss, "extra_cases": ext})
-        jobs += [(ds, pred.cases[c], gt.cases[c]) for c in sorted(gt_names & pred_names)]
+        if not gt_names & pred_names:
+            raise InputError(pred_dir, f"no prediction matches a ground-truth case of {gt_dir} "
+                                       f"({_some(gt_names)} there; {_some(pred_names)} here)")
+        jobs += [(ds, pred.cases.get(c), gt.cases[c]) for c in sorted(gt_names if not s.allow_missing else gt_names & pred_names)]
 
     rows, det_cases, unlabelled = [], [], []
     for ds, pc, gc in tqdm(jobs, desc="evaluate", unit="case", disable=not progress):
@@ -198,7 +212,7 @@ def evaluate_pairs(
         for side, vals in u.items():
             if vals:
                 unlabelled.append({"dataset": ds, "case": gc.case, "side": side, "values": vals,
-                                   "file": str((pc if side == "pred" else gc).path)})
+                                   "file": str((gc if side == "gt" else pc).path)})
 
     summary = build_summary(rows, det_cases, s, datasets_info, missing, extra, unlabelled)
     files: dict[str, Path] = {}
@@ -209,8 +223,6 @@ def evaluate_pairs(
             summary["worst_cases"] = _draw_worst(rows, jobs, s.worst_n, out, tax, s.include_children)
         files["summary.json"] = atomic_write(out / "summary.json", json.dumps(json_safe(summary), indent=1) + "\n")
         if s.report:
-            from .report import write_report
-
             files["report.html"] = write_report(summary, rows, out / "report.html")
     return EvaluationResult(rows, summary, files)
 
@@ -250,6 +262,8 @@ def build_summary(rows, det_cases: Iterable[DetectionCase], s: EvaluationSetting
             "class_wise": "mean within each dataset, then mean over datasets; std over all cases",
             "region_wise": "mean/std over class-wise means; lesions as region 'lesion'" if s.lesions_separate else "mean/std over class-wise means",
             "dataset_wise": "mean/std over the dataset's per-class means",
+            "missing_prediction": "listed in missing_cases, not scored (allow_missing)" if s.allow_missing
+            else "scored as an empty prediction (DSC = NSD = 0 where the GT has the class), status 'missing prediction'",
         },
         "datasets": datasets_info,
         "n_cases": len({(r["dataset"], r["case"]) for r in rows}),
@@ -269,9 +283,6 @@ def build_summary(rows, det_cases: Iterable[DetectionCase], s: EvaluationSetting
 
 def _draw_worst(rows, jobs, n, out: Path, taxonomy: Taxonomy, include_children: bool) -> list[dict]:
     """Render three orthogonal slices (pred and GT contours) for the n lowest-Dice rows."""
-    from ..io import read_image
-    from .report import overlay_png
-
     files = {(ds, gc.case): (pc, gc) for ds, pc, gc in jobs}
     out_list = []
     for i, r in enumerate(_worst(rows, n), start=1):

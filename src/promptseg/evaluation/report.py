@@ -18,6 +18,7 @@ import numpy as np
 
 from ..io.atomic import atomic_write
 from ..masks import bbox
+from .columns import COUNTED, ROW_COLUMNS, spell
 
 GT_COLOR = "#00d000"
 PRED_COLOR = "#ff2050"
@@ -52,7 +53,7 @@ def boxplot_png(rows: Sequence[dict], metrics: Sequence[str] = ("dice", "nsd")) 
     """Horizontal box plots of per-case scores, one row per class, one panel per metric."""
     per_class: dict[str, dict[str, list[float]]] = {}
     for r in rows:
-        if r.get("status") != "scored":
+        if r.get("status") not in COUNTED:
             continue
         for m in metrics:
             v = r.get(m)
@@ -163,17 +164,8 @@ def overlay_png(gt: np.ndarray, pred: np.ndarray, spacing, image: np.ndarray | N
 
 # --- HTML ----------------------------------------------------------------------------------------
 def _fmt(v, digits: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "–"
-        if math.isinf(v):
-            return "∞"
-        return f"{v:.{digits}f}"
-    return html.escape(str(v))
+    return spell(v, none="–", yes_no=("yes", "no"), nan="–", infinite=lambda x: "∞", number=lambda x: f"{x:.{digits}f}",
+                 other=lambda x: html.escape(str(x)))
 
 
 def _ms(stat: dict | None, digits: int = 3) -> str:
@@ -286,8 +278,6 @@ def render_html(summary: dict, rows: Sequence[dict], boxplot: bytes | None, wors
                 parts.append(_img(worst_pngs[i], f"{w['case']} {w['class']}"))
     else:
         parts.append("<p class=dim>None drawn.</p>")
-
-    from .evaluate import ROW_COLUMNS
 
     cols = [c for c in ROW_COLUMNS if c not in ("gt_name", "pred_name")]
     parts.append(f"<h2>Per case × class</h2><details><summary>{len(rows)} rows (also in metrics.csv)</summary>")

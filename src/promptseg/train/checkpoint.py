@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .. import __version__
+from .._version import __version__
 from ..errors import CheckpointError
 from ..taxonomy import default_taxonomy
 
