@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import ConfigError
+from ..text import DEFAULT_TEMPLATE
 from .segmenter import UniversalSegmenter
 
 BACKBONES = {
@@ -46,7 +47,7 @@ def build_backbone(cfg: dict[str, Any], in_channels: int = 1):
 
 def text_settings(cfg: dict[str, Any]) -> tuple[str, str]:
     """(encoder name, prompt template) of a conditioner config."""
-    return cfg.get("text_encoder", "minilm"), cfg.get("template", "A computerized tomography of a {}.")
+    return cfg.get("text_encoder", "minilm"), cfg.get("template", DEFAULT_TEMPLATE)
 
 
 def class_embeddings(cfg: dict[str, Any], class_names: Sequence[str]) -> torch.Tensor:

@@ -19,6 +19,7 @@ from ..errors import ConfigError
 from ..io.atomic import atomic_path
 from .encoders import OneHotEncoder, TextEncoder, canonical_encoder_name, get_text_encoder
 
+#: the Universal Model's prompt (CLIP "A computerized tomography of a [CLS]"); the one place in code
 DEFAULT_TEMPLATE = "A computerized tomography of a {}."
 _FORMAT = "1"
 

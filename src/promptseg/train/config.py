@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from ..text import DEFAULT_TEMPLATE
 
 DEFAULTS: dict[str, Any] = {
     "name": "run",
@@ -22,7 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "classes": None,
     "plan": {"name": "universal_ct"},
     "backbone": {"name": "unet", "preset": "small"},
-    "conditioner": {"name": "universal", "text_encoder": "minilm", "template": "A computerized tomography of a {}."},
+    "conditioner": {"name": "universal", "text_encoder": "minilm", "template": DEFAULT_TEMPLATE},
     "train": {
         "steps": 1000,
         "batch_size": 2,

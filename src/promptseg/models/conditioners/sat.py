@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigError, InputError
+from ...text import DEFAULT_TEMPLATE
 from ..segmenter import PromptError
 from .base import Conditioner, Context, PromptBatch
 
@@ -190,7 +191,7 @@ class SATConditioner(Conditioner):
         default_modality: str = "CT",
         query_self_attention: bool = False,
         text_encoder: str = "minilm",
-        template: str = "A computerized tomography of a {}.",
+        template: str = DEFAULT_TEMPLATE,
         text_dim: int | None = None,
     ):
         super().__init__(class_names)
