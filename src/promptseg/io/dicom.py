@@ -7,15 +7,13 @@ The writer exists so tests (and users) can produce a standards-shaped series fro
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from .atomic import atomic_directory
 from .sitk_convert import one_line, volume_from_sitk
 from .volume import Volume
 
@@ -120,26 +118,20 @@ def write_dicom_series(
         ("0028|1053", f"{rescale_slope:.10g}"), ("0028|1052", f"{rescale_intercept:.10g}"),
         ("0028|0100", "16"), ("0028|0101", "16"), ("0028|0102", "15"), ("0028|0103", "1"),
     ]
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.partial"
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        writer = sitk.ImageFileWriter()
-        writer.KeepOriginalImageUIDOn()
-        for k in range(image.GetDepth()):
-            sl = image[:, :, k]
-            for tag, value in common:
-                sl.SetMetaData(tag, value)
-            sl.SetMetaData("0008|0018", generate_uid())
-            sl.SetMetaData("0020|0013", str(k + 1))
-            sl.SetMetaData("0020|0032", _fmt(image.TransformIndexToPhysicalPoint((0, 0, k))))
-            writer.SetFileName(str(tmp / f"slice_{k + 1:04d}.dcm"))
-            writer.Execute(sl)
-        if out.exists():  # an empty folder the caller made: replace it
-            out.rmdir()
-        os.replace(tmp, out)
+        with atomic_directory(out) as tmp:
+            writer = sitk.ImageFileWriter()
+            writer.KeepOriginalImageUIDOn()
+            for k in range(image.GetDepth()):
+                sl = image[:, :, k]
+                for tag, value in common:
+                    sl.SetMetaData(tag, value)
+                sl.SetMetaData("0008|0018", generate_uid())
+                sl.SetMetaData("0020|0013", str(k + 1))
+                sl.SetMetaData("0020|0032", _fmt(image.TransformIndexToPhysicalPoint((0, 0, k))))
+                writer.SetFileName(str(tmp / f"slice_{k + 1:04d}.dcm"))
+                writer.Execute(sl)
     except RuntimeError as exc:
-        raise InputError(out, f"cannot write DICOM series ({one_line(exc, tmp)})") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        raise InputError(out, f"cannot write DICOM series ({one_line(exc, out)})") from None
     return out
