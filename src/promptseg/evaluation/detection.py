@@ -17,6 +17,8 @@ from typing import Iterable
 
 import numpy as np
 
+from ..masks import components
+
 
 @dataclass(frozen=True)
 class LesionCounts:
@@ -28,8 +30,6 @@ class LesionCounts:
 
 def lesion_counts(pred: np.ndarray, gt: np.ndarray, connectivity: int = 26, min_overlap_voxels: int = 1) -> LesionCounts:
     """Connected-component lesion matching of a predicted and a true lesion mask."""
-    import cc3d
-
     p = np.ascontiguousarray(np.asarray(pred) != 0)
     g = np.ascontiguousarray(np.asarray(gt) != 0)
     if p.shape != g.shape:
@@ -41,8 +41,8 @@ def lesion_counts(pred: np.ndarray, gt: np.ndarray, connectivity: int = 26, min_
         hits = np.bincount(components[other].ravel(), minlength=n + 1)[1:]
         return int((hits >= min_overlap_voxels).sum())
 
-    lg, ng = cc3d.connected_components(g.astype(np.uint8), connectivity=connectivity, return_N=True)
-    lp, npred = cc3d.connected_components(p.astype(np.uint8), connectivity=connectivity, return_N=True)
+    lg, ng = components(g, connectivity)
+    lp, npred = components(p, connectivity)
     return LesionCounts(int(ng), found(lg, int(ng), p), int(npred), found(lp, int(npred), g))
 
 

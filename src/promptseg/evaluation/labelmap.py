@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError, TaxonomyError
+from ..masks import components
 from ..taxonomy import ClassInfo, Taxonomy, normalize
 
 UNKNOWN = "unknown"
@@ -201,12 +202,10 @@ class LabelMap:
             for i, s in enumerate(sides, start=1):
                 organ[np.isin(self.array[box], self.values[s]) & ~lesion] = i
             if lesion.any() and organ.any():
-                import cc3d
-
                 dist, idx = ndimage.distance_transform_edt(organ == 0, sampling=self.spacing, return_indices=True)
                 nearest = organ[tuple(idx)]
                 contact = math.sqrt(sum(s * s for s in self.spacing)) * 1.001
-                comps, n = cc3d.connected_components(lesion.astype(np.uint8), connectivity=26, return_N=True)
+                comps, n = components(lesion, 26)
                 near = lesion & (dist <= contact)
                 k = len(sides) + 1  # votes[c, side] = touching voxels of component c nearest that side
                 votes = np.bincount(comps[near].astype(np.int64) * k + nearest[near], minlength=(n + 1) * k)
