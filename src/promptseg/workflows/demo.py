@@ -16,7 +16,7 @@ import yaml
 
 
 def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    from .evaluation.metrics import dice
+    from ..evaluation.metrics import dice
 
     return float(dice(pred, gt))
 
@@ -50,13 +50,13 @@ def _overlay_png(image: np.ndarray, label: np.ndarray, path: Path, title: str) -
 
 
 def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: int = 4) -> dict:
-    from .data.phantoms import make_phantom_datasets
-    from .inference.predictor import Predictor
-    from .io import read_image, read_label
-    from .taxonomy import default_taxonomy
-    from .train.checkpoint import load_checkpoint
-    from .train.config import resolve_config
-    from .train.trainer import train
+    from ..data.phantoms import make_phantom_datasets
+    from ..inference.predictor import Predictor
+    from ..io import read_image, read_label
+    from ..taxonomy import default_taxonomy
+    from ..train.checkpoint import load_checkpoint
+    from ..train.config import resolve_config
+    from ..train.trainer import train
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
