@@ -337,7 +337,7 @@ def score_checkpoint(checkpoint: str | Path, cases: Sequence[TestCase], out_dir:
     each class's mask with Dice against the reference (organ = own label + its tumours)."""
     from ..evaluation.labelmap import LabelMap
     from ..evaluation.metrics import dice
-    from ..inference.predictor import predict
+    from ..inference import predict
     from ..io import read_label
     from ..taxonomy import default_taxonomy
     from ..train.checkpoint import load_checkpoint
