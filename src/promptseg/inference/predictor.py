@@ -34,11 +34,13 @@ from ..io import read_image
 from ..io.volume import Volume
 from ..preprocess import get_plan, preprocess_image
 from ..taxonomy.query import Query, expand_groups, resolve_queries
+from .inputs import plan_outputs
 from .postprocess import _bbox, body_mask_from_image, load_rules, postprocess
 from .prediction import PackedMasks, Prediction
 from .settings import check_coarse, inference_settings, min_window, scaled_plan
 from .sliding import resolve_device, set_threads, size_multiple, sliding_window_masks
 from .upsample import invert_classes
+from .writing import write_case
 
 
 class _Timer:
@@ -152,13 +154,30 @@ class Predictor:
         return pre, body
 
     def _check_size(self, volume: Volume, shape) -> None:
-        """Refuse in one line a grid too small for the network's bottleneck (instance norm needs
-        two voxels there): padding a 3-voxel image to 32 would predict mostly padding."""
+        """A 3D image needs two voxels along each axis after preprocessing (one slice is a 2D image,
+        which these networks do not segment): a one-line error instead of a torch traceback."""
+        if any(int(n) < 2 for n in shape):
+            raise InputError(volume.path, f"image of {tuple(volume.shape)} voxels gives a network grid of "
+                                          f"{tuple(int(n) for n in shape)}: at least 2 voxels per axis are needed")
+
+    def _masks(self, tensor: torch.Tensor, pb, thresholds, window, **kw):
+        """`sliding_window_masks` on `tensor`, padded first (with its minimum, as MONAI pads) along
+        any axis too short for the network: a window there would leave one voxel at the bottleneck,
+        where instance norm fails. The padding is cut off the results."""
+        shape = tuple(int(n) for n in tensor.shape[2:])
         need = [2 * m for m in size_multiple(self.model)]
-        if any(int(n) < 2 for n in shape) or any(int(n) * 4 < k for n, k in zip(shape, need)):
-            raise InputError(volume.path, f"image of {tuple(volume.shape)} voxels is too small for this network "
-                                          f"(grid {tuple(int(n) for n in shape)} after preprocessing; at least "
-                                          f"{tuple(max(2, (k + 3) // 4) for k in need)} voxels needed)")
+        pad = [max(0, k - n) if n <= k // 2 else 0 for n, k in zip(shape, need)]
+        if any(pad):
+            flat = [v for p in reversed(pad) for v in (0, p)]  # F.pad lists the last axis first
+            tensor = torch.nn.functional.pad(tensor, flat, value=float(tensor.min()))
+        s = self.settings
+        raw, probs = sliding_window_masks(self.model, tensor, pb, thresholds, window=window, overlap=s["overlap"],
+                                          mode=s["mode"], sw_batch_size=int(s["sw_batch_size"]), device=self.device,
+                                          precision=self._precision(), head_chunk=s["head_chunk"], **kw)
+        if any(pad):
+            cut = (slice(None),) + tuple(slice(0, n) for n in shape)
+            raw, probs = np.ascontiguousarray(raw[cut]), np.ascontiguousarray(probs[cut])
+        return raw, probs
 
     def predict_volume(self, volume: Volume, prompts: Sequence[str] | None = None) -> Prediction:
         timings: dict[str, float] = {}
@@ -209,13 +228,12 @@ class Predictor:
         """Masks + uint16 probabilities of the crop; with a region, grown until no mask touches its
         inner faces (so a class the locating pass under-estimated is still complete)."""
         s = self.settings
-        kw = dict(window=s["window"], overlap=s["overlap"], mode=s["mode"], sw_batch_size=int(s["sw_batch_size"]),
-                  device=self.device, precision=self._precision(), head_chunk=s["head_chunk"], progress=self.progress)
         shape = tuple(tensor.shape[2:])
         run = tries = 0
         while True:
             st: dict[str, Any] = {}
-            raw, probs = sliding_window_masks(self.model, tensor, pb, thresholds, region=region, stats=st, **kw)
+            raw, probs = self._masks(tensor, pb, thresholds, s["window"], region=region, stats=st,
+                                     progress=self.progress)
             run += st["windows"]
             if region is None:
                 break
@@ -258,10 +276,7 @@ class Predictor:
         coarse_window = min_window(coarse_window, self.model)
         pre, body = self._crop_to_body(preprocess_image(volume, coarse_plan))
         tensor = torch.from_numpy(pre.array)[None, None]
-        raw, _ = sliding_window_masks(self.model, tensor, self._prompt_batch(queries), [q.threshold for q in queries],
-                                      window=coarse_window, overlap=s["overlap"], mode=s["mode"],
-                                      sw_batch_size=int(s["sw_batch_size"]), device=self.device,
-                                      precision=self._precision(), head_chunk=s["head_chunk"])
+        raw, _ = self._masks(tensor, self._prompt_batch(queries), [q.threshold for q in queries], coarse_window)
         masks = {q.name: raw[k] for k, q in enumerate(queries)}
         if s["postprocess"]:
             masks = postprocess(masks, None, self.taxonomy, pre.record.network.spacing, body_mask=body,
@@ -297,9 +312,6 @@ class Predictor:
         """Predict one image file / DICOM folder; write OUT/<case>.<ext>, OUT/<case>/<class>.nii.gz
         and OUT/labels.json (`outputs`: statistics, preview, output_types; see `writing.write_case`).
         Returns the paths written plus the Prediction ('prediction')."""
-        from .inputs import plan_outputs
-        from .writing import write_case
-
         path = Path(path)
         types = tuple(outputs.get("output_types") or ("nifti",))
         folder = (write_masks and "nifti" in types) or bool(outputs.get("statistics") or outputs.get("preview")) \
@@ -311,8 +323,6 @@ class Predictor:
                      statistics: bool = False, preview: bool = False,
                      output_types: Sequence[str] = ("nifti",)) -> dict[str, Any]:
         """Read, predict and write one case to the paths of `plan` (an `inputs.CaseOutputs`)."""
-        from .writing import write_case
-
         self.queries(prompts)  # fail on a bad prompt before reading a large image
         t0 = time.perf_counter()
         volume = read_image(path)

@@ -65,7 +65,9 @@ def write_preview(path: Path, image: Volume, label_map: Volume, names: Mapping[i
         (img[:, c[1], :], lab[:, c[1], :], sp[2] / sp[0], "coronal (R on left)"),
         (img[c[0], :, :], lab[c[0], :, :], sp[2] / sp[1], "sagittal (A on left)"),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.8))
+    rows = -(-len(present) // 6)  # legend rows below the planes
+    legend_in = 0.2 * rows + (0.1 if rows else 0.0)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.8 + legend_in))
     for ax, (im, lb, aspect, name) in zip(axes, planes):
         ax.imshow(_radiological(im), cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
         lb = _radiological(lb)
@@ -78,7 +80,7 @@ def write_preview(path: Path, image: Volume, label_map: Volume, names: Mapping[i
         fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 1))
+    fig.tight_layout(rect=(0, legend_in / (4.8 + legend_in), 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
