@@ -37,6 +37,23 @@ def _radiological(plane: np.ndarray) -> np.ndarray:
     return np.flip(plane.T)
 
 
+def radiological_planes(image: Volume, label: Volume, centre=None) -> list[tuple[np.ndarray, np.ndarray, float, str]]:
+    """(image plane, label plane, aspect, name) of the axial, coronal and sagittal planes through
+    `centre` (RAS voxel index; default: the centre of the labelled voxels), ready for imshow."""
+    perm, flip = orientation_transform(image.affine, "RAS")
+    img = np.asarray(reorient(np.asarray(image.array), perm, flip), dtype=np.float32)
+    lab = np.asarray(reorient(np.asarray(label.array), perm, flip))
+    sp = [image.spacing[p] for p in perm]
+    if centre is None:
+        centre = [int(np.mean(ix)) if len(ix) else s // 2 for ix, s in zip(np.nonzero(lab), lab.shape)]
+    c = centre
+    return [  # aspect = row spacing / column spacing
+        (_radiological(img[:, :, c[2]]), _radiological(lab[:, :, c[2]]), sp[1] / sp[0], "axial (R on left)"),
+        (_radiological(img[:, c[1], :]), _radiological(lab[:, c[1], :]), sp[2] / sp[0], "coronal (R on left)"),
+        (_radiological(img[c[0], :, :]), _radiological(lab[c[0], :, :]), sp[2] / sp[1], "sagittal (A on left)"),
+    ]
+
+
 def write_preview(path: Path, image: Volume, label_map: Volume, names: Mapping[int, str], title: str = "") -> Path:
     """Axial, coronal and sagittal planes through the centre of the labelled voxels, with a legend."""
     import matplotlib
@@ -46,31 +63,21 @@ def write_preview(path: Path, image: Volume, label_map: Volume, names: Mapping[i
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    perm, flip = orientation_transform(image.affine, "RAS")
-    img = np.asarray(reorient(np.asarray(image.array), perm, flip), dtype=np.float32)
-    lab = np.asarray(reorient(np.asarray(label_map.array), perm, flip))
-    sp = [image.spacing[p] for p in perm]
-    nz = np.nonzero(lab)
-    c = [int(np.mean(ix)) if len(ix) else s // 2 for ix, s in zip(nz, lab.shape)]
+    planes = radiological_planes(image, label_map)
+    img = np.asarray(image.array)
     lo, hi = np.percentile(img, [1, 99]) if img.size else (0.0, 1.0)
-    present = sorted(int(v) for v in np.unique(lab) if v != 0)
+    present = sorted(int(v) for v in np.unique(np.asarray(label_map.array)) if v != 0)
     top = max(present + [1])
     colors = np.zeros((top + 1, 4))
     for v in present:
         colors[v, :3] = np.asarray(class_color(v)) / 255.0
         colors[v, 3] = 1.0
     cmap = ListedColormap(colors)
-    planes = [  # (plane of RAS array, aspect = row spacing / column spacing, name)
-        (img[:, :, c[2]], lab[:, :, c[2]], sp[1] / sp[0], "axial (R on left)"),
-        (img[:, c[1], :], lab[:, c[1], :], sp[2] / sp[0], "coronal (R on left)"),
-        (img[c[0], :, :], lab[c[0], :, :], sp[2] / sp[1], "sagittal (A on left)"),
-    ]
     rows = -(-len(present) // 6)  # legend rows below the planes
     legend_in = 0.2 * rows + (0.1 if rows else 0.0)
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.8 + legend_in))
     for ax, (im, lb, aspect, name) in zip(axes, planes):
-        ax.imshow(_radiological(im), cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
-        lb = _radiological(lb)
+        ax.imshow(im, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
         ax.imshow(np.ma.masked_where(lb == 0, lb), cmap=cmap, vmin=0, vmax=top, alpha=0.5,
                   aspect=aspect, interpolation="nearest")
         ax.set_title(name)
