@@ -409,16 +409,23 @@ def _case_seed(seed: int, stream: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), stream, index]).generate_state(1, np.uint32)[0])
 
 
+def refuse_foreign_dataset(final: Path, tag: str, what: str) -> None:
+    """An existing dataset folder is replaced only when its dataset.json description starts with
+    `tag` (promptseg made it); anything else is the user's and is refused in one line."""
+    if not final.exists():
+        return
+    try:
+        desc = json.loads((final / "dataset.json").read_text()).get("description", "")
+    except (OSError, ValueError, AttributeError):
+        desc = ""
+    if not str(desc).startswith(tag):
+        raise InputError(final, f"exists and is not {what}; refusing to overwrite")
+
+
 def _write_dataset(root: Path, name: str, classes, tumour_ranges, stream: int, n: int, seed: int,
                    shape, spacing, test: bool, progress) -> Path:
     final = root / name
-    if final.exists():
-        try:
-            desc = json.loads((final / "dataset.json").read_text()).get("description", "")
-        except (OSError, ValueError, AttributeError):
-            desc = ""
-        if not str(desc).startswith("promptseg phantom"):
-            raise InputError(final, "exists and is not a promptseg phantom dataset; refusing to overwrite")
+    refuse_foreign_dataset(final, "promptseg phantom", "a promptseg phantom dataset")
     with atomic_directory(final) as work:
         img_dir, lab_dir = ("imagesTs", "labelsTs") if test else ("imagesTr", "labelsTr")
         (work / img_dir).mkdir()

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import InputError
 from ..io import read_image
 from ..io.volume import Volume
-from .batch import check_output_types
+from .batch import check_output_types, load_model
 from .inputs import plan_outputs
 from .prediction import Prediction
 from .predictor import Predictor
@@ -53,10 +53,7 @@ def predict_image(image, model, prompts: Sequence[str] | str | None = None, *, o
         folder = (write_masks and "nifti" in types) or statistics or preview or any(t != "nifti" for t in types)
         pseudo = source or Path(getattr(image, "path", None) or "prediction.nii.gz")
         outputs = plan_outputs([pseudo], output, folder, nifti="nifti" in types)[0]
-    if isinstance(model, (str, Path)):
-        from ..train.checkpoint import load_checkpoint  # noqa: E501 -- the ckpt branch moves this to a lower layer
-
-        model = load_checkpoint(model, device="cpu")
+    model = load_model(model)
     settings = dict(inference or {})
     if postprocess is not None:
         settings["postprocess"] = bool(postprocess)

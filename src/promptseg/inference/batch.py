@@ -28,6 +28,15 @@ class BatchError(PromptsegError):
         super().__init__(f"{len(failures)} of {total} case(s) failed ({listed})")
 
 
+def load_model(model_or_checkpoint):
+    """A loaded model as it is; a checkpoint path loaded on the CPU (the predictor moves it)."""
+    if not isinstance(model_or_checkpoint, (str, Path)):
+        return model_or_checkpoint
+    from ..train.checkpoint import load_checkpoint  # the ckpt branch moves this to a lower layer
+
+    return load_checkpoint(model_or_checkpoint, device="cpu")
+
+
 def check_output_types(files: Sequence[Path], output_types: Sequence[str]) -> tuple[str, ...]:
     """The asked output types, checked: known names, and DICOM outputs only from DICOM series."""
     types = tuple(dict.fromkeys(output_types or ("nifti",)))
@@ -63,11 +72,7 @@ def predict(model_or_checkpoint, inputs, out_dir, prompts: Sequence[str] | None 
     types = check_output_types(files, output_types)
     folder = (write_masks and "nifti" in types) or statistics or preview or any(t != "nifti" for t in types)
     plans = plan_outputs(files, out_dir, folder, nifti="nifti" in types)  # never onto an input
-    model = model_or_checkpoint
-    if isinstance(model_or_checkpoint, (str, Path)):
-        from ..train.checkpoint import load_checkpoint  # noqa: E501 -- the ckpt branch moves this to a lower layer
-
-        model = load_checkpoint(model_or_checkpoint, device="cpu")
+    model = load_model(model_or_checkpoint)
     settings = dict(inference or {})
     if postprocess is not None:
         settings["postprocess"] = bool(postprocess)

@@ -208,7 +208,7 @@ class Predictor:
                 masks = postprocess(
                     masks, None, self.taxonomy, pre.record.network.spacing, body_mask=body,
                     direction=np.asarray(pre.record.network.direction, dtype=float).reshape(3, 3),
-                    rules=self.rules, notes=notes, workers=self.threads,
+                    rules=self.rules, notes=notes, workers=self.threads, classes={q.name: q.info for q in queries},
                 )
         part: dict[str, float] = {}
         with _Timer(timings, "invert"):
@@ -281,7 +281,7 @@ class Predictor:
         if s["postprocess"]:
             masks = postprocess(masks, None, self.taxonomy, pre.record.network.spacing, body_mask=body,
                                 direction=np.asarray(pre.record.network.direction, dtype=float).reshape(3, 3),
-                                rules=self.rules)
+                                rules=self.rules, classes={q.name: q.info for q in queries})
         union = np.zeros(raw.shape[1:], bool)
         for m in masks.values():
             union |= m

@@ -33,6 +33,7 @@ import yaml
 
 from ..errors import ConfigError, InputError, PromptsegError
 from ..evaluation.evaluate import json_safe
+from ..data.phantoms import refuse_foreign_dataset
 from ..io.atomic import atomic_directory, atomic_write
 
 SUITES = ("phantom", "real-ct")
@@ -174,13 +175,7 @@ def _write_split(root: Path, name: str, case: str, image_path: Path, label, clas
     from ..io import write_image
 
     final = root / name
-    if final.exists():
-        try:
-            desc = json.loads((final / "dataset.json").read_text()).get("description", "")
-        except (OSError, ValueError, AttributeError):
-            desc = ""
-        if not str(desc).startswith(SPLIT_TAG):
-            raise InputError(final, "exists and is not a promptseg partial split; refusing to overwrite")
+    refuse_foreign_dataset(final, SPLIT_TAG, "a promptseg partial split")
     ending = _ending(image_path)
     with atomic_directory(final) as work:
         (work / "imagesTr").mkdir()

@@ -6,13 +6,15 @@ labelled phantoms by text prompts, and writes masks, a PNG overlay and a metrics
 from __future__ import annotations
 
 import json
-import os
 import time
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
+
+from ..io.atomic import atomic_write
 
 
 def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -21,37 +23,11 @@ def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(dice(pred, gt))
 
 
-def _overlay_png(image: np.ndarray, label: np.ndarray, path: Path, title: str) -> None:
-    """Three orthogonal slices through the image with the merged label map overlaid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    centre = [int(np.mean(ix)) if len(ix) else s // 2 for ix, s in zip(np.nonzero(label), label.shape)]
-    views = [
-        (image[:, :, centre[2]], label[:, :, centre[2]], "axial"),
-        (image[:, centre[1], :], label[:, centre[1], :], "coronal"),
-        (image[centre[0], :, :], label[centre[0], :, :], "sagittal"),
-    ]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
-    for ax, (img, lab, name) in zip(axes, views):
-        ax.imshow(np.rot90(img), cmap="gray", vmin=-175, vmax=250)
-        masked = np.ma.masked_where(np.rot90(lab) == 0, np.rot90(lab))
-        ax.imshow(masked, cmap="tab20", alpha=0.5, interpolation="nearest", vmin=0, vmax=32)
-        ax.set_title(name)
-        ax.axis("off")
-    fig.suptitle(title)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: int = 4) -> dict:
+def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: int = 4,
+             threads: int | None = None) -> dict:
     from ..data.phantoms import make_phantom_datasets
     from ..inference.predictor import Predictor
+    from ..inference.preview import write_preview
     from ..io import read_image, read_label
     from ..taxonomy import default_taxonomy
     from ..train.checkpoint import load_checkpoint
@@ -66,7 +42,7 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
     raw = yaml.safe_load(resources.files("promptseg.configs").joinpath("demo.yaml").read_text())
     if steps is not None:
         raw["train"]["steps"] = steps
-    (out / "demo.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    atomic_write(out / "demo.yaml", yaml.safe_dump(raw, sort_keys=False))
     config = resolve_config(raw, out)
     print(f"[2/4] training ({config['train']['steps']} steps on {', '.join(Path(d['path']).name for d in config['datasets'])})")
     t1 = time.time()
@@ -75,7 +51,7 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
 
     print("[3/4] predicting held-out phantoms by text prompt")
     model = load_checkpoint(ckpt, device="cpu")
-    predictor = Predictor(model, device=device, progress=False)
+    predictor = Predictor(model, device=device, progress=False, inference={"threads": threads} if threads else None)
     test_dir = folders["PhantomTest_full"]
     spec = json.loads((test_dir / "dataset.json").read_text())
     value_to_name = {int(v): k for k, v in spec["labels"].items() if int(v) != 0}
@@ -89,7 +65,7 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
         written = predictor.predict_file(img_path, pred_dir, prompts=prompts)
         image = read_image(img_path)
         gt = read_label(test_dir / "labelsTs" / f"{case}.nii.gz", reference=image).array
-        merged = read_label(written["label_map"]).array
+        merged = read_label(written["label_map"])
         scores = {}
         for name in prompts:
             info = tax.resolve(name)
@@ -100,7 +76,7 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
             pred_mask = read_label(mask_path).array > 0 if mask_path else np.zeros_like(gt_mask)
             scores[name] = _dice(pred_mask, gt_mask) if gt_mask.any() or pred_mask.any() else float("nan")
         per_case[case] = scores
-        _overlay_png(image.array, merged, pred_dir / f"{case}_overlay.png", f"{case}: prediction")
+        write_preview(pred_dir / f"{case}_overlay.png", image, merged, written["prediction"].names, f"{case}: prediction")
 
     print("[4/4] Dice per class on held-out phantoms")
     summary = {}
@@ -116,15 +92,15 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
         "checkpoint": str(ckpt),
         "predictions": str(pred_dir),
     }
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out / "metrics.json")
+    atomic_write(out / "metrics.json", json.dumps(result, indent=1))
     print(f"done in {result['total_seconds']:.0f} s; masks, overlays and metrics in {out}")
     return result
 
 
 def _demo(args) -> int:
-    run_demo(Path(args.out), steps=args.steps, device=args.device)
+    if args.threads is not None:
+        torch.set_num_threads(int(args.threads))  # training too, not only prediction
+    run_demo(Path(args.out), steps=args.steps, device=args.device, threads=args.threads)
     return 0
 
 
@@ -133,4 +109,6 @@ def register(sub) -> None:
     p.add_argument("--out", default="demo_out", help="output folder")
     p.add_argument("--steps", type=int, default=None, help="training steps (default from the demo config)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: OMP_NUM_THREADS when set, else the cores this process may use)")
     p.set_defaults(func=_demo)
