@@ -281,3 +281,37 @@ def test_python_api_takes_path_volume_and_nibabel(ckpt, ct, tmp_path):
         np.testing.assert_array_equal(p.label_map.array, by_path.label_map.array)
     assert read_image(tmp_path / "o.nii.gz").same_grid(by_path.label_map)
     assert promptseg.predict.__doc__ and "nibabel" in promptseg.predict.__doc__
+
+
+def test_dicom_output_types_reach_the_io_writers(ckpt, shared_data, tmp_path, monkeypatch):
+    """--output-type dicom-seg rtstruct hands the label map, the segments (name, label value,
+    colour) and the source series to io.dicom_seg / io.rtstruct (recorded here: this checks the
+    wiring; the writers' own tests validate the DICOM files)."""
+    import importlib
+    import types
+
+    vol = read_image(shared_data / "ct_abdomen_small" / "image.nii.gz")
+    series = tmp_path / "series"
+    write_dicom_series(Volume(np.asarray(vol.array)[:, :, 8:16].astype(np.int16), vol.spacing, vol.origin,
+                              vol.direction), series)
+    calls = []
+    for mod, fn in (("promptseg.io.dicom_seg", "write_dicom_seg"), ("promptseg.io.rtstruct", "write_rtstruct")):
+        fake = types.ModuleType(mod)
+
+        def writer(label_map, segments, source_series_dir, out_path, _fn=fn):
+            calls.append((_fn, label_map, segments, Path(source_series_dir), Path(out_path)))
+            Path(out_path).write_bytes(b"DICM")
+        setattr(fake, fn, writer)
+        monkeypatch.setitem(sys.modules, mod, fake)
+        monkeypatch.setattr(importlib.import_module("promptseg.io"), mod.rsplit(".", 1)[1], fake, raising=False)
+    out = tmp_path / "out"
+    assert run("-i", series, "-o", out, "-m", ckpt, "--prompt", "liver", "spleen",
+               "--output-type", "nifti", "dicom-seg", "rtstruct") == 0
+    assert [c[0] for c in calls] == ["write_dicom_seg", "write_rtstruct"]
+    for _, label_map, segments, source, path in calls:
+        assert source == series and path.parent.name.startswith(".series.")  # built in the hidden folder
+        assert label_map.same_grid(read_image(series))
+        assert [(s["name"], s["label_value"]) for s in segments] == [("liver", 6), ("spleen", 1)]
+        assert all(len(s["color"]) == 3 for s in segments)
+    assert (out / "series" / "seg.dcm").is_file() and (out / "series" / "rtstruct.dcm").is_file()
+    assert (out / "series.nii.gz").is_file()
