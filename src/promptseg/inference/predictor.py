@@ -33,7 +33,7 @@ from ..errors import ConfigError, InputError
 from ..io import read_image
 from ..io.volume import Volume
 from ..preprocess import get_plan, preprocess_image
-from ..taxonomy.query import Query, expand_groups, resolve_queries
+from ..taxonomy.query import Query, resolve_queries
 from .inputs import plan_outputs
 from .postprocess import _bbox, body_mask_from_image, load_rules, postprocess
 from .prediction import PackedMasks, Prediction
@@ -114,12 +114,6 @@ class Predictor:
         import monai.inferers  # noqa: F401  -- slow first import belongs to set-up, not to "network" time
 
     # -- prompts ---------------------------------------------------------------------------------
-    def expand(self, prompts: Sequence[str] | None) -> list[str] | None:
-        """Prompts with a paired-organ group name ('kidney', 'lung') replaced by both sides."""
-        if prompts is None:
-            return None
-        return expand_groups([prompts] if isinstance(prompts, str) else prompts, self.taxonomy)
-
     def queries(self, prompts: Sequence[str] | str | None = None) -> list[Query]:
         """The prompts resolved once (every class the model knows when None): canonical class,
         index in the model, label value, threshold (inference.thresholds > taxonomy > 0.5) and
