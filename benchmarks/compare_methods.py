@@ -1,7 +1,7 @@
 """Compare every conditioner on one suite: the same datasets, backbone, seed, step budget and run
 YAML (only `conditioner:` differs); one table of per-class Dice, parameters, s/step, s/volume.
 
-A thin wrapper over `promptseg bench compare` (promptseg/bench.py), kept beside the other
+A thin wrapper over `promptseg bench compare` (promptseg/workflows/bench.py), kept beside the other
 benchmarks. Suites and per-method settings: src/promptseg/configs/bench.yaml.
 
 Run:  .venv/bin/python benchmarks/compare_methods.py --suite phantom --out /tmp/bench --threads 1
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from promptseg.bench import add_compare_arguments, run_compare_args
+from promptseg.workflows.bench import add_compare_arguments, run_compare_args
 from promptseg.errors import PromptsegError
 
 

@@ -5,7 +5,7 @@ datasets -- liver+spleen / both kidneys / pancreas+stomach+aorta+postcava -- at 
 3 mm (plan universal_ct with spacing null), through `promptseg train`; then predicts the same scan
 through `promptseg predict`'s code path and prints Dice per class. Bar: Dice >= 0.85 for liver,
 spleen and both kidneys. The split and the run YAML are the real-CT suite's of
-`promptseg bench compare` (promptseg/bench.py, configs/bench.yaml): one copy of each.
+`promptseg bench compare` (promptseg/workflows/bench.py, configs/bench.yaml): one copy of each.
 
 Run:  .venv/bin/python benchmarks/learn_real_ct.py --out /tmp/learn_real_ct --threads 1
 Exit status 0 when the bar is met, 1 when not. tests/integration/test_learn_real_ct.py runs a
@@ -26,7 +26,7 @@ BAR_CLASSES = ["liver", "spleen", "right kidney", "left kidney"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from promptseg.bench import json_safe, learn_real_ct, method_names, suite_settings
+    from promptseg.workflows.bench import json_safe, learn_real_ct, method_names, suite_settings
     from promptseg.io.atomic import atomic_write
     from promptseg.errors import PromptsegError
 

@@ -324,7 +324,7 @@ def dice_table(ref_dir: Path, test_dir: Path, names: list[str], ref_slug: bool =
     import nibabel as nib
     import numpy as np
 
-    from promptseg.inference.predictor import slug
+    from promptseg.inference.inputs import slug
 
     out = {}
     for n in names:

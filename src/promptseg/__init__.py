@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "CheckpointError",
     "load_checkpoint",
+    "predict",
 ]
 
 
@@ -20,3 +21,26 @@ def load_checkpoint(path, device="cpu"):
     from .train.checkpoint import load_checkpoint as _load
 
     return _load(path, device=device)
+
+
+def predict(input, model, prompts=None, **options):
+    """Segment one image; returns a `Prediction` (label map and per-class masks on the input grid).
+
+    input:   an image path (NIfTI/NRRD/MHA file or DICOM series folder), a `promptseg.io.Volume`,
+             or a nibabel image -- as TotalSegmentator's `totalsegmentator()` takes them.
+    model:   a checkpoint path (native folder or official `.pth`) or a loaded model.
+    prompts: class names ("liver", "kidney" for both sides, synonyms accepted); None = every
+             class the model knows.
+    options: output= (folder, or a label map file such as "seg.nii.gz": writes the files as
+             `promptseg predict` does; never over the input), device="auto", fast, roi, plan,
+             inference={...} (window, overlap, thresholds, threads, precision, ...), modality,
+             postprocess, progress=False, write_masks, statistics, preview,
+             output_types=("nifti", "dicom-seg", "rtstruct").
+
+        import promptseg
+        pred = promptseg.predict("ct.nii.gz", "runs/demo/model", ["liver", "liver tumor"])
+        pred.volumes_ml["liver"], pred.label_map.array, pred.masks["liver"].array
+    """
+    from .inference.api import predict_image
+
+    return predict_image(input, model, prompts, **options)

@@ -19,8 +19,8 @@ VERB_MODULES = [
     "promptseg.data.cli",
     "promptseg.models.cli",
     "promptseg.train.extend_cli",
-    "promptseg.bench",
-    "promptseg.demo",
+    "promptseg.workflows.bench",
+    "promptseg.workflows.demo",
 ]
 
 

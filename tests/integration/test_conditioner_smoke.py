@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from promptseg.bench import conditioner_config, method_names
+from promptseg.workflows.bench import conditioner_config, method_names
 from promptseg.cli import main
 from promptseg.io import read_image
 from promptseg.models.build import CONDITIONERS

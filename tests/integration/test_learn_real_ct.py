@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from promptseg.bench import learn_real_ct, suite_settings
+from promptseg.workflows.bench import learn_real_ct, suite_settings
 from promptseg.io import read_image
 
 STEPS = 200

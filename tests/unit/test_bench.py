@@ -1,4 +1,4 @@
-"""promptseg.bench without training: the partial split of a labelled scan, the run YAMLs (only
+"""promptseg.workflows.bench without training: the partial split of a labelled scan, the run YAMLs (only
 `conditioner:` differs) and the table."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from promptseg import bench
+from promptseg.workflows import bench
 from promptseg.errors import ConfigError, InputError
 from promptseg.io import read_image, read_label, write_image
 from promptseg.io.volume import Volume

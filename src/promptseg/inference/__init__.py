@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from .merge import label_values, merge
 from .postprocess import body_mask_from_image, load_rules, postprocess
-from .predictor import Prediction, Predictor, case_name, collect_inputs, predict, slug
+from .batch import BatchError, predict
+from .inputs import case_name, collect_inputs, slug
+from .prediction import Prediction
+from .predictor import Predictor
 from ..runtime import resolve_device, set_threads
 from .sliding import fit_window, sliding_window_logits, sliding_window_masks
 from .upsample import invert_classes
@@ -16,6 +19,7 @@ __all__ = [
     "Predictor",
     "Prediction",
     "predict",
+    "BatchError",
     "sliding_window_logits",
     "sliding_window_masks",
     "set_threads",

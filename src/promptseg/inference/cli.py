@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import sys
+import time
+
+import torch
+
+from ..errors import ConfigError
+from .batch import BatchError, predict
+from .inputs import OUTPUT_TYPES
 
 
 def _predict(args) -> int:
-    import time
-
-    import torch
-
-    from ..errors import ConfigError
-    from .predictor import predict
-
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked, but no CUDA device is available (use --device cpu or auto)")
     inference = {}
@@ -32,12 +32,23 @@ def _predict(args) -> int:
         for note in pred.notes:
             print(f"  note: {note}")
 
+    def failed(case: str, why: str) -> None:
+        print(f"{case}: FAILED: {why}", file=sys.stderr)
+
     t0 = time.perf_counter()
-    results = predict(
-        args.model, args.input, args.output, prompts=args.prompt or None, device=args.device,
-        postprocess=False if args.no_postprocess else None, write_masks=not args.no_masks,
-        progress=not args.quiet, inference=inference, on_case=report, fast=args.fast, roi=args.roi,
-    )
+    try:
+        results = predict(
+            args.model, args.input, args.output, prompts=args.prompt or None, device=args.device,
+            postprocess=False if args.no_postprocess else None, write_masks=not args.no_masks,
+            progress=not args.quiet, inference=inference, on_case=report, fast=args.fast, roi=args.roi,
+            statistics=args.statistics, preview=args.preview, output_types=args.output_type or ["nifti"],
+            on_failure=failed,
+        )
+    except BatchError as exc:
+        print(f"{len(exc.results)} case(s) written to {args.output}; {len(exc.failures)} failed:", file=sys.stderr)
+        for case, why in exc.failures:
+            print(f"  {case}: {why}", file=sys.stderr)
+        return 1
     print(f"{len(results)} case(s) written to {args.output} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return 0
 
@@ -48,13 +59,22 @@ def register(sub) -> None:
     )
     p.add_argument("-i", "--input", required=True, nargs="+",
                    help="image file(s) (NIfTI/NRRD/MHA), DICOM series folder(s), or folder(s) of them")
-    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("-o", "--output", required=True,
+                   help="output folder (OUT/<case>.nii.gz, OUT/<case>/<class>.nii.gz, OUT/labels.json), or for "
+                        "one input a label map file name such as seg.nii.gz; never an input")
     p.add_argument("-m", "--model", required=True, help="checkpoint folder / run folder, or official .pth")
-    p.add_argument("--prompt", action="append", default=None, metavar="NAME",
-                   help="class to segment (repeat for several); default: every class the checkpoint knows")
+    p.add_argument("--prompt", action="extend", nargs="+", default=None, metavar="NAME",
+                   help="class(es) to segment: --prompt liver spleen, or repeat the flag; quote names with spaces "
+                        "(\"liver tumor\"); default: every class the checkpoint knows")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-postprocess", action="store_true", help="skip the anatomical post-processing")
     p.add_argument("--no-masks", action="store_true", help="write only the merged label map")
+    p.add_argument("--statistics", action="store_true",
+                   help="write <case>/statistics.json: per class volume (ml), voxel count, mean and std intensity")
+    p.add_argument("--preview", action="store_true",
+                   help="write <case>/preview.png: axial, coronal, sagittal planes (radiological) with a legend")
+    p.add_argument("--output-type", action="extend", nargs="+", default=None, choices=list(OUTPUT_TYPES),
+                   help="nifti (default), dicom-seg, rtstruct; several allowed; DICOM outputs need a DICOM series input")
     p.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass (default: checkpoint's)")
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: checkpoint's)")
     p.add_argument("--fast", action="store_true",
@@ -62,7 +82,8 @@ def register(sub) -> None:
     p.add_argument("--roi", action="store_true",
                    help="full resolution only where the --prompt classes are (located by a 6 mm pass), "
                         "as TotalSegmentator's roi_subset")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores this process may use)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: OMP_NUM_THREADS when set, else the cores this process may use)")
     p.add_argument("--precision", default=None, choices=["auto", "float32", "bfloat16", "float16"],
                    help="autocast dtype of the network (default float32 = the reference's results; bfloat16 is "
                         "2-3x faster on CPUs with native bf16 but moves weakly confident boundaries; "

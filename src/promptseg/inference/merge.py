@@ -14,10 +14,8 @@ from typing import Mapping
 import numpy as np
 
 from ..taxonomy import Taxonomy, default_taxonomy
-
-#: Layers in writing order; a class the taxonomy does not know is treated as an organ.
-LAYERS = ("organ", "vessel", "lesion")
-
+from ..taxonomy.query import label_values as query_label_values
+from ..taxonomy.query import layer_of as query_layer
 
 def label_dtype(values: Mapping[str, int]) -> np.dtype:
     """uint8 when every label value fits, else uint16 (both read everywhere)."""
@@ -28,23 +26,13 @@ def label_dtype(values: Mapping[str, int]) -> np.dtype:
 
 
 def label_values(names: list[str], taxonomy: Taxonomy | None = None) -> dict[str, int]:
-    """Label value per class: its taxonomy id, or the next free value above all ids."""
-    tax = taxonomy or default_taxonomy()
-    values: dict[str, int] = {}
-    next_free = max((c.id for c in tax.classes), default=0) + 1
-    for n in names:
-        c = tax.get(n)
-        if c is not None:
-            values[n] = int(c.id)
-        else:
-            values[n] = next_free
-            next_free += 1
-    return values
+    """Label value per class (see `taxonomy.query.label_values`); the packaged taxonomy by default."""
+    return query_label_values(names, taxonomy or default_taxonomy())
 
 
 def layer_of(name: str, taxonomy: Taxonomy) -> int:
-    c = taxonomy.get(name)
-    return LAYERS.index(c.kind) if c is not None and c.kind in LAYERS else 0
+    """Merge layer of a class name (organs 0, vessels 1, lesions 2)."""
+    return query_layer(taxonomy.get(name))
 
 
 def merge(

@@ -107,6 +107,7 @@ def postprocess(
     rules: Mapping[str, Any] | None = None,
     notes: list[str] | None = None,
     workers: int = 1,
+    classes: Mapping[str, ClassInfo | None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Apply the taxonomy's rules to binary masks (class name -> bool array, network grid).
 
@@ -115,7 +116,9 @@ def postprocess(
     parent -> small lesions dropped. Classes the taxonomy does not know pass through unchanged.
     `probs` is accepted for symmetry with `merge` (rules here are binary). Messages about rules
     that could not apply (e.g. a tumour whose organ was not asked) are appended to `notes`.
-    `workers` threads run the per-class largest-component step side by side.
+    `workers` threads run the per-class largest-component step side by side. `classes`: the
+    taxonomy facts of each mask's class when the caller already resolved them (the predictor's
+    queries); otherwise they are looked up by name.
     """
     tax = taxonomy or default_taxonomy()
     rules = load_rules(rules)
@@ -126,7 +129,7 @@ def postprocess(
     shape = next(iter(out.values())).shape
     info: dict[str, ClassInfo] = {}
     for name in out:
-        c = tax.get(name)
+        c = classes[name] if classes is not None and name in classes else tax.get(name)
         if c is not None:
             info[name] = c
     by_canonical = {c.name: name for name, c in info.items()}

@@ -1,159 +1,48 @@
-"""Predictor: one image (or file, or folder) in, label map + per-class masks out, on the input grid.
+"""Predictor: one image in, label map + per-class masks out, on the input grid.
 
 Flow, and why each step sits where it does:
-  read -> preprocess (plan of the checkpoint) -> body crop -> sliding window, stitched slab by
-  slab and thresholded as each slab completes (`sliding_window_masks`: float logits exist for a
-  slab only; bool masks + uint16 probabilities per class stay) -> post-process in the network
-  grid -> per class, its uint16 probability resampled linearly inside its own bounding box,
-  thresholded, bit-packed, and merged into the label map on the input grid (`upsample`) -> write.
+  prompts -> queries (resolved once: class, index, label value, threshold, merge layer) ->
+  preprocess (plan of the checkpoint) -> body crop (a step of the preprocessing record) ->
+  sliding window, stitched slab by slab and thresholded as each slab completes
+  (`sliding_window_masks`: float logits exist for a slab only; bool masks + uint16 probabilities
+  per class stay) -> post-process in the network grid -> per class, its uint16 probability
+  resampled linearly inside its own bounding box, thresholded, bit-packed, and merged into the
+  label map on the input grid (`upsample`).
 So nothing float ever exists at the input's full resolution, and the per-class masks of all
-classes cost one bit per voxel each until a mask is asked for.
+classes cost one bit per voxel each until a mask is asked for. Reading inputs and writing outputs
+live in `inputs`, `writing` and `batch`.
 
 Speed: the prompt-dependent parts are prepared once per volume, the Universal Model's head runs
 in chunks, torch uses the cores this process may use, and `precision="bfloat16"` (opt-in: it moves
-boundaries of weakly confident classes) runs the windows under bfloat16 autocast. `fast=True` runs the same network on a 3 mm grid
-(windows scaled to cover the same millimetres); `roi=True` runs the full-resolution windows only
-where the asked classes are (located by a 6 mm pass; see `Predictor.locate`).
+boundaries of weakly confident classes) runs the windows under bfloat16 autocast. `fast=True` runs
+the same network on a 3 mm grid (windows scaled to cover the same millimetres); `roi=True` runs the
+full-resolution windows only where the asked classes are (located by a 6 mm pass; see `Predictor.locate`).
 """
 from __future__ import annotations
 
-import json
 import math
-import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError
-from ..io.atomic import atomic_write
-from ..io.formats import case_id as case_name
-from ..io.formats import image_ending
-from ..io.formats import output_ending as output_extension
+from ..io import read_image
 from ..io.volume import Volume
+from ..preprocess import get_plan, preprocess_image
+from ..taxonomy.query import Query, resolve_queries
+from .inputs import plan_outputs
 from ..masks import bbox, body_mask
-from ..runtime import precision_name, resolve_device, set_threads
-from .merge import label_values
+from ..runtime import resolve_device, set_threads
 from .postprocess import load_rules, postprocess
-from .sliding import sliding_window_masks
-from .threads import ordered_thread_map
+from .prediction import PackedMasks, Prediction
+from .settings import check_coarse, inference_settings, min_window, scaled_plan
+from .sliding import size_multiple, sliding_window_masks
 from .upsample import invert_classes
-
-#: Inference settings and their defaults (a checkpoint's `inference:` section overrides them).
-DEFAULT_INFERENCE: dict[str, Any] = {
-    "window": [96, 96, 96],
-    "overlap": 0.5,
-    "mode": "gaussian",
-    "sw_batch_size": 2,
-    "thresholds": {},
-    "postprocess": True,
-    "crop_body": True,   # run the network only on the body's bounding box (plus body_margin)
-    "body_margin": 8,    # voxels of the network grid
-    "amp": None,         # float16 autocast on CUDA (legacy switch; `precision` wins when set)
-    # autocast dtype of the windows: float32 (default: results equal to the float32 reference) |
-    # bfloat16 (2-3x faster network on CPUs with native bf16, but masks can move: Dice 0.8-0.99 on
-    # weakly confident classes) | float16 (CUDA) | auto (bfloat16/float16 where native)
-    "precision": "float32",
-    "head_chunk": 131072,  # class-voxels per chunk of the Universal Model's head (0 = one go)
-    "threads": None,      # torch CPU threads; None = the cores this process may use
-    "interpolation": "linear",  # class results -> input grid: linear (probabilities) | nearest
-    "fast_spacing": [3.0, 3.0, 3.0],  # grid of fast=True (TotalSegmentator's --fast: 3 mm)
-    "roi_spacing": [6.0, 6.0, 6.0],   # grid of the pass that locates the asked classes (roi=True)
-    "roi_margin_mm": 15.0,            # margin around the located classes
-    "rules": None,       # overrides of postprocess_rules.yaml
-}
-
-def slug(name: str) -> str:
-    """File-name form of a class name: lower case, spaces and '/' -> '_'."""
-    s = re.sub(r"[\s/\\]+", "_", name.strip().lower())
-    return re.sub(r"[^a-z0-9_.+-]", "", s) or "class"
-
-
-def inference_settings(inference: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Defaults + the given settings, checked (one-line ConfigError on a bad value)."""
-    cfg = {**DEFAULT_INFERENCE, **dict(inference or {})}
-    w = cfg["window"]
-    w = [int(w)] * 3 if isinstance(w, (int, float)) else [int(v) for v in w]
-    if len(w) != 3 or min(w) < 1:
-        raise ConfigError(f"inference.window must be 3 positive integers, got {cfg['window']!r}")
-    cfg["window"] = w
-    if not 0 <= float(cfg["overlap"]) < 1:
-        raise ConfigError(f"inference.overlap must be in [0, 1), got {cfg['overlap']!r}")
-    if cfg["mode"] not in ("gaussian", "constant"):
-        raise ConfigError(f"inference.mode must be gaussian or constant, got {cfg['mode']!r}")
-    if int(cfg["sw_batch_size"]) < 1:
-        raise ConfigError(f"inference.sw_batch_size must be >= 1, got {cfg['sw_batch_size']!r}")
-    for k, t in (cfg["thresholds"] or {}).items():
-        if not 0 < float(t) < 1:
-            raise ConfigError(f"inference.thresholds[{k!r}] must be in (0, 1), got {t!r}")
-    precision_name(cfg["precision"], "inference.precision")
-    if cfg["interpolation"] not in ("linear", "nearest"):
-        raise ConfigError(f"inference.interpolation must be linear or nearest, got {cfg['interpolation']!r}")
-    if cfg["threads"] is not None and int(cfg["threads"]) < 1:
-        raise ConfigError(f"inference.threads must be >= 1, got {cfg['threads']!r}")
-    for key in ("fast_spacing", "roi_spacing"):
-        v = cfg[key]
-        v = [float(v)] * 3 if isinstance(v, (int, float)) else [float(x) for x in v]
-        if len(v) != 3 or min(v) <= 0:
-            raise ConfigError(f"inference.{key} must be 3 positive numbers (mm), got {cfg[key]!r}")
-        cfg[key] = v
-    return cfg
-
-
-# --- outputs ----------------------------------------------------------------------------------
-class PackedMasks(Mapping):
-    """Per-class masks on the input grid, stored one bit per class per voxel; unpacked on access."""
-
-    def __init__(self, packed: np.ndarray, names: Sequence[str], like: Volume):
-        self._packed = packed  # uint8 [ceil(K/8), X, Y, Z], np.packbits order (first class = MSB)
-        self._names = list(names)
-        self._like = like
-
-    def __getitem__(self, name: str) -> Volume:
-        if name not in self._names:
-            raise KeyError(name)
-        k = self._names.index(name)
-        bits = (self._packed[k // 8] >> (7 - k % 8)) & 1
-        return self._like.with_array(bits.astype(np.uint8, copy=False))
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names
-
-    def voxel_count(self, name: str) -> int:
-        k = self._names.index(name)
-        return int(np.count_nonzero(self._packed[k // 8] & np.uint8(1 << (7 - k % 8))))
-
-
-@dataclass
-class Prediction:
-    """A prediction on the input's grid. `masks` may overlap; `label_map` is their merge."""
-
-    label_map: Volume
-    masks: Mapping[str, Volume]
-    names: dict[int, str]
-    timings: dict[str, float] = field(default_factory=dict)
-    volumes_ml: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    stats: dict[str, Any] = field(default_factory=dict)  # windows run, network grid, precision
-
-    def summary(self, case: str = "") -> str:
-        """One line: classes found with volumes, then the time per stage."""
-        found = [f"{n} {v:.1f} ml" for n, v in self.volumes_ml.items() if v > 0]
-        t = ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items())
-        head = f"{case}: " if case else ""
-        what = f"{len(found)}/{len(self.volumes_ml)} classes found ({'; '.join(found)})" if found else \
-            f"0/{len(self.volumes_ml)} classes found"
-        return f"{head}{what} in {sum(self.timings.values()):.2f}s [{t}]"
+from .writing import write_case
 
 
 class _Timer:
@@ -168,10 +57,6 @@ class _Timer:
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.timings[self.stage] = self.timings.get(self.stage, 0.0) + time.perf_counter() - self.t0
-
-
-def _logit(t: float) -> float:
-    return math.log(t / (1.0 - t))
 
 
 def _grow_region(raw: np.ndarray, region, shape, margin) -> tuple[slice, ...] | None:
@@ -196,40 +81,15 @@ def _grow_region(raw: np.ndarray, region, shape, margin) -> tuple[slice, ...] | 
     return out
 
 
-def _min_window(window, model) -> list[int]:
-    """At least two bottleneck voxels per axis (instance norm needs more than one)."""
-    from .sliding import size_multiple
-
-    return [max(int(w), 2 * m) for w, m in zip(window, size_multiple(model))]
-
-
-def scaled_plan(plan, window, spacing, name: str):
-    """(plan on `spacing` mm, window scaled to cover the same millimetres) for fast/roi passes.
-
-    A network trained at the plan's spacing sees anatomy at another scale here: an approximation
-    (TotalSegmentator ships a separately trained 3 mm model for --fast). Windows shrink with the
-    grid so that instance-norm statistics and context cover the same body region.
-    """
-    from ..preprocess import get_plan
-
-    if plan.spacing is None:
-        raise ConfigError(f"{name}: the plan {plan.name!r} keeps the input spacing; a coarse pass needs a plan spacing")
-    new = get_plan(plan, spacing=[float(v) for v in spacing], name=f"{plan.name}_{name}")
-    win = [max(8, int(round(w * float(s0) / float(s1)))) for w, s0, s1 in zip(window, plan.spacing, spacing)]
-    return new, win
-
-
 class Predictor:
     """Runs a `UniversalSegmenter` on whole images.
 
     `plan` / `inference` default to the checkpoint's (`model.run_config`); `device="auto"` picks
-    CUDA when present. `progress` shows MONAI's window bar (per image) and a case bar in `predict`.
+    CUDA when present. `progress` shows MONAI's window bar (per image).
     """
 
     def __init__(self, model, plan=None, inference: Mapping[str, Any] | None = None, device="auto",
                  progress: bool = True, modality: str | None = None, fast: bool = False, roi: bool = False):
-        from ..preprocess import get_plan
-
         run_config = getattr(model, "run_config", None) or {}
         if plan is None:
             plan = run_config.get("plan")
@@ -239,10 +99,12 @@ class Predictor:
         merged = {**(run_config.get("inference") or {}), **(inference or {})}
         self.settings = inference_settings(merged)
         self.fast = bool(fast)
+        self.roi = bool(roi)
+        if self.roi:
+            check_coarse(self.plan, "roi")  # before any image is read
         if self.fast:
             self.plan, win = scaled_plan(self.plan, self.settings["window"], self.settings["fast_spacing"], "fast")
-            self.settings["window"] = _min_window(win, model)
-        self.roi = bool(roi)
+            self.settings["window"] = min_window(win, model)
         self.rules = load_rules(self.settings.get("rules"))
         self.device = resolve_device(device)
         self.threads = set_threads(self.settings["threads"]) if self.device.type == "cpu" else torch.get_num_threads()
@@ -252,109 +114,121 @@ class Predictor:
         self.taxonomy = model.taxonomy
         import monai.inferers  # noqa: F401  -- slow first import belongs to set-up, not to "network" time
 
-    def expand(self, prompts: Sequence[str] | None) -> list[str] | None:
-        """Prompts with a paired-organ group name ('kidney', 'lung') replaced by both sides."""
-        if prompts is None:
-            return None
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        out: list[str] = []
-        for p in prompts:
-            members = self.taxonomy.group_members(p) if self.taxonomy.get(p) is None else {}
-            if members:
-                out.extend(members[side].name for side in ("right", "left") if side in members)
-            else:
-                out.append(p)
-        return list(dict.fromkeys(out))  # a side asked twice counts once
-
     # -- prompts ---------------------------------------------------------------------------------
-    def classes(self, prompts: Sequence[str] | None = None) -> list[str]:
-        """Canonical class names for the prompts (all the model knows when None).
+    def queries(self, prompts: Sequence[str] | str | None = None) -> list[Query]:
+        """The prompts resolved once (every class the model knows when None): canonical class,
+        index in the model, label value, threshold (inference.thresholds > taxonomy > 0.5) and
+        merge layer. An unknown prompt raises the model's one-line PromptError naming the closest
+        known classes; a group name ('kidney') gives both sides; two spellings give one query."""
+        queries = resolve_queries(prompts, self.taxonomy, self.model.class_names, self.model.canonical,
+                                  self.settings["thresholds"])
+        if not queries:
+            raise ConfigError("nothing to segment: no prompts given and the model lists no classes")
+        return queries
 
-        A group name ('kidney') gives both sides; an unknown prompt raises the model's one-line
-        PromptError naming the closest known classes.
-        """
-        prompts = self.expand(prompts)
-        return list(dict.fromkeys(self.model.prompt_batch(prompts or None, modality=self.modality).classes))
+    def classes(self, prompts: Sequence[str] | None = None) -> list[str]:
+        """Canonical class names for the prompts (all the model knows when None)."""
+        return [q.name for q in self.queries(prompts)]
 
     def thresholds(self, classes: Sequence[str]) -> list[float]:
         """Per-class cut-off: inference.thresholds (any spelling) > taxonomy threshold > 0.5."""
-        given = {}
-        for k, t in (self.settings["thresholds"] or {}).items():
-            info = self.taxonomy.get(k)
-            given[info.name if info else k] = float(t)
-        out = []
-        for c in classes:
-            info = self.taxonomy.get(c)
-            out.append(given.get(c, info.threshold if info is not None else 0.5))
-        return out
+        return [q.threshold for q in self.queries(list(classes))]
+
+    def _prompt_batch(self, queries: Sequence[Query]):
+        return self.model.prompt_batch([q.name for q in queries], modality=self.modality, batch_size=1)
 
     # -- one volume ------------------------------------------------------------------------------
-    def predict_volume(self, volume: Volume, prompts: Sequence[str] | None = None) -> Prediction:
-        from ..preprocess import preprocess_image
+    def _crop_to_body(self, pre):
+        """(preprocessed image cut to the body's box + margin, body mask of the cut): the network
+        runs only where the patient is; the cut is recorded in the preprocessing record."""
+        s = self.settings
+        body = body_mask(pre.array)
+        if s["crop_body"] and body.any():
+            box = bbox(body, int(s["body_margin"]))
+            return pre.crop(box), body[box]
+        return pre, body
 
+    def _check_size(self, volume: Volume, shape) -> None:
+        """A 3D image needs two voxels along each axis after preprocessing (one slice is a 2D image,
+        which these networks do not segment): a one-line error instead of a torch traceback."""
+        if any(int(n) < 2 for n in shape):
+            raise InputError(volume.path, f"image of {tuple(volume.shape)} voxels gives a network grid of "
+                                          f"{tuple(int(n) for n in shape)}: at least 2 voxels per axis are needed")
+
+    def _masks(self, tensor: torch.Tensor, pb, thresholds, window, **kw):
+        """`sliding_window_masks` on `tensor`, padded first (with its minimum, as MONAI pads) along
+        any axis too short for the network: a window there would leave one voxel at the bottleneck,
+        where instance norm fails. The padding is cut off the results."""
+        shape = tuple(int(n) for n in tensor.shape[2:])
+        need = [2 * m for m in size_multiple(self.model)]
+        pad = [max(0, k - n) if n <= k // 2 else 0 for n, k in zip(shape, need)]
+        if any(pad):
+            flat = [v for p in reversed(pad) for v in (0, p)]  # F.pad lists the last axis first
+            tensor = torch.nn.functional.pad(tensor, flat, value=float(tensor.min()))
+        s = self.settings
+        raw, probs = sliding_window_masks(self.model, tensor, pb, thresholds, window=window, overlap=s["overlap"],
+                                          mode=s["mode"], sw_batch_size=int(s["sw_batch_size"]), device=self.device,
+                                          precision=self._precision(), head_chunk=s["head_chunk"], **kw)
+        if any(pad):
+            cut = (slice(None),) + tuple(slice(0, n) for n in shape)
+            raw, probs = np.ascontiguousarray(raw[cut]), np.ascontiguousarray(probs[cut])
+        return raw, probs
+
+    def predict_volume(self, volume: Volume, prompts: Sequence[str] | None = None) -> Prediction:
         timings: dict[str, float] = {}
         notes: list[str] = []
         stats: dict[str, Any] = {"threads": self.threads}
         s = self.settings
-        pb = self.model.prompt_batch(self.expand(prompts) or None, modality=self.modality, batch_size=1)
-        classes = list(dict.fromkeys(pb.classes))
-        if len(classes) != len(pb.classes):  # two spellings of one class: predict it once
-            pb = self.model.prompt_batch(classes, modality=self.modality, batch_size=1)
-        if not classes:
-            raise ConfigError("nothing to segment: no prompts given and the model lists no classes")
-        values = label_values(classes, self.taxonomy)
-        thresholds = self.thresholds(classes)
+        queries = self.queries(prompts)
+        pb = self._prompt_batch(queries)
+        thresholds = [q.threshold for q in queries]
 
         with _Timer(timings, "preprocess"):
-            pre = preprocess_image(volume, self.plan)
-            image = pre.array
-            body = body_mask(image)
-            box = bbox(body, int(s["body_margin"])) if s["crop_body"] and body.any() else (slice(None),) * 3
-            box = tuple(slice(b.start or 0, image.shape[a] if b.stop is None else b.stop) for a, b in enumerate(box))
-            tensor = torch.from_numpy(np.ascontiguousarray(image[box]))[None, None]
+            pre, body = self._crop_to_body(preprocess_image(volume, self.plan))
+            self._check_size(volume, pre.array.shape)
+            tensor = torch.from_numpy(pre.array)[None, None]
         stats["network_grid"] = tuple(int(v) for v in tensor.shape[2:])
 
         region = None
         if self.roi and prompts is not None:
             with _Timer(timings, "locate"):
-                region = self.locate(volume, classes, pre.record, box, notes)
+                region = self.locate(volume, queries, pre.record, notes)
         with _Timer(timings, "network", self.device):
             raw, probs = self._network(tensor, pb, thresholds, region, stats, notes)
             del tensor
 
-        masks = {c: raw[k] for k, c in enumerate(classes)}
+        masks = {q.name: raw[k] for k, q in enumerate(queries)}
         if s["postprocess"]:
             with _Timer(timings, "postprocess"):
                 masks = postprocess(
-                    masks, None, self.taxonomy, pre.record.network.spacing, body_mask=body[box],
+                    masks, None, self.taxonomy, pre.record.network.spacing, body_mask=body,
                     direction=np.asarray(pre.record.network.direction, dtype=float).reshape(3, 3),
-                    rules=self.rules, notes=notes, workers=self.threads,
+                    rules=self.rules, notes=notes, workers=self.threads, classes={q.name: q.info for q in queries},
                 )
         part: dict[str, float] = {}
         with _Timer(timings, "invert"):
-            label_vol, packed = invert_classes(classes, raw, probs, masks, thresholds, pre.record, box, values,
-                                               self.taxonomy, interpolation=s["interpolation"], timings=part,
-                                               workers=self.threads)
+            label_vol, packed = invert_classes(queries, raw, probs, masks, pre.record,
+                                               interpolation=s["interpolation"], timings=part, workers=self.threads)
             del raw, probs, masks
         timings["invert"] -= part["merge"]  # reported apart: the merge runs class by class inside
         timings["merge"] = part["merge"]
+        classes = [q.name for q in queries]
         masks_out = PackedMasks(packed, classes, label_vol)
         voxel_ml = float(np.prod(label_vol.spacing)) / 1000.0
         volumes = {c: masks_out.voxel_count(c) * voxel_ml for c in classes}
-        return Prediction(label_vol, masks_out, {values[c]: c for c in classes}, timings, volumes, notes, stats)
+        names = {q.label_value: q.name for q in queries}
+        return Prediction(label_vol, masks_out, names, timings, volumes, notes, stats, list(queries))
 
     def _network(self, tensor: torch.Tensor, pb, thresholds, region, stats, notes):
         """Masks + uint16 probabilities of the crop; with a region, grown until no mask touches its
         inner faces (so a class the locating pass under-estimated is still complete)."""
         s = self.settings
-        kw = dict(window=s["window"], overlap=s["overlap"], mode=s["mode"], sw_batch_size=int(s["sw_batch_size"]),
-                  device=self.device, precision=self._precision(), head_chunk=s["head_chunk"], progress=self.progress)
         shape = tuple(tensor.shape[2:])
         run = tries = 0
         while True:
             st: dict[str, Any] = {}
-            raw, probs = sliding_window_masks(self.model, tensor, pb, thresholds, region=region, stats=st, **kw)
+            raw, probs = self._masks(tensor, pb, thresholds, s["window"], region=region, stats=st,
+                                     progress=self.progress)
             run += st["windows"]
             if region is None:
                 break
@@ -383,33 +257,26 @@ class Predictor:
         sp = self.plan.spacing or (1.0, 1.0, 1.0)
         return [int(math.ceil(mm / float(v))) for v in sp]
 
-    def locate(self, volume: Volume, classes: list[str], record, box, notes: list[str]):
+    def locate(self, volume: Volume, queries: Sequence[Query], record, notes: list[str]):
         """Region of the network crop that the asked classes need (TotalSegmentator's roi_subset).
 
         The same network runs on a coarse grid (`roi_spacing`, windows scaled to the same mm),
-        its post-processed masks of the asked classes give a box in mm, mapped to the crop and
-        grown by `roi_margin_mm`. Inside the region the full-resolution logits are exactly those of
-        a full run (every window covering it is run); `_network` grows it if a mask reaches its
-        edge. None (= everything) when the coarse pass finds none of the classes.
+        its post-processed masks of the asked classes give a box in mm, mapped to the crop
+        (`record.network`) and grown by `roi_margin_mm`. Inside the region the full-resolution
+        logits are exactly those of a full run (every window covering it is run); `_network` grows
+        it if a mask reaches its edge. None (= everything) when the coarse pass finds none of them.
         """
         s = self.settings
         coarse_plan, coarse_window = scaled_plan(self.plan, s["window"], s["roi_spacing"], "roi")
-        coarse_window = _min_window(coarse_window, self.model)
-        from ..preprocess import preprocess_image
-
-        pre = preprocess_image(volume, coarse_plan)
-        body = body_mask(pre.array)
-        cbox = bbox(body, int(s["body_margin"])) if s["crop_body"] and body.any() else tuple(slice(0, n) for n in pre.array.shape)
-        tensor = torch.from_numpy(np.ascontiguousarray(pre.array[cbox]))[None, None]
-        pb = self.model.prompt_batch(classes, modality=self.modality, batch_size=1)
-        raw, _ = sliding_window_masks(self.model, tensor, pb, self.thresholds(classes), window=coarse_window,
-                                      overlap=s["overlap"], mode=s["mode"], sw_batch_size=int(s["sw_batch_size"]),
-                                      device=self.device, precision=self._precision(), head_chunk=s["head_chunk"])
-        masks = {c: raw[k] for k, c in enumerate(classes)}
+        coarse_window = min_window(coarse_window, self.model)
+        pre, body = self._crop_to_body(preprocess_image(volume, coarse_plan))
+        tensor = torch.from_numpy(pre.array)[None, None]
+        raw, _ = self._masks(tensor, self._prompt_batch(queries), [q.threshold for q in queries], coarse_window)
+        masks = {q.name: raw[k] for k, q in enumerate(queries)}
         if s["postprocess"]:
-            masks = postprocess(masks, None, self.taxonomy, pre.record.network.spacing, body_mask=body[cbox],
+            masks = postprocess(masks, None, self.taxonomy, pre.record.network.spacing, body_mask=body,
                                 direction=np.asarray(pre.record.network.direction, dtype=float).reshape(3, 3),
-                                rules=self.rules)
+                                rules=self.rules, classes={q.name: q.info for q in queries})
         union = np.zeros(raw.shape[1:], bool)
         for m in masks.values():
             union |= m
@@ -417,8 +284,8 @@ class Predictor:
             notes.append("roi: the locating pass found none of the asked classes; running everywhere")
             return None
         found = bbox(union)
-        lo = [f.start - 0.5 + int(c.start) for f, c in zip(found, cbox)]
-        hi = [f.stop - 0.5 + int(c.start) for f, c in zip(found, cbox)]
+        lo = [f.start - 0.5 for f in found]
+        hi = [f.stop - 0.5 for f in found]
         corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
         world = pre.record.network.world(corners)  # LPS mm
         fine = record.network
@@ -426,10 +293,9 @@ class Predictor:
         margin = self._margin_vox(s["roi_margin_mm"])
         region = []
         for a in range(3):
-            start = int(math.floor(idx[:, a].min())) - margin[a] - int(box[a].start)
-            stop = int(math.ceil(idx[:, a].max())) + 1 + margin[a] - int(box[a].start)
-            n = int(box[a].stop) - int(box[a].start)
-            region.append(slice(max(0, start), min(n, stop)))
+            start = int(math.floor(idx[:, a].min())) - margin[a]
+            stop = int(math.ceil(idx[:, a].max())) + 1 + margin[a]
+            region.append(slice(max(0, start), min(fine.shape[a], stop)))
         if any(r.stop <= r.start for r in region):
             notes.append("roi: the located classes lie outside the body crop; running everywhere")
             return None
@@ -437,127 +303,31 @@ class Predictor:
 
     # -- files -----------------------------------------------------------------------------------
     def predict_file(self, path: str | Path, out_dir: str | Path, prompts: Sequence[str] | None = None,
-                     write_masks: bool = True) -> dict[str, Any]:
+                     write_masks: bool = True, **outputs) -> dict[str, Any]:
         """Predict one image file / DICOM folder; write OUT/<case>.<ext>, OUT/<case>/<class>.nii.gz
-        and OUT/labels.json. Returns the paths written plus the Prediction ('prediction')."""
-        from ..io import read_image, write_image
-
+        and OUT/labels.json (`outputs`: statistics, preview, output_types; see `writing.write_case`).
+        Returns the paths written plus the Prediction ('prediction')."""
         path = Path(path)
-        out_dir = Path(out_dir)
-        self.classes(prompts)  # fail on a bad prompt before reading a large image
+        types = tuple(outputs.get("output_types") or ("nifti",))
+        folder = (write_masks and "nifti" in types) or bool(outputs.get("statistics") or outputs.get("preview")) \
+            or any(t != "nifti" for t in types)
+        plan = plan_outputs([path], out_dir, folder, nifti="nifti" in types)[0]
+        return self.predict_case(path, plan, prompts, write_masks=write_masks, **outputs)
+
+    def predict_case(self, path: Path, plan, prompts: Sequence[str] | None = None, write_masks: bool = True,
+                     statistics: bool = False, preview: bool = False,
+                     output_types: Sequence[str] = ("nifti",)) -> dict[str, Any]:
+        """Read, predict and write one case to the paths of `plan` (an `inputs.CaseOutputs`)."""
+        self.queries(prompts)  # fail on a bad prompt before reading a large image
         t0 = time.perf_counter()
         volume = read_image(path)
         read_s = time.perf_counter() - t0
         pred = self.predict_volume(volume, prompts)
-        del volume
         pred.timings = {"read": read_s, **pred.timings}
-        case = case_name(path)
         t0 = time.perf_counter()
-        out: dict[str, Any] = {"case": case}
-        out["label_map"] = write_image(pred.label_map, out_dir / f"{case}{output_extension(path)}")
-        out["labels"] = write_labels_json(out_dir / "labels.json", pred.names)
-        mask_paths: dict[str, Path] = {}
-        if write_masks:
-            def write_mask(name: str) -> Path:  # gzip is most of the writing time
-                return write_image(pred.masks[name], out_dir / case / f"{slug(name)}.nii.gz")
-
-            names = list(pred.masks)
-            mask_paths = dict(zip(names, ordered_thread_map(write_mask, names, int(self.threads))))
-        out["masks"] = mask_paths
+        out = write_case(pred, plan, volume, source=Path(path), write_masks=write_masks, statistics=statistics,
+                         preview=preview, output_types=output_types, workers=int(self.threads))
+        del volume
         pred.timings["write"] = time.perf_counter() - t0
         out["prediction"] = pred
         return out
-
-
-def write_labels_json(path: Path, names: Mapping[int, str]) -> Path:
-    """value -> class name, merged with an existing file (this run's names win); atomic."""
-    table: dict[str, str] = {}
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-            if isinstance(old, dict):
-                table.update({str(k): str(v) for k, v in old.items()})
-        except (OSError, json.JSONDecodeError):
-            pass  # a broken old table is replaced
-    table.update({str(int(k)): v for k, v in names.items()})
-    table = dict(sorted(table.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 1 << 30))
-    try:
-        atomic_write(path, json.dumps(table, indent=1) + "\n")
-    except OSError as exc:
-        raise InputError(path, f"cannot write label table ({exc})") from None
-    return path
-
-
-# --- many inputs --------------------------------------------------------------------------------
-def _is_dicom_dir(p: Path) -> bool:
-    import SimpleITK as sitk
-
-    try:
-        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
-    except RuntimeError:
-        return False
-
-
-def collect_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Image files / DICOM series folders to predict: a file, a series folder, or a folder of them."""
-    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    out: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if not p.exists():
-            raise InputError(p, "input not found")
-        if p.is_file() or _is_dicom_dir(p):
-            out.append(p)
-            continue
-        found = []
-        for child in sorted(p.iterdir()):
-            if child.name.startswith("."):
-                continue
-            if child.is_file() and image_ending(child.name):
-                found.append(child)
-            elif child.is_dir() and _is_dicom_dir(child):
-                found.append(child)
-        if not found:
-            raise InputError(p, "no images here (NIfTI, NRRD, MHA files or DICOM series folders)")
-        out.extend(found)
-    cases = [case_name(p) for p in out]
-    dup = sorted({c for c in cases if cases.count(c) > 1})
-    if dup:
-        raise InputError(None, f"several inputs have the same case name {dup}: outputs would overwrite each other")
-    return out
-
-
-def predict(model_or_checkpoint, inputs, out_dir, prompts: Sequence[str] | None = None, device="auto",
-            postprocess: bool | None = None, write_masks: bool = True, progress: bool = True,
-            plan=None, inference: Mapping[str, Any] | None = None, on_case=None, fast: bool = False,
-            roi: bool = False) -> list[dict[str, Any]]:
-    """Predict every input (file, DICOM folder or folder of images) into `out_dir`.
-
-    `model_or_checkpoint`: a model or a checkpoint path. `on_case(result)` is called after each
-    case (the CLI prints its summary there). `fast`: 3 mm grid; `roi`: full resolution only
-    where the prompts' classes are (see `Predictor`). Returns one result dict per case.
-    """
-    from tqdm import tqdm
-
-    files = collect_inputs(inputs)  # cheap checks first: a typo in a path fails before loading
-    if isinstance(model_or_checkpoint, (str, Path)):
-        from ..train.checkpoint import load_checkpoint
-
-        model = load_checkpoint(model_or_checkpoint, device="cpu")
-    else:
-        model = model_or_checkpoint
-    settings = dict(inference or {})
-    if postprocess is not None:
-        settings["postprocess"] = bool(postprocess)
-    predictor = Predictor(model, plan=plan, inference=settings, device=device, progress=progress and len(files) == 1,
-                          fast=fast, roi=roi)
-    predictor.classes(prompts)  # a bad prompt fails before any work
-    results = []
-    bar = tqdm(files, desc="predict", unit="case", disable=not progress or len(files) < 2)
-    for f in bar:
-        bar.set_postfix_str(case_name(f))
-        result = predictor.predict_file(f, out_dir, prompts, write_masks=write_masks)
-        results.append(result)
-        if on_case is not None:
-            on_case(result)
-    return results

@@ -26,8 +26,8 @@ from scipy import ndimage
 from ..io.volume import Volume
 from ..masks import bbox
 from ..preprocess.geometry import nearest_indices, reorient
-from ..taxonomy import Taxonomy
-from .merge import label_dtype, layer_of
+from ..taxonomy.query import Query
+from .merge import label_dtype
 from .sliding import PROB_SCALE
 from .threads import ordered_thread_map
 
@@ -82,23 +82,20 @@ def _padded(x: np.ndarray, sub, ext) -> np.ndarray:
 
 
 def invert_classes(
-    classes: Sequence[str],
+    queries: Sequence[Query],
     raw: np.ndarray,
     probs: np.ndarray,
     kept: Mapping[str, np.ndarray],
-    thresholds: Sequence[float],
     record,
-    box: Sequence[slice],
-    values: Mapping[str, int],
-    taxonomy: Taxonomy,
     interpolation: str = "linear",
     timings: dict[str, float] | None = None,
     workers: int = 1,
 ) -> tuple[Volume, np.ndarray]:
     """(label map Volume, packed masks uint8 [ceil(K/8), *original]) on the record's original grid.
 
-    raw / probs: [K, *crop] threshold masks and uint16 probabilities (x PROB_SCALE) of the network crop `box`
-    (slices of the record's network grid); kept: class -> post-processed mask of the crop.
+    queries: the resolved prompts (class name, label value, threshold, merge layer), one per
+    channel of raw / probs: [K, *network] threshold masks and uint16 probabilities (x PROB_SCALE)
+    on the record's network grid (body crop included); kept: class -> post-processed mask.
     interpolation "nearest" skips the probability resampling (faster, blockier). `timings`
     receives the seconds spent merging ("merge"), which is interleaved with the resampling.
     `workers` threads resample classes side by side (torch and numpy release the GIL); the
@@ -110,13 +107,14 @@ def invert_classes(
     if interpolation not in ("linear", "nearest"):
         raise ValueError(f"interpolation must be linear or nearest, got {interpolation!r}")
     orig_shape = record.original.shape
+    classes = [q.name for q in queries]
     k = len(classes)
     packed = np.zeros((max(1, (k + 7) // 8),) + orig_shape, dtype=np.uint8)
-    label = np.zeros(orig_shape, dtype=label_dtype({c: values[c] for c in classes}))
+    label = np.zeros(orig_shape, dtype=label_dtype({q.name: q.label_value for q in queries}))
     best = np.empty(orig_shape, dtype=np.uint16)  # winning probability of the current layer (0 = none)
     label_o = reorient(label, record.perm, record.flip)  # views in the oriented axis order
     best_o = reorient(best, record.perm, record.flip)
-    offset = [int(b.start or 0) + int(lo) for b, lo in zip(box, record.crop_lo)]
+    offset = [int(lo) for lo in record.crop_lo]
     crop_shape = raw.shape[1:]
     n_res, n_or = record.resampled.shape, record.oriented.shape
 
@@ -143,7 +141,7 @@ def invert_classes(
             p = torch.from_numpy(_padded(probs[i], sub, ext)).float()
             for a in range(3):
                 p = _lerp(p, a, plans[a][1], plans[a][2], plans[a][3])
-            mask = (p > PROB_SCALE * float(thresholds[i])).numpy()
+            mask = (p > PROB_SCALE * float(queries[i].threshold)).numpy()
             prob = p.round_().to(torch.int32).numpy().astype(np.uint16)
             if not np.array_equal(keep_s, raw_s):  # post-processing changed this class
                 grown = ndimage.binary_dilation(keep_s, structure=np.ones((3, 3, 3), bool))
@@ -159,12 +157,11 @@ def invert_classes(
         region = tuple(slice(int(p[0][0]), int(p[0][-1]) + 1) for p in plans)
         return region, mask, prob
 
-    order = sorted(range(k), key=lambda j: (layer_of(classes[j], taxonomy), j))
+    order = sorted(range(k), key=lambda j: (queries[j].layer, j))
     layer = -1
     for i, done in zip(order, ordered_thread_map(resample, order, int(workers))):
-        name = classes[i]
-        if layer_of(name, taxonomy) != layer:
-            layer = layer_of(name, taxonomy)
+        if queries[i].layer != layer:
+            layer = queries[i].layer
             best.fill(0)
         if done is None:
             continue
@@ -175,7 +172,7 @@ def invert_classes(
         b = best_o[region]
         take = mask & (prob > b)
         b[take] = prob[take]
-        label_o[region][take] = values[name]
+        label_o[region][take] = queries[i].label_value
         merge_s += time.perf_counter() - t0
     if timings is not None:
         timings["merge"] = timings.get("merge", 0.0) + merge_s

@@ -33,6 +33,15 @@ class Preprocessed:
         """The array on its own (network-space) grid, e.g. to write it for inspection."""
         return self.record.network_volume(self.array)
 
+    def crop(self, box) -> "Preprocessed":
+        """The array cut to `box` (3 slices of the network grid) with the cut added to the record,
+        so the inverse puts results made on the smaller array back on the input grid exactly."""
+        box = tuple(slice(b.start or 0, n if b.stop is None else b.stop) for b, n in zip(box, self.array.shape))
+        if all(b.start == 0 and b.stop == n for b, n in zip(box, self.array.shape)):
+            return self
+        array = np.ascontiguousarray(self.array[box])
+        return Preprocessed(array, self.record.cropped([b.start for b in box], [b.stop for b in box]))
+
 
 def _as_plan(plan) -> Plan:
     return plan if isinstance(plan, Plan) else get_plan(plan)

@@ -5,11 +5,11 @@ space can always be put back on the input's exact grid, or written in network sp
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..io.volume import Volume
-from .geometry import Grid
+from .geometry import Grid, crop_grid
 
 RECORD_VERSION = 1
 
@@ -29,6 +29,14 @@ class Record:
     plan: dict[str, Any] = field(default_factory=dict)
     intensity: dict[str, float] = field(default_factory=dict)
     source: str | None = None
+
+    def cropped(self, lo, hi) -> "Record":
+        """This record with one more crop, [lo, hi) of its network grid (e.g. the body's box at
+        inference). The crops compose into one, so `invert` and everything reading `crop_lo` undo
+        both with no extra bookkeeping."""
+        lo = tuple(int(a) + int(b) for a, b in zip(self.crop_lo, lo))
+        hi = tuple(int(a) + int(b) for a, b in zip(self.crop_lo, hi))
+        return replace(self, crop_lo=lo, crop_hi=hi, network=crop_grid(self.resampled, lo, hi))
 
     def network_volume(self, array, path=None) -> Volume:
         """A network-space array ([X,Y,Z] or [C,X,Y,Z]) as a Volume on the preprocessed grid."""

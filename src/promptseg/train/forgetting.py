@@ -41,7 +41,8 @@ def score_classes(model, held_out: str | Path, classes: Sequence[str], device: s
     """
     from ..evaluation.cases import find_cases
     from ..evaluation.evaluate import evaluate_folders
-    from ..inference.predictor import Predictor, write_labels_json
+    from ..inference.predictor import Predictor
+    from ..inference.writing import write_labels_json
     from ..io import read_image, write_image
 
     gt_dir = held_out_labels(held_out)

@@ -11,28 +11,30 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
-from .evaluation.report import overlay_png
-from .io.atomic import atomic_write
-from .io.formats import DEFAULT_ENDING, case_id, channel_file
-from .io.labeltable import read_label_json
+from ..io.atomic import atomic_write
+from ..io.formats import DEFAULT_ENDING, case_id, channel_file
+from ..io.labeltable import read_label_json
 
 
 def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    from .evaluation.metrics import dice
+    from ..evaluation.metrics import dice
 
     return float(dice(pred, gt))
 
 
-def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: int = 4) -> dict:
-    from .data.phantoms import make_phantom_datasets
-    from .inference.predictor import Predictor
-    from .io import read_image, read_label
-    from .taxonomy import default_taxonomy
-    from .train.checkpoint import load_checkpoint
-    from .train.config import resolve_config
-    from .train.trainer import train
+def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: int = 4,
+             threads: int | None = None) -> dict:
+    from ..data.phantoms import make_phantom_datasets
+    from ..inference.predictor import Predictor
+    from ..inference.preview import write_preview
+    from ..io import read_image, read_label
+    from ..taxonomy import default_taxonomy
+    from ..train.checkpoint import load_checkpoint
+    from ..train.config import resolve_config
+    from ..train.trainer import train
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -51,7 +53,7 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
 
     print("[3/4] predicting held-out phantoms by text prompt")
     model = load_checkpoint(ckpt, device="cpu")
-    predictor = Predictor(model, device=device, progress=False)
+    predictor = Predictor(model, device=device, progress=False, inference={"threads": threads} if threads else None)
     test_dir = folders["PhantomTest_full"]
     value_to_name = {v: k for k, vals in read_label_json(test_dir / "dataset.json").items() for v in vals}
     tax = default_taxonomy()
@@ -64,7 +66,7 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
         written = predictor.predict_file(img_path, pred_dir, prompts=prompts)
         image = read_image(img_path)
         gt = read_label(test_dir / "labelsTs" / f"{case}{DEFAULT_ENDING}", reference=image).array
-        merged = read_label(written["label_map"]).array
+        merged = read_label(written["label_map"])
         scores = {}
         for name in prompts:
             info = tax.resolve(name)
@@ -75,8 +77,7 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
             pred_mask = read_label(mask_path).array > 0 if mask_path else np.zeros_like(gt_mask)
             scores[name] = _dice(pred_mask, gt_mask) if gt_mask.any() or pred_mask.any() else float("nan")
         per_case[case] = scores
-        png = overlay_png(gt > 0, merged > 0, image.spacing, image.array, f"{case}: prediction", image.direction)
-        atomic_write(pred_dir / f"{case}_overlay.png", png)
+        write_preview(pred_dir / f"{case}_overlay.png", image, merged, written["prediction"].names, f"{case}: prediction")
 
     print("[4/4] Dice per class on held-out phantoms")
     summary = {}
@@ -98,7 +99,9 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
 
 
 def _demo(args) -> int:
-    run_demo(Path(args.out), steps=args.steps, device=args.device)
+    if args.threads is not None:
+        torch.set_num_threads(int(args.threads))  # training too, not only prediction
+    run_demo(Path(args.out), steps=args.steps, device=args.device, threads=args.threads)
     return 0
 
 
@@ -107,4 +110,6 @@ def register(sub) -> None:
     p.add_argument("--out", default="demo_out", help="output folder")
     p.add_argument("--steps", type=int, default=None, help="training steps (default from the demo config)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: OMP_NUM_THREADS when set, else the cores this process may use)")
     p.set_defaults(func=_demo)

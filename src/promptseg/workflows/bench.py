@@ -31,11 +31,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from .errors import ConfigError, InputError, PromptsegError
-from .evaluation.evaluate import json_safe
-from .io.atomic import atomic_directory, atomic_write, refuse_foreign
-from .io.formats import WRITABLE, case_id, channel_file, image_ending
-from .io.labeltable import load_table, parse_label_mapping, read_label_json
+from ..errors import ConfigError, InputError, PromptsegError
+from ..evaluation.evaluate import json_safe
+from ..io.atomic import atomic_directory, atomic_write, refuse_foreign
+from ..io.formats import WRITABLE, case_id, channel_file, image_ending
+from ..io.labeltable import load_table, parse_label_mapping, read_label_json
 
 SUITES = ("phantom", "real-ct")
 SPLIT_TAG = "promptseg partial split"  # dataset.json description prefix: ours, safe to overwrite
@@ -123,8 +123,8 @@ def split_partial_datasets(scan_dir: str | Path, out_root: str | Path,
     masked loss never reads as "not this class". A folder is written under a temporary name and
     renamed into place; an existing folder is replaced only if an earlier split wrote it.
     """
-    from .io import read_image, read_label
-    from .taxonomy import default_taxonomy
+    from ..io import read_image, read_label
+    from ..taxonomy import default_taxonomy
 
     scan_dir, out_root = Path(scan_dir), Path(out_root)
     if not scan_dir.is_dir():
@@ -158,7 +158,7 @@ def split_partial_datasets(scan_dir: str | Path, out_root: str | Path,
 
 
 def _write_split(root: Path, name: str, case: str, image_path: Path, label, classes: list[str], source: str) -> Path:
-    from .io import write_image
+    from ..io import write_image
 
     final = root / name
     refuse_foreign(final, SPLIT_TAG, "a promptseg partial split")
@@ -210,7 +210,7 @@ def _run_body(settings: dict[str, Any], work: Path) -> dict[str, Any]:
 
 def phantom_suite(work: str | Path) -> Suite:
     """Phantom datasets written under WORK/data (deterministic: regenerated identically each time)."""
-    from .data.phantoms import make_phantom_datasets
+    from ..data.phantoms import make_phantom_datasets
 
     work = Path(work)
     s = suite_settings("phantom")
@@ -277,9 +277,9 @@ class TrainResult:
 
 def train_run(run_yaml: str | Path, device: str = "auto", progress: bool = True) -> TrainResult:
     """`promptseg train RUN_YAML` from scratch (an earlier run folder is removed), timed."""
-    from .cli import main as cli_main
-    from .train.checkpoint import find_checkpoint
-    from .train.config import load_config
+    from ..cli import main as cli_main
+    from ..train.checkpoint import find_checkpoint
+    from ..train.config import load_config
 
     run_yaml = Path(run_yaml)
     out = Path(load_config(run_yaml)["output"])
@@ -310,12 +310,12 @@ def score_checkpoint(checkpoint: str | Path, cases: Sequence[TestCase], out_dir:
                      device: str = "auto", prompts: Sequence[str] | None = None) -> ScoreResult:
     """Predict the test cases with `predict` (the function behind `promptseg predict`) and score
     each class's mask with Dice against the reference (organ = own label + its tumours)."""
-    from .evaluation.labelmap import LabelMap
-    from .evaluation.metrics import dice
-    from .inference.predictor import predict
-    from .io import read_label
-    from .taxonomy import default_taxonomy
-    from .train.checkpoint import load_checkpoint
+    from ..evaluation.labelmap import LabelMap
+    from ..evaluation.metrics import dice
+    from ..inference import predict
+    from ..io import read_label
+    from ..taxonomy import default_taxonomy
+    from ..train.checkpoint import load_checkpoint
 
     model = load_checkpoint(checkpoint, device="cpu")
     params = int(sum(p.numel() for p in model.parameters()))
@@ -415,7 +415,7 @@ def machine_line(device: str = "auto") -> str:
     """Where the timings come from: device, torch threads, load average (a busy box inflates them)."""
     import torch
 
-    from .runtime import resolve_device
+    from ..runtime import resolve_device
 
     dev = resolve_device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} torch thread(s)"
