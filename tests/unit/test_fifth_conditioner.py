@@ -137,3 +137,35 @@ def test_per_class_parts_are_matched_by_name_not_position():
     assert torch.equal(d["conditioner.controllers.1.0.weight"], s["conditioner.controllers.2.0.weight"])
     assert torch.equal(d["conditioner.embeddings"][1], s["conditioner.embeddings"][2])
     assert not torch.equal(d["conditioner.controllers.0.0.weight"], s["conditioner.controllers.0.0.weight"])
+
+
+@pytest.mark.parametrize("method", ["universal", "onehot", "hermes", "uniseg", "sat"])
+def test_forward_prepared_equals_forward_and_declares_every_class_part(method):
+    """The inference path (prompts prepared once, chunked heads) gives `forward`'s numbers, and
+    `class_parameters` names exactly what `add_classes` adds (what continual learning trains)."""
+    from promptseg.bench import conditioner_config
+    from promptseg.train.continual import diff_parameters, new_class_parameters
+
+    names = ["spleen", "liver", "aorta"]
+    cfg = {"backbone": {"name": "unet", "preset": "small", "widths": [8, 16, 32]},
+           "conditioner": conditioner_config(method)}
+    cls = build._load(build.CONDITIONERS, "conditioner", method)
+    emb = torch.randn(len(names), 384) if cls.needs_text else None
+    torch.manual_seed(0)
+    model = build.build_model(cfg, names, embeddings=emb).eval()
+    image = torch.randn(2, 1, 32, 32, 32)
+    prompts = model.prompt_batch(["aorta", "spleen"], modality="CT", batch_size=2)
+    with torch.no_grad():
+        ref = model(image, prompts)
+        prepared = model.prepare(["aorta", "spleen"], modality="CT", head_chunk=4096)
+        got = model.forward_prepared(image, prepared)
+        again = model.forward_prepared(image, prepared)  # the prepared context is reused as is
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(again, got)
+
+    before = dict(model.named_parameters())
+    new_emb = torch.randn(1, 384) if cls.needs_text else None
+    model.conditioner.add_classes(["liver tumor"], new_emb, ["some dataset"])  # one signature for all
+    grew = diff_parameters(before, model, method)
+    declared = new_class_parameters(model, ["liver tumor"])
+    assert set(declared.new) == set(grew.new) and declared.grown == grew.grown
