@@ -12,13 +12,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import PromptsegError
 from ..taxonomy import Taxonomy, default_taxonomy
-from .conditioners.base import Conditioner, Context, PromptBatch
+from .conditioners.base import Conditioner, Context, PromptBatch, PromptError
 
-
-class PromptError(PromptsegError):
-    """A prompt the model cannot segment."""
+__all__ = ["Prepared", "PromptError", "UniversalSegmenter"]
 
 
 @dataclass

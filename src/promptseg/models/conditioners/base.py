@@ -14,7 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...errors import PromptsegError
 from .queries import training_queries
+
+
+class PromptError(PromptsegError):
+    """A prompt the model cannot segment."""
 
 
 @dataclass
@@ -96,6 +101,13 @@ class Conditioner(nn.Module):
 
     def prepare(self, prompts: PromptBatch, batch_size: int) -> Context:
         return Context(prompts=prompts, batch_size=batch_size)
+
+    def check_known(self, prompts: PromptBatch, who: str) -> None:
+        """One-line error for a prompt outside `class_names` (methods with a fixed class list)."""
+        n_cls = len(self.class_names)
+        bad = [c for c, i in zip(prompts.classes, prompts.indices) if not 0 <= i < n_cls]
+        if bad:
+            raise PromptError(f"{who}: this model cannot segment {bad[0]!r} (not one of its {n_cls} classes)")
 
     def on_input(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         return x

@@ -61,7 +61,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigError, InputError
-from ..segmenter import PromptError
 from .base import ClassPart, Conditioner, Context, PromptBatch
 
 #: Spellings folded onto a model's modality names when the exact name is not one of them.
@@ -336,10 +335,7 @@ class HermesConditioner(Conditioner):
     # -- per forward ----------------------------------------------------------------------------------
     def prepare(self, prompts: PromptBatch, batch_size: int) -> Context:
         ctx = Context(prompts=prompts, batch_size=batch_size)
-        n_cls = len(self.class_names)
-        bad = [c for c, i in zip(prompts.classes, prompts.indices) if not 0 <= i < n_cls]
-        if bad:
-            raise PromptError(f"hermes: this model cannot segment {bad[0]!r} (not one of its {n_cls} classes)")
+        self.check_known(prompts, "hermes")
         datasets = prompts.datasets
         if datasets is not None and len(datasets) != batch_size:
             raise InputError(None, f"hermes: {len(datasets)} dataset names given for a batch of {batch_size}")

@@ -27,8 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigError, InputError
-from ..segmenter import PromptError
-from .base import ClassPart, Conditioner, Context, PromptBatch
+from .base import ClassPart, Conditioner, Context, PromptBatch, PromptError
 from .queries import sample_queries  # noqa: F401 - SAT's sampling rule, importable from here
 
 TextEncoder = Callable[[list[str]], torch.Tensor]

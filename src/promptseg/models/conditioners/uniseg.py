@@ -47,8 +47,7 @@ from torch import nn
 
 from ...errors import ConfigError, InputError
 from ..backbones.blocks import ConvBlock
-from ..segmenter import PromptError
-from .base import ClassPart, Conditioner, Context, PromptBatch
+from .base import ClassPart, Conditioner, Context, PromptBatch, PromptError
 from .hermes import Modalities
 
 
@@ -184,10 +183,7 @@ class UniSegConditioner(Conditioner):
     # -- per forward ----------------------------------------------------------------------------------
     def prepare(self, prompts: PromptBatch, batch_size: int) -> Context:
         ctx = Context(prompts=prompts, batch_size=batch_size)
-        n_cls = len(self.class_names)
-        bad = [c for c, i in zip(prompts.classes, prompts.indices) if not 0 <= i < n_cls]
-        if bad:
-            raise PromptError(f"uniseg: this model cannot segment {bad[0]!r} (not one of its {n_cls} classes)")
+        self.check_known(prompts, "uniseg")
         if not prompts.indices:
             raise PromptError("uniseg: no class asked")
         dev = self.task_prompt.device

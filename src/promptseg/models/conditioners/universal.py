@@ -23,7 +23,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ..backbones.blocks import group_count
-from .base import ClassPart, Conditioner, Context, PromptBatch
+from .base import ClassPart, Conditioner, Context, PromptBatch, PromptError
 
 BOTTLENECK_KEY = "universal.bottleneck"
 
@@ -103,8 +103,6 @@ class DynamicHeadConditioner(Conditioner):
 
     def resolve_indices(self, prompts: PromptBatch) -> list[int]:
         """Positions in `class_names` of the requested classes; unknown ones raise one line."""
-        from ..segmenter import PromptError
-
         lookup = {n: i for i, n in enumerate(self.class_names)}
         out = []
         for name, idx in zip(prompts.classes, prompts.indices):
