@@ -47,8 +47,8 @@ def test_train_reads_the_manifests_annotated_sets(shared_data, tmp_path, monkeyp
     steps = []  # (datasets of the batch, prompts of the step, annotated mask the loss got)
     real_classes, real_loss = trainer_module.training_classes, trainer_module.masked_bce_dice
 
-    def spy_classes(classes, batch, max_queries, rng):
-        names = real_classes(classes, batch, max_queries, rng)
+    def spy_classes(classes, batch, max_queries, rng, conditioner=None):
+        names = real_classes(classes, batch, max_queries, rng, conditioner)
         steps.append([list(batch.datasets), names, None])
         return names
 

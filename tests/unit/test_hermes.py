@@ -301,8 +301,8 @@ def test_add_classes_keeps_old_maps_and_reloads(image, tmp_path):
 def test_add_classes_dataset_mode_joins_the_dataset_group():
     c = HermesConditioner(CLASSES, task_mode="dataset", tasks=TASKS, **LIGHT)
     UniversalSegmenter(UNet(in_channels=1, preset="small"), c)
-    c.add_classes(["liver tumor"], dataset="lits")
-    c.add_classes(["liver"], dataset="msd")                      # an existing class in a new dataset
+    c.add_classes(["liver tumor"], datasets=["lits"])
+    c.add_classes(["liver"], datasets=["msd"])                      # an existing class in a new dataset
     assert c.tasks[-2:] == [("lits", "liver tumor"), ("msd", "liver")]
     g = c.task_group.tolist()
     assert g[-2] == g[0] and g[-1] == max(g)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -48,15 +47,6 @@ def fit_window(
     return tuple(out)  # type: ignore[return-value]
 
 
-def _batch_prompts(pb: PromptBatch, n: int) -> PromptBatch:
-    """The same prompts for a window batch of `n` samples (per-sample fields repeated)."""
-    mod = pb.modality
-    ds = pb.datasets
-    return replace(
-        pb,
-        modality=None if mod is None else [mod[0]] * n,
-        datasets=None if ds is None else [ds[0]] * n,
-    )
 
 
 def _run_device(model, image: torch.Tensor, device) -> torch.device:
@@ -89,8 +79,8 @@ def sliding_window_logits(
 
     `device` runs the windows (default: the model's device); `out_device` holds the stitched
     logits (default: `device`). `amp` uses float16 autocast on CUDA (default: on for CUDA).
-    `precision` (auto/float32/bfloat16/float16) overrides `amp`; `head_chunk` evaluates the
-    Universal Model's dynamic head in chunks (see `WindowRunner`). Runs under
+    `precision` (auto/float32/bfloat16/float16) overrides `amp`; `head_chunk` bounds a
+    conditioner's chunked head (class-voxels per chunk, see `WindowRunner`). Runs under
     `torch.inference_mode`; the model should be in eval mode.
     """
     from monai.inferers import sliding_window_inference
@@ -138,14 +128,9 @@ def sliding_window_logits(
 class WindowRunner:
     """Runs a segmenter on window batches with everything prompt-dependent prepared once.
 
-    For a `UniversalSegmenter` the conditioner's `prepare` (text codes, task ids, priors) runs once
-    per batch size, not once per window; each window gets a shallow copy of that context. For the
-    Universal Model's dynamic head (`DynamicHeadConditioner.predict`, not overridden) the per-class
-    1x1x1 convolutions run in spatial chunks of `head_chunk // K` voxels (K = classes asked), so
-    its K x 8-channel intermediate (0.9 GB per 96^3 window for 32 classes) never exists and each
-    chunk's (~4 MB) stays in cache: the same numbers, ~5x faster head on a CPU (96^3 window, 32
-    classes, 1 thread: 2.5 s instead of 7.5 s; the backbone alone is 1.3 s). Any other model is
-    called as `model(x, prompts)`.
+    A model with the segmenter's `prepare` / `forward_prepared` gets the prompts prepared once
+    per volume (the conditioner's per-volume work, and its fast head with `head_chunk`
+    class-voxels per chunk); any other model is called as `model(x, prompts)`.
     """
 
     def __init__(self, model, prompt_batch: PromptBatch, dtype: torch.dtype | None = None,
@@ -153,67 +138,21 @@ class WindowRunner:
         self.model = model
         self.prompt_batch = prompt_batch
         self.dtype = dtype
-        self.head_chunk = int(head_chunk) if head_chunk else 0
-        self._ctx: dict[int, object] = {}
+        self.prepared = None
         self._batches: dict[int, PromptBatch] = {}
-        from ..models.segmenter import UniversalSegmenter
-
-        self.structured = isinstance(model, UniversalSegmenter) and type(model).forward is UniversalSegmenter.forward
-        self.fast_head = False
-        self._indices = None
-        if self.structured:
-            try:
-                from ..models.conditioners.universal import DynamicHeadConditioner
-            except ImportError:  # pragma: no cover - conditioner module absent
-                DynamicHeadConditioner = None
-            cond = model.conditioner
-            if (DynamicHeadConditioner is not None and isinstance(cond, DynamicHeadConditioner)
-                    and type(cond).predict is DynamicHeadConditioner.predict and self.head_chunk > 0):
-                self.fast_head = True
-                self._indices = cond.resolve_indices(prompt_batch)  # once per volume
-                self.chunk = max(1024, self.head_chunk // max(1, len(self._indices)))
-
-    def _context(self, n: int):
-        from ..models.conditioners.base import Context
-
-        if n not in self._ctx:
-            self._batches[n] = _batch_prompts(self.prompt_batch, n)
-            self._ctx[n] = self.model.conditioner.prepare(self._batches[n], n)
-        base = self._ctx[n]
-        data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.data.items()}
-        return Context(prompts=base.prompts, batch_size=base.batch_size, data=data)
-
-    def _head(self, cond, decoder_out, encoder_feats, ctx) -> torch.Tensor:
-        from ..models.conditioners.universal import BOTTLENECK_KEY
-
-        bottleneck = ctx.data.get(BOTTLENECK_KEY, encoder_feats[-1])
-        image = cond.gap(bottleneck).flatten(1)
-        params = cond.controller_params(image, self._indices)
-        feats = cond.precls(decoder_out)
-        b, c = feats.shape[:2]
-        spatial = feats.shape[2:]
-        flat = feats.reshape(b, c, -1)
-        n = flat.shape[-1]
-        out = torch.empty((b, len(self._indices), n), dtype=torch.float32, device=feats.device)
-        for s in range(0, n, self.chunk):
-            out[:, :, s:s + self.chunk] = cond.dynamic_head(flat[:, :, s:s + self.chunk], params)
-        return out.reshape(b, -1, *spatial)
+        if callable(getattr(model, "forward_prepared", None)):
+            self.prepared = model.prepare(prompt_batch, head_chunk=int(head_chunk) if head_chunk else 0)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         autocast = (torch.autocast(x.device.type, dtype=self.dtype) if self.dtype is not None
                     else contextlib.nullcontext())
         with torch.inference_mode(), autocast:
-            if not self.structured:
-                if n not in self._batches:
-                    self._batches[n] = _batch_prompts(self.prompt_batch, n)
-                return self.model(x, self._batches[n]).float()
-            ctx = self._context(n)
-            cond = self.model.conditioner
-            out = self.model.backbone(x, cond, ctx)
-            if self.fast_head:
-                return self._head(cond, out.decoder_out, out.encoder_feats, ctx)
-            return cond.predict(out.decoder_out, out.encoder_feats, ctx).float()
+            if self.prepared is not None:
+                return self.model.forward_prepared(x, self.prepared).float()
+            if n not in self._batches:
+                self._batches[n] = self.prompt_batch.repeat(n)
+            return self.model(x, self._batches[n]).float()
 
 
 def scan_interval(image_size: Sequence[int], roi: Sequence[int], overlap: float) -> tuple[int, ...]:

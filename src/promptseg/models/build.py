@@ -1,7 +1,8 @@
 """Build a model from its config (the `backbone:` and `conditioner:` sections of a run YAML).
 
 Registries map names to "module:Class" so a new backbone or conditioner is one file plus one line
-here; nothing is imported until asked for.
+here; nothing is imported until asked for. An entry may also be the class itself (a conditioner
+defined outside the package, e.g. in a test or a user's plug-in).
 """
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ CONDITIONERS = {
 def _load(registry: dict[str, str], kind: str, name: str):
     if name not in registry:
         raise ConfigError(f"unknown {kind} {name!r}; choose one of {sorted(registry)}")
-    module, attr = registry[name].split(":")
+    entry = registry[name]
+    if not isinstance(entry, str):
+        return entry
+    module, attr = entry.split(":")
     return getattr(importlib.import_module(module), attr)
 
 

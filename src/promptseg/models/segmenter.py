@@ -1,18 +1,31 @@
-"""`UniversalSegmenter`: backbone + conditioner; `forward(image, prompts)` -> one logit map per prompt."""
+"""`UniversalSegmenter`: backbone + conditioner; `forward(image, prompts)` -> one logit map per prompt.
+
+`prepare(prompts)` + `forward_prepared(window, prepared)` is the inference path: the prompt work
+(class lookup, text codes, task ids, priors, a method's fast-head setup) is done once per volume,
+then each window batch costs the backbone and the conditioner's head only.
+"""
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from ..errors import PromptsegError
 from ..taxonomy import Taxonomy, default_taxonomy
-from .conditioners.base import Conditioner, Context, PromptBatch
+from .conditioners.base import Conditioner, Context, PromptBatch, PromptError
+
+__all__ = ["Prepared", "PromptError", "UniversalSegmenter"]
 
 
-class PromptError(PromptsegError):
-    """A prompt the model cannot segment."""
+@dataclass
+class Prepared:
+    """Prompts prepared for many forwards: the one-sample prompt batch, the conditioner's
+    per-volume head state, and one prepared context per window batch size (made on first use)."""
+
+    prompts: PromptBatch
+    head: Any = None
+    contexts: dict[int, Context] = field(default_factory=dict)
 
 
 class UniversalSegmenter(nn.Module):
@@ -74,3 +87,24 @@ class UniversalSegmenter(nn.Module):
         out = self.backbone(image, self.conditioner, ctx)
         logits = self.conditioner.predict(out.decoder_out, out.encoder_feats, ctx)
         return (logits, ctx) if return_context else logits
+
+    def prepare(
+        self,
+        prompts: Sequence[str] | PromptBatch | None = None,
+        modality: str | None = None,
+        datasets: Sequence[str] | None = None,
+        head_chunk: int = 0,
+    ) -> Prepared:
+        """Per-volume prompt work for `forward_prepared`; `head_chunk` (class-voxels per step, 0 =
+        one go) lets a conditioner with a chunked head bound its memory."""
+        pb = prompts if isinstance(prompts, PromptBatch) else self.prompt_batch(prompts, modality, datasets)
+        return Prepared(prompts=pb, head=self.conditioner.prepare_head(pb, int(head_chunk or 0)))
+
+    def forward_prepared(self, image: torch.Tensor, prepared: Prepared) -> torch.Tensor:
+        """Logits [B, K, *spatial] for a batch of windows of one volume (same numbers as `forward`)."""
+        n = image.shape[0]
+        if n not in prepared.contexts:
+            prepared.contexts[n] = self.conditioner.prepare(prepared.prompts.repeat(n), n)
+        ctx = prepared.contexts[n].copy()
+        out = self.backbone(image, self.conditioner, ctx)
+        return self.conditioner.predict_prepared(out.decoder_out, out.encoder_feats, ctx, prepared.head)

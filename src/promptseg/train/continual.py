@@ -1,15 +1,15 @@
 """Extending a trained model: new classes from new data only (continual learning), and fine-tuning
-a trained universal model to a downstream task.
+a trained model to a downstream task.
 
 `extend(CHECKPOINT, NEW_RUN)`: the old model comes from its checkpoint alone (its run YAML and
 datasets are never read). New classes get new per-class parameters through the conditioner's
-`add_classes` (a new MLP for the Universal Model, new task prior tokens for Hermes, new task
-prompt channels for UniSeg, nothing structural for SAT). Strategies (`extend.strategy`):
-- pseudo-label (Universal Model journal §3.3): everything trains; an old class that the new data
-  does not annotate is supervised by the frozen old model's prediction on the same patch (soft
-  sigmoid, or thresholded), a new class by its label;
-- freeze-backbone (Hermes incremental learning): only the new per-class parameters train;
-- lora (MedUniSeg*): LoRA adapters on the backbone's convolutions + the new per-class parameters
+`add_classes`; which parameters those are, the conditioner says (`class_parameters`), so this
+file knows no method. Strategies (`extend.strategy`):
+- pseudo-label (the journal papers' continual learning): everything trains; an old class that the
+  new data does not annotate is supervised by the frozen old model's prediction on the same patch
+  (soft sigmoid, or thresholded), a new class by its label;
+- freeze-backbone (incremental learning of task priors): only the new per-class parameters train;
+- lora (low-rank adapters): LoRA adapters on the backbone's convolutions + the new per-class parameters
   train, every pre-existing weight stays bit-identical; old classes pseudo-supervised as above;
 - naive: everything trains on the new labels only; old classes unsupervised (the forgetting
   baseline).
@@ -18,7 +18,8 @@ writes reloads with `load_checkpoint` alone (`models/lora.apply_extension` repla
 
 `finetune(CHECKPOINT, RUN)`: a new model for the run's own classes, initialised from all of the
 trained model (`finetune.init: all`: backbone, the conditioner's shared parts, and the per-class
-parts of classes both models have, matched by name), or only its backbone / encoder, with the
+parts of classes both models have, matched by name: `copy_classes_from`), or only its backbone /
+encoder (`encoder_parameters`), with the
 encoder or backbone optionally frozen.
 
 Both reuse `Trainer` through its hooks (`build_model`, `build_optimizer`, `train_mode`,
@@ -43,7 +44,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -250,38 +250,45 @@ def freeze_norm_statistics(model: nn.Module) -> None:
                 m.eval()
 
 
-def encoder_parameter(name: str) -> bool:
-    """Backbone parameter names of the encoder: U-Net `encoder.*`; Swin UNETR `swinViT.*`,
-    `encoder1..encoder10.*`."""
-    head = name.split(".", 1)[0]
-    return head == "swinViT" or head.startswith("encoder")
-
-
 def add_new_classes(model: nn.Module, names: Sequence[str], dataset_of: dict[str, str] | None = None) -> None:
-    """Grow the model's conditioner by `names` (text embeddings computed for text conditioners)."""
+    """Grow the model's conditioner by `names` (text embeddings computed for text conditioners;
+    each name's dataset passed along for methods with per-dataset tasks)."""
     from ..models.build import class_embeddings
 
     cond = model.conditioner
-    who = type(cond).__name__
     names = list(names)
     if not names:
         return
-    if getattr(cond, "task_mode", None) == "dataset":  # Hermes: new tasks belong to their dataset
-        by_ds: dict[str | None, list[str]] = {}
-        for n in names:
-            by_ds.setdefault((dataset_of or {}).get(n), []).append(n)
-        for ds, group in by_ds.items():
-            cond.add_classes(group, dataset=ds)
-        return
+    datasets = [(dataset_of or {}).get(n) for n in names]
     try:
-        if getattr(cond, "needs_text", False) or isinstance(getattr(cond, "embeddings", None), torch.Tensor):
-            cfg = (getattr(model, "run_config", None) or {}).get("conditioner", {})
-            emb = class_embeddings(cfg, names)
-            cond.add_classes(names, emb)
-        else:
-            cond.add_classes(names)
+        emb = None
+        if cond.needs_text:
+            emb = class_embeddings((getattr(model, "run_config", None) or {}).get("conditioner", {}), names)
+        cond.add_classes(names, emb, datasets)
     except NotImplementedError:
-        raise ConfigError(f"{who} cannot add classes") from None
+        raise ConfigError(f"{type(cond).__name__} cannot add classes") from None
+
+
+def new_class_parameters(model: nn.Module, names: Sequence[str]) -> ParameterDiff:
+    """The trainable per-class parameters of `names`, as the conditioner declares them: tensors
+    wholly theirs (`new`) and shared tensors whose rows from the first new row on are theirs
+    (`grown`: name -> number of rows before)."""
+    params = dict(model.named_parameters())
+    parts = model.conditioner.class_parameters()
+    whole: set[str] = set()
+    first: dict[str, int] = {}
+    for name in names:
+        for part in parts.get(name, []):
+            key = f"conditioner.{part.key}"
+            if key not in params:
+                continue  # a buffer (e.g. a stored text embedding): nothing to train
+            if part.rows is None:
+                whole.add(key)
+            else:
+                first[key] = min(first.get(key, math.inf), int(part.rows.start or 0))
+    out = ParameterDiff(new=[n for n in params if n in whole], grown={n: int(first[n]) for n in params if n in first})
+    out.kept = [n for n in params if n not in whole and n not in first]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,7 +342,13 @@ class ExtensionTrainer(Trainer):
         add_new_classes(model, self.new_classes, self.dataset_of)
         if list(model.class_names) != self.classes:
             raise ConfigError(f"{who}: class list after add_classes is {model.class_names}, expected {self.classes}")
-        diff = diff_parameters(before, model, who)
+        grew = diff_parameters(before, model, who)  # old weights must be bit-identical
+        diff = new_class_parameters(model, self.new_classes)
+        if set(diff.new) != set(grew.new) or diff.grown != grew.grown:
+            raise ConfigError(
+                f"{who}.class_parameters() does not name what add_classes added (new {sorted(grew.new)[:3]}, "
+                f"grown {sorted(grew.grown)[:3]}); continual learning needs it to"
+            )
         self.grown = dict(diff.grown)
         params = dict(model.named_parameters())
         step: dict[str, Any] = {"strategy": self.strategy, "base_classes": list(self.old_classes),
@@ -350,8 +363,8 @@ class ExtensionTrainer(Trainer):
             trainable = diff.new + list(diff.grown)
             if self.strategy == "freeze-backbone" and not trainable:
                 raise ConfigError(
-                    f"freeze-backbone: {who} adds no per-class parameters for new classes (e.g. the Universal Model "
-                    "with head: shared, or SAT), so nothing could learn them; use lora or pseudo-label"
+                    f"freeze-backbone: {who} adds no per-class parameters for new classes (its class_parameters "
+                    "are shared or buffers), so nothing could learn them; use lora or pseudo-label"
                 )
             for name in trainable:
                 params[name].requires_grad_(True)
@@ -365,9 +378,7 @@ class ExtensionTrainer(Trainer):
             step["new_parameters"] = diff.new
             step["grown_parameters"] = diff.grown
         self.config.setdefault("extension", {"history": []}).setdefault("history", []).append(step)
-        updates = getattr(model.conditioner, "config_updates", None)
-        if callable(updates):
-            self.config["conditioner"] = {**self.config["conditioner"], **updates()}
+        self.config["conditioner"] = {**self.config["conditioner"], **model.conditioner.config_updates()}
         model.run_config = self.config
         check_rebuild(model, self.config, in_channels)
         return model
@@ -463,11 +474,12 @@ class FinetuneTrainer(Trainer):
         if any(True for _ in lora_layers(src)):
             src = merge_lora(src)
         model = build_model(self.config, self.classes, in_channels=in_channels)
-        self.transfer = transfer_weights(src, model, self.ft["init"], self.config.get("conditioner", {}))
+        self.transfer = transfer_weights(src, model, self.ft["init"])
         freeze = self.ft["freeze"]
-        for name, p in model.backbone.named_parameters():
-            if freeze == "backbone" or (freeze == "encoder" and encoder_parameter(name)):
-                p.requires_grad_(False)
+        frozen = model.backbone.named_parameters() if freeze == "backbone" else (
+            model.backbone.encoder_parameters() if freeze == "encoder" else [])
+        for _, p in frozen:
+            p.requires_grad_(False)
         if self.progress:
             t = self.transfer
             print(f"fine-tune: {t['copied']} tensors from the checkpoint ({t['classes_matched']} classes matched by name), "
@@ -482,58 +494,10 @@ class FinetuneTrainer(Trainer):
 # ---------------------------------------------------------------------------------------------
 # weight transfer for fine-tuning
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class ClassLayout:
-    """Where a conditioner keeps per-class values: module keys with the class index as one path
-    component (`controllers.{i}.0.weight`), and tensors with `rows` rows per class after `offset`."""
-
-    templates: list[str] = field(default_factory=list)
-    rows: dict[str, tuple[int, int]] = field(default_factory=dict)
-    shared: set[str] = field(default_factory=set)
-
-
-def class_layout(cond_cfg: dict[str, Any], backbone: nn.Module, text_dim: int | None) -> ClassLayout | None:
-    """Find the per-class layout by building the conditioner with 2 and 3 classes and diffing."""
-    from ..models.build import build_conditioner
-
-    names = ["probe class a", "probe class b", "probe class c"]
-
-    def shapes(n: int) -> dict[str, tuple[int, ...]]:
-        emb = torch.zeros(n, text_dim) if text_dim else None
-        c = build_conditioner(cond_cfg, names[:n], emb)
-        c.bind(backbone)
-        return {k: tuple(v.shape) for k, v in c.state_dict().items()}
-
-    try:
-        two, three = shapes(2), shapes(3)
-    except Exception:  # a conditioner that cannot be built with arbitrary names (e.g. a task list)
-        return None
-    layout = ClassLayout()
-    for key, shape in three.items():
-        if key in two:
-            s2 = two[key]
-            if s2 == shape:
-                layout.shared.add(key)
-            elif len(s2) == len(shape) and s2[1:] == shape[1:] and shape[0] > s2[0]:
-                m = shape[0] - s2[0]
-                layout.rows[key] = (s2[0] - 2 * m, m)
-            continue
-        parts = key.split(".")
-        for i, part in enumerate(parts):
-            if part == "2" and ".".join(parts[:i] + ["0"] + parts[i + 1:]) in two:
-                tpl = ".".join(parts[:i] + ["{}"] + parts[i + 1:])
-                if tpl not in layout.templates:
-                    layout.templates.append(tpl)
-                break
-    if layout.templates:  # the first classes' module keys exist in both builds: not shared
-        per_class = re.compile("|".join(re.escape(t).replace(r"\{\}", r"\d+") for t in layout.templates))
-        layout.shared = {k for k in layout.shared if not per_class.fullmatch(k)}
-    return layout
-
-
-def transfer_weights(src: nn.Module, dst: nn.Module, init: str, cond_cfg: dict[str, Any]) -> dict[str, Any]:
+def transfer_weights(src: nn.Module, dst: nn.Module, init: str) -> dict[str, Any]:
     """Copy what fits from `src` into `dst`: backbone (or its encoder) by name and shape; with
-    init='all' also the conditioner's shared tensors and, by class name, its per-class parts."""
+    init='all' also the conditioner's shared tensors and, by class name, its per-class parts
+    (`copy_classes_from`)."""
     src_state, dst_state = src.state_dict(), dst.state_dict()
     new_state = dict(dst_state)
     copied = 0
@@ -541,55 +505,26 @@ def transfer_weights(src: nn.Module, dst: nn.Module, init: str, cond_cfg: dict[s
     for key, value in dst_state.items():
         if not key.startswith("backbone."):
             continue
-        name = key[len("backbone."):]
-        if init == "encoder" and not encoder_parameter(name):
+        if init == "encoder" and not dst.backbone.in_encoder(key[len("backbone."):]):
             continue
         if key in src_state and src_state[key].shape == value.shape:
             new_state[key] = src_state[key].clone()
             copied += 1
         else:
             skipped.append(key)
-    matched = 0
+    matched: list[str] = []
     if init == "all":
-        src_names, dst_names = list(src.class_names), list(dst.class_names)
-        emb = getattr(dst.conditioner, "embeddings", None)
-        layout = class_layout(cond_cfg, dst.backbone, int(emb.shape[1]) if isinstance(emb, torch.Tensor) else None)
-        pairs = [(dst_names.index(n), src_names.index(n)) for n in dst_names if n in src_names]
-        matched = len(pairs)
         pre = "conditioner."
-        if layout is None:
-            if src_names == dst_names:  # the same classes: everything lines up
-                for key, value in dst_state.items():
-                    if key.startswith(pre) and key in src_state and src_state[key].shape == value.shape:
-                        new_state[key] = src_state[key].clone()
-                        copied += 1
-            else:
-                matched = 0
-        else:
-            for key in layout.shared:
-                k = pre + key
-                if k in src_state and k in dst_state and src_state[k].shape == dst_state[k].shape:
-                    new_state[k] = src_state[k].clone()
-                    copied += 1
-            for tpl in layout.templates:
-                for i, j in pairs:
-                    ks, kd = pre + tpl.format(j), pre + tpl.format(i)
-                    if ks in src_state and kd in dst_state and src_state[ks].shape == dst_state[kd].shape:
-                        new_state[kd] = src_state[ks].clone()
-                        copied += 1
-            for key, (offset, m) in layout.rows.items():
-                k = pre + key
-                if k not in src_state or k not in dst_state or src_state[k].shape[1:] != dst_state[k].shape[1:]:
-                    continue
-                t = dst_state[k].clone()
-                for i, j in pairs:
-                    t[offset + i * m: offset + (i + 1) * m] = src_state[k][offset + j * m: offset + (j + 1) * m]
-                if offset > 0:
-                    t[:offset] = src_state[k][:offset]
-                new_state[k] = t
+        per_class = {pre + p.key for parts in dst.conditioner.class_parameters().values() for p in parts}
+        for key, value in dst_state.items():
+            if key.startswith(pre) and key not in per_class and key in src_state and src_state[key].shape == value.shape:
+                new_state[key] = src_state[key].clone()
                 copied += 1
     dst.load_state_dict(new_state, strict=True)
-    return {"copied": copied, "fresh": len(dst_state) - copied, "skipped": skipped, "classes_matched": matched}
+    if init == "all":
+        matched = dst.conditioner.copy_classes_from(src.conditioner)
+        copied += sum(len(parts) for n, parts in dst.conditioner.class_parameters().items() if n in matched)
+    return {"copied": copied, "fresh": len(dst_state) - copied, "skipped": skipped, "classes_matched": len(matched)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Forgetting report: old classes on a held-out set of the old task, new classes on the new task,
-before and after an extension, side by side (Universal Model journal, Tables 10-11).
+before and after an extension, side by side (as in the continual-learning tables of the journal papers).
 
 Why through the full predictor and `evaluate`: the numbers must be the ones a user would get from
 `promptseg predict` + `promptseg evaluate` (sliding window, post-processing, merging, organ masks

@@ -17,6 +17,7 @@ import torch
 from ..errors import ConfigError
 from ..io.atomic import atomic_write
 from ..runtime import resolve_device
+from ..models.conditioners.queries import training_queries
 from ..taxonomy import default_taxonomy
 from .checkpoint import find_checkpoint, load_state_strict, load_training_state, save_checkpoint
 from .losses import masked_bce_dice
@@ -76,29 +77,14 @@ def truncate_log(path: Path, step: int) -> None:
         atomic_write(path, "".join(keep))
 
 
-def training_classes(classes: list[str], batch, max_queries: int, rng: np.random.Generator) -> list[str]:
-    """Prompts for one step: the classes any sample of the batch annotates (others would get no
-    loss, and the full-resolution per-class head is the costliest part of a step). When that is
-    more than `max_queries`, each sample's queries are drawn SAT's way (its positives first plus
-    some annotated negatives) and the union is capped."""
+def training_classes(classes: list[str], batch, max_queries: int, rng: np.random.Generator,
+                     conditioner=None) -> list[str]:
+    """Prompts for one step, chosen by the conditioner's `training_queries` rule (the default
+    rule without one) from the batch's annotated classes and the classes present in its crops."""
     ann = batch.annotated.numpy()
-    wanted = [i for i in range(len(classes)) if ann[:, i].any()]
-    if len(wanted) <= max_queries:
-        return [classes[i] for i in wanted] or classes[:1]
-    from ..models.conditioners.sat import sample_queries
-
     present = (batch.targets.flatten(2).amax(-1) > 0).numpy()
-    chosen: set[str] = set()
-    seed = int(rng.integers(2**31))
-    for b in range(ann.shape[0]):
-        names = [classes[i] for i in range(len(classes)) if ann[b, i]]
-        here = [classes[i] for i in range(len(classes)) if ann[b, i] and present[b, i]]
-        chosen |= set(sample_queries(names, here, max_queries, rng=seed + b))
-    picked = [c for c in classes if c in chosen]
-    if len(picked) > max_queries:
-        keep = set(rng.choice(len(picked), max_queries, replace=False).tolist())
-        picked = [c for j, c in enumerate(picked) if j in keep]
-    return picked
+    rule = conditioner.training_queries if conditioner is not None else training_queries
+    return rule(classes, ann, present, max_queries, rng)
 
 
 class Trainer:
@@ -240,7 +226,8 @@ class Trainer:
         self.train_mode()
         for micro in range(accumulate):
             batch = self.prepare_batch(self.sampler.sample())
-            names = training_classes(self.classes, batch, int(t.get("max_queries") or 32), self.query_rng)
+            names = training_classes(self.classes, batch, int(t.get("max_queries") or 32), self.query_rng,
+                                     self.model.conditioner)
             idx = [self.classes.index(n) for n in names]
             prompts = self.model.prompt_batch(names, modality=batch.modality, datasets=batch.datasets,
                                               batch_size=batch.image.shape[0])

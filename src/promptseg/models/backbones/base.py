@@ -31,6 +31,17 @@ class Backbone(nn.Module):
     encoder_strides: list[tuple[int, int, int]]
     decoder_strides: list[tuple[int, int, int]]
 
+    #: Top-level child modules that make up the encoder (`encoder_parameters`).
+    encoder_modules: tuple[str, ...] = ("encoder",)
+
+    def in_encoder(self, name: str) -> bool:
+        """Whether a parameter / state-dict name (relative to the backbone) is the encoder's."""
+        return name.split(".", 1)[0] in self.encoder_modules
+
+    def encoder_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) of the encoder (what fine-tuning may initialise or freeze alone)."""
+        return [(n, p) for n, p in self.named_parameters() if self.in_encoder(n)]
+
     @property
     def bottleneck_channels(self) -> int:
         return self.encoder_channels[-1]

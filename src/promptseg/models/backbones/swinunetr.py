@@ -58,6 +58,9 @@ DOWNSAMPLE = {**MERGING_MODE, "official": OfficialPatchMerging}
 
 
 class SwinUNETRBackbone(Backbone):
+    #: the transformer and the per-scale encoder blocks feeding the skips and the bottleneck
+    encoder_modules = ("swinViT", "encoder1", "encoder2", "encoder3", "encoder4", "encoder10")
+
     def __init__(
         self,
         in_channels: int = 1,

@@ -1,4 +1,4 @@
 """Conditioners: where and how a prompt enters the backbone (one file per method)."""
-from .base import Conditioner, Context, PromptBatch
+from .base import ClassPart, Conditioner, Context, PromptBatch
 
-__all__ = ["Conditioner", "Context", "PromptBatch"]
+__all__ = ["ClassPart", "Conditioner", "Context", "PromptBatch"]

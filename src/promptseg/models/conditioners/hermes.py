@@ -61,8 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigError, InputError
-from ..segmenter import PromptError
-from .base import Conditioner, Context, PromptBatch
+from .base import ClassPart, Conditioner, Context, PromptBatch
 
 #: Spellings folded onto a model's modality names when the exact name is not one of them.
 MODALITY_ALIASES = {
@@ -336,10 +335,7 @@ class HermesConditioner(Conditioner):
     # -- per forward ----------------------------------------------------------------------------------
     def prepare(self, prompts: PromptBatch, batch_size: int) -> Context:
         ctx = Context(prompts=prompts, batch_size=batch_size)
-        n_cls = len(self.class_names)
-        bad = [c for c, i in zip(prompts.classes, prompts.indices) if not 0 <= i < n_cls]
-        if bad:
-            raise PromptError(f"hermes: this model cannot segment {bad[0]!r} (not one of its {n_cls} classes)")
+        self.check_known(prompts, "hermes")
         datasets = prompts.datasets
         if datasets is not None and len(datasets) != batch_size:
             raise InputError(None, f"hermes: {len(datasets)} dataset names given for a batch of {batch_size}")
@@ -422,17 +418,40 @@ class HermesConditioner(Conditioner):
         return self.modality_loss_weight * F.cross_entropy(logits.float(), target, ignore_index=-1)
 
     # -- continual learning --------------------------------------------------------------------------
-    def add_classes(self, names: Sequence[str], dataset: str | None = None) -> None:
+    def class_parameters(self) -> dict[str, list[ClassPart]]:
+        """Each class owns the rows of its tasks in every scale's task pool (and in `task_group`)."""
+        out: dict[str, list[ClassPart]] = {n: [] for n in self.class_names}
+        pools = [f"encoder_fusion.{k}.task_prior" for k in self.encoder_fusion]
+        pools += [f"decoder_fusion.{k}.task_prior" for k in self.decoder_fusion]
+        for t, (_, c) in enumerate(self.tasks):
+            rows = slice(t, t + 1)
+            out[c] += [ClassPart(key, rows) for key in pools] + [ClassPart("task_group", rows)]
+        return out
+
+    def add_classes(self, names: Sequence[str], embeddings: torch.Tensor | None = None,
+                    datasets: Sequence[str | None] | None = None) -> None:
         """New task tokens (one row per scale each) in a new context group; nothing else changes.
 
-        Class mode: `names` must be new classes. Dataset mode: adds tasks (dataset, name), joining
-        that dataset's group if it exists (else a new group); names may be existing classes.
+        Class mode: `names` must be new classes, all in one new group (`datasets` is not used).
+        Dataset mode: adds tasks (dataset, name) per dataset of `datasets` (one per name; None:
+        dataset-free tasks), each joining that dataset's group if it exists (else a new group);
+        names may then be existing classes.
         """
         names = [str(n) for n in names]
         if len(set(names)) != len(names):
             raise ConfigError(f"hermes: add_classes got duplicate names {names}")
-        if self.task_mode == "class" and dataset is not None:
-            raise ConfigError("hermes: add_classes(dataset=...) needs task_mode: dataset")
+        if datasets is not None and len(datasets) != len(names):
+            raise ConfigError(f"hermes: add_classes got {len(datasets)} datasets for {len(names)} names")
+        if self.task_mode == "class" or datasets is None:
+            self._add_tasks(names, None)
+            return
+        by_ds: dict[str | None, list[str]] = {}
+        for n, d in zip(names, datasets):
+            by_ds.setdefault(None if d is None else str(d), []).append(n)
+        for d, group in by_ds.items():
+            self._add_tasks(group, d)
+
+    def _add_tasks(self, names: list[str], dataset: str | None) -> None:
         new_tasks = [(dataset, n) for n in names]
         clash = [t for t in new_tasks if t in self.tasks] + (
             [(None, n) for n in names if n in self.class_names] if self.task_mode == "class" else [])

@@ -27,7 +27,8 @@ class OneHotConditioner(DynamicHeadConditioner):
     def task_codes(self, indices: torch.Tensor) -> torch.Tensor:
         return F.one_hot(indices, self.hidden).float()
 
-    def add_classes(self, names: Sequence[str], embeddings: torch.Tensor | None = None) -> None:
+    def add_classes(self, names: Sequence[str], embeddings: torch.Tensor | None = None,
+                    datasets: Sequence[str | None] | None = None) -> None:
         """New classes take the next unused one-hot slots (and one MLP each for head='mlp')."""
         names = self._check_new(names)
         if len(self.class_names) + len(names) > self.hidden:

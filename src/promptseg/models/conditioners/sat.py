@@ -20,7 +20,6 @@ any other prompt is embedded at run time by a text encoder (`set_text_encoder`, 
 from __future__ import annotations
 
 import math
-import random
 from typing import Callable, Sequence
 
 import torch
@@ -29,8 +28,8 @@ from torch import nn
 
 from ...errors import ConfigError, InputError
 from ...text import DEFAULT_TEMPLATE
-from ..segmenter import PromptError
-from .base import Conditioner, Context, PromptBatch
+from .base import ClassPart, Conditioner, Context, PromptBatch, PromptError
+from .queries import sample_queries  # noqa: F401 - SAT's sampling rule, importable from here
 
 TextEncoder = Callable[[list[str]], torch.Tensor]
 
@@ -42,45 +41,6 @@ _MODALITY_ALIASES = {
     "PET": "PET", "PT": "PET",
     "US": "US", "ULTRASOUND": "US",
 }
-
-
-# ----------------------------------------------------------------------------------------------
-# Query sampling for training
-# ----------------------------------------------------------------------------------------------
-def sample_queries(
-    annotated: Sequence[str],
-    present: Sequence[str],
-    max_queries: int = 32,
-    rng: random.Random | int | None = None,
-    neg_ratio: float = 0.5,
-) -> list[str]:
-    """Classes to query for one training sample (SAT's positive-first sampling).
-
-    `annotated`: classes the sample's dataset labels; `present`: those with foreground in the
-    crop. An annotated class absent from the crop is a **negative** (its target is all zeros, which
-    is a real label because the dataset annotates it); classes the dataset does not annotate are
-    never queried. As in the authors' loader (`_select_pos_labels`, neg_label_ratio_threshold 0.5):
-    - no positive: a random subset of at most `max_queries` annotated classes (all negatives);
-    - up to `max_queries` positives: all of them, plus at most
-      min(max_queries - P, int(neg_ratio * P)) randomly chosen negatives;
-    - more positives than `max_queries`: a random subset of `max_queries` positives.
-    Returned in the order of `annotated`, so the result does not depend on the order of `present`.
-    """
-    if max_queries < 1:
-        raise ConfigError(f"sat: max_queries must be >= 1, got {max_queries}")
-    gen = rng if isinstance(rng, random.Random) else random.Random(rng)
-    annotated = list(dict.fromkeys(annotated))
-    present_set = set(present)
-    pos = [c for c in annotated if c in present_set]
-    neg = [c for c in annotated if c not in present_set]
-    if not pos:
-        chosen = set(gen.sample(neg, min(max_queries, len(neg))))
-    elif len(pos) > max_queries:
-        chosen = set(gen.sample(pos, max_queries))
-    else:
-        n_neg = min(max_queries - len(pos), int(neg_ratio * len(pos)), len(neg))
-        chosen = set(pos) | set(gen.sample(neg, n_neg))
-    return [c for c in annotated if c in chosen]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,7 +325,12 @@ class SATConditioner(Conditioner):
         return torch.einsum("bkc,bc...->bk...", g.to(u.dtype), u)
 
     # -- continual learning ------------------------------------------------------------------------
-    def add_classes(self, names: Sequence[str], embeddings: torch.Tensor | None = None) -> None:
+    def class_parameters(self) -> dict[str, list[ClassPart]]:
+        """Each known class owns only its row of the embedding table; everything else is shared."""
+        return {n: [ClassPart("embeddings", slice(i, i + 1))] for i, n in enumerate(self.class_names)}
+
+    def add_classes(self, names: Sequence[str], embeddings: torch.Tensor | None = None,
+                    datasets: Sequence[str | None] | None = None) -> None:
         """Nothing structural: queries are text, so new classes only extend the embedding table."""
         names = list(names)
         if embeddings is None:

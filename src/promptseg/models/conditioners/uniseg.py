@@ -47,8 +47,7 @@ from torch import nn
 
 from ...errors import ConfigError, InputError
 from ..backbones.blocks import ConvBlock
-from ..segmenter import PromptError
-from .base import Conditioner, Context, PromptBatch
+from .base import ClassPart, Conditioner, Context, PromptBatch, PromptError
 from .hermes import Modalities
 
 
@@ -184,10 +183,7 @@ class UniSegConditioner(Conditioner):
     # -- per forward ----------------------------------------------------------------------------------
     def prepare(self, prompts: PromptBatch, batch_size: int) -> Context:
         ctx = Context(prompts=prompts, batch_size=batch_size)
-        n_cls = len(self.class_names)
-        bad = [c for c, i in zip(prompts.classes, prompts.indices) if not 0 <= i < n_cls]
-        if bad:
-            raise PromptError(f"uniseg: this model cannot segment {bad[0]!r} (not one of its {n_cls} classes)")
+        self.check_known(prompts, "uniseg")
         if not prompts.indices:
             raise PromptError("uniseg: no class asked")
         dev = self.task_prompt.device
@@ -238,7 +234,15 @@ class UniSegConditioner(Conditioner):
         return self.head(decoder_out).view(b, k, *decoder_out.shape[2:])
 
     # -- continual learning --------------------------------------------------------------------------
-    def add_classes(self, names: Sequence[str]) -> None:
+    def class_parameters(self) -> dict[str, list[ClassPart]]:
+        """Each class owns its row of the task channels (FUSE output filter, bias, norm affine)."""
+        keys = [f"task_channels.{k}" for k in ("weight", "bias", "norm_weight", "norm_bias")]
+        if self.task_channels is None:
+            return {n: [] for n in self.class_names}
+        return {n: [ClassPart(k, slice(i, i + 1)) for k in keys] for i, n in enumerate(self.class_names)}
+
+    def add_classes(self, names: Sequence[str], embeddings: torch.Tensor | None = None,
+                    datasets: Sequence[str | None] | None = None) -> None:
         """New task channels (FUSE output filters); existing channels and F_uni are untouched."""
         names = [str(n) for n in names]
         clash = [n for n in names if n in self.class_names]

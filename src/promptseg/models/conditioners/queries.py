@@ -1,0 +1,73 @@
+"""Which classes a training step asks for (the conditioner's `training_queries` default).
+
+Why here and not in the trainer: the rule is the method's (SAT's positive-first sampling of
+annotated classes), and a new method may want another one without touching `train/`.
+"""
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import numpy as np
+
+from ...errors import ConfigError
+
+
+def sample_queries(
+    annotated: Sequence[str],
+    present: Sequence[str],
+    max_queries: int = 32,
+    rng: random.Random | int | None = None,
+    neg_ratio: float = 0.5,
+) -> list[str]:
+    """Classes to query for one training sample (SAT's positive-first sampling).
+
+    `annotated`: classes the sample's dataset labels; `present`: those with foreground in the
+    crop. An annotated class absent from the crop is a **negative** (its target is all zeros, which
+    is a real label because the dataset annotates it); classes the dataset does not annotate are
+    never queried. As in the authors' loader (`_select_pos_labels`, neg_label_ratio_threshold 0.5):
+    - no positive: a random subset of at most `max_queries` annotated classes (all negatives);
+    - up to `max_queries` positives: all of them, plus at most
+      min(max_queries - P, int(neg_ratio * P)) randomly chosen negatives;
+    - more positives than `max_queries`: a random subset of `max_queries` positives.
+    Returned in the order of `annotated`, so the result does not depend on the order of `present`.
+    """
+    if max_queries < 1:
+        raise ConfigError(f"max_queries must be >= 1, got {max_queries}")
+    gen = rng if isinstance(rng, random.Random) else random.Random(rng)
+    annotated = list(dict.fromkeys(annotated))
+    present_set = set(present)
+    pos = [c for c in annotated if c in present_set]
+    neg = [c for c in annotated if c not in present_set]
+    if not pos:
+        chosen = set(gen.sample(neg, min(max_queries, len(neg))))
+    elif len(pos) > max_queries:
+        chosen = set(gen.sample(pos, max_queries))
+    else:
+        n_neg = min(max_queries - len(pos), int(neg_ratio * len(pos)), len(neg))
+        chosen = set(pos) | set(gen.sample(neg, n_neg))
+    return [c for c in annotated if c in chosen]
+
+
+def training_queries(classes: Sequence[str], annotated: np.ndarray, present: np.ndarray, max_queries: int,
+                     rng: np.random.Generator) -> list[str]:
+    """Prompts for one step: the classes any sample of the batch annotates (others would get no
+    loss, and the full-resolution per-class head is the costliest part of a step). When that is
+    more than `max_queries`, each sample's queries are drawn by `sample_queries` (its positives
+    first plus some annotated negatives) and the union is capped. `annotated`, `present`: [B, K]
+    bool over `classes`."""
+    classes = list(classes)
+    wanted = [i for i in range(len(classes)) if annotated[:, i].any()]
+    if len(wanted) <= max_queries:
+        return [classes[i] for i in wanted] or classes[:1]
+    chosen: set[str] = set()
+    seed = int(rng.integers(2**31))
+    for b in range(annotated.shape[0]):
+        names = [classes[i] for i in range(len(classes)) if annotated[b, i]]
+        here = [classes[i] for i in range(len(classes)) if annotated[b, i] and present[b, i]]
+        chosen |= set(sample_queries(names, here, max_queries, rng=seed + b))
+    picked = [c for c in classes if c in chosen]
+    if len(picked) > max_queries:
+        keep = set(rng.choice(len(picked), max_queries, replace=False).tolist())
+        picked = [c for j, c in enumerate(picked) if j in keep]
+    return picked
