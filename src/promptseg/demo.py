@@ -54,8 +54,8 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
     from .inference.predictor import Predictor
     from .io import read_image, read_label
     from .taxonomy import default_taxonomy
-    from .train.checkpoint import load_checkpoint
-    from .train.config import resolve_config
+    from .checkpoint import open_checkpoint
+    from .config import resolve_config
     from .train.trainer import train
 
     out = Path(out).resolve()
@@ -74,8 +74,9 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
     train_s = time.time() - t1
 
     print("[3/4] predicting held-out phantoms by text prompt")
-    model = load_checkpoint(ckpt, device="cpu")
-    predictor = Predictor(model, device=device, progress=False)
+    checkpoint = open_checkpoint(ckpt, device="cpu")
+    model = checkpoint.model
+    predictor = Predictor(checkpoint, device=device, progress=False)
     test_dir = folders["PhantomTest_full"]
     spec = json.loads((test_dir / "dataset.json").read_text())
     value_to_name = {int(v): k for k, v in spec["labels"].items() if int(v) != 0}

@@ -31,6 +31,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..checkpoint import Checkpoint, open_checkpoint
+from ..config import inference_settings
 from ..errors import ConfigError, InputError
 from ..io.volume import Volume
 from .merge import label_values
@@ -38,30 +40,6 @@ from .postprocess import body_mask_from_image, load_rules, postprocess
 from .sliding import resolve_device, set_threads, sliding_window_masks
 from .threads import ordered_thread_map
 from .upsample import invert_classes
-
-#: Inference settings and their defaults (a checkpoint's `inference:` section overrides them).
-DEFAULT_INFERENCE: dict[str, Any] = {
-    "window": [96, 96, 96],
-    "overlap": 0.5,
-    "mode": "gaussian",
-    "sw_batch_size": 2,
-    "thresholds": {},
-    "postprocess": True,
-    "crop_body": True,   # run the network only on the body's bounding box (plus body_margin)
-    "body_margin": 8,    # voxels of the network grid
-    "amp": None,         # float16 autocast on CUDA (legacy switch; `precision` wins when set)
-    # autocast dtype of the windows: float32 (default: results equal to the float32 reference) |
-    # bfloat16 (2-3x faster network on CPUs with native bf16, but masks can move: Dice 0.8-0.99 on
-    # weakly confident classes) | float16 (CUDA) | auto (bfloat16/float16 where native)
-    "precision": "float32",
-    "head_chunk": 131072,  # class-voxels per chunk of the Universal Model's head (0 = one go)
-    "threads": None,      # torch CPU threads; None = the cores this process may use
-    "interpolation": "linear",  # class results -> input grid: linear (probabilities) | nearest
-    "fast_spacing": [3.0, 3.0, 3.0],  # grid of fast=True (TotalSegmentator's --fast: 3 mm)
-    "roi_spacing": [6.0, 6.0, 6.0],   # grid of the pass that locates the asked classes (roi=True)
-    "roi_margin_mm": 15.0,            # margin around the located classes
-    "rules": None,       # overrides of postprocess_rules.yaml
-}
 
 _CASE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _OUT_EXT = {".nii.gz": ".nii.gz", ".nii": ".nii", ".nrrd": ".nrrd", ".nhdr": ".nrrd", ".mha": ".mha", ".mhd": ".mha"}
@@ -100,38 +78,6 @@ def slug(name: str) -> str:
     """File-name form of a class name: lower case, spaces and '/' -> '_'."""
     s = re.sub(r"[\s/\\]+", "_", name.strip().lower())
     return re.sub(r"[^a-z0-9_.+-]", "", s) or "class"
-
-
-def inference_settings(inference: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Defaults + the given settings, checked (one-line ConfigError on a bad value)."""
-    cfg = {**DEFAULT_INFERENCE, **dict(inference or {})}
-    w = cfg["window"]
-    w = [int(w)] * 3 if isinstance(w, (int, float)) else [int(v) for v in w]
-    if len(w) != 3 or min(w) < 1:
-        raise ConfigError(f"inference.window must be 3 positive integers, got {cfg['window']!r}")
-    cfg["window"] = w
-    if not 0 <= float(cfg["overlap"]) < 1:
-        raise ConfigError(f"inference.overlap must be in [0, 1), got {cfg['overlap']!r}")
-    if cfg["mode"] not in ("gaussian", "constant"):
-        raise ConfigError(f"inference.mode must be gaussian or constant, got {cfg['mode']!r}")
-    if int(cfg["sw_batch_size"]) < 1:
-        raise ConfigError(f"inference.sw_batch_size must be >= 1, got {cfg['sw_batch_size']!r}")
-    for k, t in (cfg["thresholds"] or {}).items():
-        if not 0 < float(t) < 1:
-            raise ConfigError(f"inference.thresholds[{k!r}] must be in (0, 1), got {t!r}")
-    if str(cfg["precision"]).lower() not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
-        raise ConfigError(f"inference.precision must be auto, float32, bfloat16 or float16, got {cfg['precision']!r}")
-    if cfg["interpolation"] not in ("linear", "nearest"):
-        raise ConfigError(f"inference.interpolation must be linear or nearest, got {cfg['interpolation']!r}")
-    if cfg["threads"] is not None and int(cfg["threads"]) < 1:
-        raise ConfigError(f"inference.threads must be >= 1, got {cfg['threads']!r}")
-    for key in ("fast_spacing", "roi_spacing"):
-        v = cfg[key]
-        v = [float(v)] * 3 if isinstance(v, (int, float)) else [float(x) for x in v]
-        if len(v) != 3 or min(v) <= 0:
-            raise ConfigError(f"inference.{key} must be 3 positive numbers (mm), got {cfg[key]!r}")
-        cfg[key] = v
-    return cfg
 
 
 # --- outputs ----------------------------------------------------------------------------------
@@ -261,7 +207,8 @@ def scaled_plan(plan, window, spacing, name: str):
 class Predictor:
     """Runs a `UniversalSegmenter` on whole images.
 
-    `plan` / `inference` default to the checkpoint's (`model.run_config`); `device="auto"` picks
+    `model` is a `Checkpoint` (plan, inference settings and modality default to its own) or a bare
+    model (then `plan` is needed); `device="auto"` picks
     CUDA when present. `progress` shows MONAI's window bar (per image) and a case bar in `predict`.
     """
 
@@ -269,11 +216,13 @@ class Predictor:
                  progress: bool = True, modality: str | None = None, fast: bool = False, roi: bool = False):
         from ..preprocess import get_plan
 
-        run_config = getattr(model, "run_config", None) or {}
+        ckpt = model if isinstance(model, Checkpoint) else None
+        model = ckpt.model if ckpt is not None else model
+        run_config = ckpt.config if ckpt is not None else {}
         if plan is None:
             plan = run_config.get("plan")
             if plan is None:
-                raise ConfigError("no preprocessing plan: the model has no run_config['plan']; pass plan=")
+                raise ConfigError("no preprocessing plan: a bare model has none; pass plan= or a Checkpoint")
         self.plan = get_plan(plan)
         merged = {**(run_config.get("inference") or {}), **(inference or {})}
         self.settings = inference_settings(merged)
@@ -286,7 +235,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.threads = set_threads(self.settings["threads"]) if self.device.type == "cpu" else torch.get_num_threads()
         self.model = model.to(self.device).eval()
-        self.modality = modality or getattr(model, "modality", None) or self.plan.modality
+        self.modality = modality or (ckpt.modality if ckpt is not None else None) or self.plan.modality
         self.progress = progress
         self.taxonomy = model.taxonomy
         import monai.inferers  # noqa: F401  -- slow first import belongs to set-up, not to "network" time
@@ -586,9 +535,7 @@ def predict(model_or_checkpoint, inputs, out_dir, prompts: Sequence[str] | None 
 
     files = collect_inputs(inputs)  # cheap checks first: a typo in a path fails before loading
     if isinstance(model_or_checkpoint, (str, Path)):
-        from ..train.checkpoint import load_checkpoint
-
-        model = load_checkpoint(model_or_checkpoint, device="cpu")
+        model = open_checkpoint(model_or_checkpoint, device="cpu")
     else:
         model = model_or_checkpoint
     settings = dict(inference or {})

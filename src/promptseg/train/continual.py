@@ -52,7 +52,8 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from .config import read_run_yaml
+from ..checkpoint import open_checkpoint
+from ..config import read_run_yaml, resolve_config
 from .trainer import Trainer, class_list, load_datasets
 
 STRATEGIES = ("pseudo-label", "freeze-backbone", "lora", "naive")
@@ -115,8 +116,6 @@ def check_finetune_section(ft: dict[str, Any], where: str = "run config") -> dic
 
 
 def _resolve(raw: dict[str, Any], base_dir: Path | None, where: str) -> dict[str, Any]:
-    from .config import resolve_config
-
     try:
         return resolve_config(raw, base_dir)
     except ConfigError as exc:
@@ -257,8 +256,10 @@ def encoder_parameter(name: str) -> bool:
     return head == "swinViT" or head.startswith("encoder")
 
 
-def add_new_classes(model: nn.Module, names: Sequence[str], dataset_of: dict[str, str] | None = None) -> None:
-    """Grow the model's conditioner by `names` (text embeddings computed for text conditioners)."""
+def add_new_classes(model: nn.Module, names: Sequence[str], dataset_of: dict[str, str] | None = None,
+                    conditioner_config: dict[str, Any] | None = None) -> None:
+    """Grow the model's conditioner by `names` (text embeddings computed for text conditioners, with
+    the run's `conditioner:` text settings)."""
     from ..models.build import class_embeddings
 
     cond = model.conditioner
@@ -275,8 +276,7 @@ def add_new_classes(model: nn.Module, names: Sequence[str], dataset_of: dict[str
         return
     try:
         if getattr(cond, "needs_text", False) or isinstance(getattr(cond, "embeddings", None), torch.Tensor):
-            cfg = (getattr(model, "run_config", None) or {}).get("conditioner", {})
-            emb = class_embeddings(cfg, names)
+            emb = class_embeddings(conditioner_config or {}, names)
             cond.add_classes(names, emb)
         else:
             cond.add_classes(names)
@@ -332,7 +332,7 @@ class ExtensionTrainer(Trainer):
             self.old_model = old
         who = type(model.conditioner).__name__
         before = dict(model.named_parameters())
-        add_new_classes(model, self.new_classes, self.dataset_of)
+        add_new_classes(model, self.new_classes, self.dataset_of, self.config.get("conditioner"))
         if list(model.class_names) != self.classes:
             raise ConfigError(f"{who}: class list after add_classes is {model.class_names}, expected {self.classes}")
         diff = diff_parameters(before, model, who)
@@ -368,7 +368,6 @@ class ExtensionTrainer(Trainer):
         updates = getattr(model.conditioner, "config_updates", None)
         if callable(updates):
             self.config["conditioner"] = {**self.config["conditioner"], **updates()}
-        model.run_config = self.config
         check_rebuild(model, self.config, in_channels)
         return model
 
@@ -596,12 +595,10 @@ def transfer_weights(src: nn.Module, dst: nn.Module, init: str, cond_cfg: dict[s
 # entry points
 # ---------------------------------------------------------------------------------------------
 def _load_source(checkpoint: str | Path):
-    from .checkpoint import load_checkpoint
-
-    model = load_checkpoint(checkpoint, device="cpu")
-    if getattr(model, "run_config", None) is None:
+    ckpt = open_checkpoint(checkpoint, device="cpu")
+    if not ckpt.config:
         raise CheckpointError(f"{checkpoint}: the checkpoint carries no run config to extend")
-    return model
+    return ckpt
 
 
 def _source_id(checkpoint: str | Path) -> str:
@@ -621,9 +618,9 @@ def extend(checkpoint: str | Path, run: str | Path | dict[str, Any], device: str
     else:
         raw, base = read_run_yaml(run)
         where = str(run)
-    config = extension_config(raw, source.run_config, base, where)
+    config = extension_config(raw, source.config, base, where)
     apply_overrides(config, overrides)
-    trainer = ExtensionTrainer(config, source, device=device, progress=progress, source_path=_source_id(checkpoint))
+    trainer = ExtensionTrainer(config, source.model, device=device, progress=progress, source_path=_source_id(checkpoint))
     try:
         ckpt = trainer.run(max_steps=max_steps)
     finally:
@@ -633,10 +630,9 @@ def extend(checkpoint: str | Path, run: str | Path | dict[str, Any], device: str
     finished = ckpt.name == "model"
     ev = config["extend"].get("evaluate") or {}
     if report and finished and trainer.rank == 0 and (ev.get("old") or ev.get("new")):
-        from .checkpoint import load_checkpoint
         from .forgetting import format_report, forgetting_report, write_report
 
-        after = load_checkpoint(ckpt, device="cpu")
+        after = open_checkpoint(ckpt, device="cpu")
         rep = forgetting_report(source, after, trainer.old_classes, trainer.new_classes, ev.get("old"),
                                 ev.get("new"), device=device or "auto")
         rep["strategy"] = trainer.strategy
@@ -655,9 +651,9 @@ def finetune(checkpoint: str | Path, run: str | Path | dict[str, Any], device: s
     else:
         raw, base = read_run_yaml(run)
         where = str(run)
-    config = finetune_config(raw, source.run_config, base, where)
+    config = finetune_config(raw, source.config, base, where)
     apply_overrides(config, overrides)
-    trainer = FinetuneTrainer(config, source, device=device, progress=progress)
+    trainer = FinetuneTrainer(config, source.model, device=device, progress=progress)
     try:
         return trainer.run(max_steps=max_steps)
     finally:
