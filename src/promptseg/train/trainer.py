@@ -55,14 +55,14 @@ def class_list(config: dict[str, Any], datasets, taxonomy: Taxonomy | None = Non
     return sorted(names, key=lambda n: (order.get(n, 10**9), n))
 
 
-def prepare_cases(config: dict[str, Any], datasets, rank: int = 0):
+def prepare_cases(config: dict[str, Any], datasets, progress: bool = True):
     from ..data.cache import prepare_datasets
     from ..preprocess import get_plan
 
     plan = get_plan(config["plan"])
     cache_dir = Path(config.get("cache_dir") or Path(config["output"]) / "cache")
     return prepare_datasets(
-        datasets, plan, cache_dir, workers=int(config["train"].get("workers") or 1), progress=rank == 0
+        datasets, plan, cache_dir, workers=int(config["train"].get("workers") or 1), progress=progress
     )
 
 
@@ -137,7 +137,7 @@ class Trainer:
         self.taxonomy = load_taxonomy(config.get("taxonomy"))
         self.classes = class_list(config, datasets, self.taxonomy)
         with distributed.local_main_first(self.dist):  # one process per node fills the cache
-            self.cases = prepare_cases(config, datasets, self.rank)
+            self.cases = prepare_cases(config, datasets, self.progress)
         self.model = self.build_model(in_channels=self.cases[0].image.shape[0]).to(self.device)
         if self.channels_last:
             amp.to_channels_last(self.model)
