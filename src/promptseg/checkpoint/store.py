@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from .. import __version__
 from ..errors import CheckpointError
 from ..io.atomic import atomic_write
+from ..models.state import state_mismatch
 from .classes import taxonomy_record
 
 FORMAT = "promptseg-checkpoint"
@@ -184,19 +185,7 @@ def load_training_state(ckpt_dir: str | Path) -> dict[str, Any] | None:
 
 def load_state_strict(model, state: dict[str, torch.Tensor], source: str) -> None:
     """Load all keys or none: missing, unexpected and mis-shaped keys are listed in one error."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    misshaped = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or misshaped:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-        if misshaped:
-            parts.append(
-                "mis-shaped " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in misshaped[:8])
-            )
-        raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(parts))
+    problem = state_mismatch(model.state_dict(), state, limit=8)
+    if problem:
+        raise CheckpointError(f"{source}: weights do not fit the model: {problem}")
     model.load_state_dict(state, strict=True)

@@ -30,6 +30,7 @@ from ..config import resolve_config
 from ..errors import CheckpointError, InputError
 from ..taxonomy import UNIVERSAL_CLASSES
 from .build import build_model
+from .state import state_mismatch
 
 BACKBONES = ("unet", "swinunetr")
 
@@ -165,22 +166,9 @@ def official_to_native(state_dict: Mapping[str, Any], backbone: str | None = Non
     if found != backbone:
         raise CheckpointError(f"checkpoint is an official {found} model, not {backbone}")
     layout = official_layout(backbone)
-    missing = [k for k in layout if k not in sd]
-    unexpected = [k for k in sd if k not in layout]
-    misshaped = [
-        f"{k} {tuple(sd[k].shape)} (expected {layout[k]})"
-        for k in layout
-        if k in sd and tuple(getattr(sd[k], "shape", ())) != layout[k]
-    ]
-    if missing or unexpected or misshaped:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected)}")
-        if misshaped:
-            parts.append(f"mis-shaped {len(misshaped)}: {', '.join(misshaped)}")
-        raise CheckpointError(f"official {backbone} checkpoint does not match the official layout: " + "; ".join(parts))
+    problem = state_mismatch(layout, sd)
+    if problem:
+        raise CheckpointError(f"official {backbone} checkpoint does not match the official layout: {problem}")
     return {_native_name(k, backbone): v for k, v in sd.items()}
 
 
