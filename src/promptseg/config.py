@@ -53,7 +53,6 @@ DEFAULT_TRAIN: dict[str, Any] = {
     "rot90_prob": 0.1,
     "intensity_shift_prob": 0.2,
     "checkpoint_every": 200,
-    "keep_checkpoints": 2,
     "num_threads": None,
     "aux_loss_weight": None,
     "max_queries": 32,
@@ -77,6 +76,20 @@ DEFAULTS: dict[str, Any] = {
     "train": DEFAULT_TRAIN,
     "inference": DEFAULT_INFERENCE,
     "cache_dir": None,
+}
+
+# Sections of `promptseg extend` / `promptseg finetune` runs (read by train/continual.py).
+STRATEGIES = ("pseudo-label", "freeze-backbone", "lora", "naive")
+EXTEND_DEFAULTS: dict[str, Any] = {
+    "strategy": "pseudo-label",
+    "pseudo_labels": "hard",      # hard: old model's sigmoid >= pseudo_threshold; soft: the sigmoid
+    "pseudo_threshold": 0.5,
+    "lora": {"rank": 32, "alpha": 64, "targets": "conv"},
+    "evaluate": {"old": None, "new": None},  # held-out sets for the forgetting report
+}
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "init": "all",       # all | backbone | encoder: what is taken from the trained model
+    "freeze": "none",    # none | encoder | backbone: what stays fixed while fine-tuning
 }
 
 #: Sections that merge key by key with their defaults (others replace the default whole).
@@ -115,7 +128,7 @@ def _positive_int(value, what: str) -> None:
 
 
 def _check_train(t: dict[str, Any]) -> None:
-    for key in ("steps", "batch_size", "accumulate", "checkpoint_every", "keep_checkpoints", "max_queries", "workers"):
+    for key in ("steps", "batch_size", "accumulate", "checkpoint_every", "max_queries", "workers"):
         _positive_int(t[key], f"train.{key}")
     if not isinstance(t["patch_size"], (list, tuple)) or len(t["patch_size"]) != 3:
         raise ConfigError(f"train.patch_size needs 3 numbers, got {t['patch_size']!r}")
@@ -210,6 +223,46 @@ def inference_settings(inference: Mapping[str, Any] | None) -> dict[str, Any]:
             raise ConfigError(f"inference.{key} must be 3 positive numbers (mm), got {cfg[key]!r}")
         cfg[key] = v
     return cfg
+
+
+def section(raw: dict[str, Any], key: str, defaults: dict[str, Any], where: str) -> dict[str, Any]:
+    """The `key` section of `raw` (removed from it) over `defaults`, nested keys checked too."""
+    given = raw.pop(key, None) or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{where}: '{key}' must be a mapping")
+    out = copy.deepcopy(defaults)
+    try:
+        check_keys(given, defaults, f"{key}.")
+        for k, v in given.items():
+            if isinstance(defaults.get(k), dict) and isinstance(v, dict):
+                check_keys(v, defaults[k], f"{key}.{k}.")
+                out[k].update(v)
+            else:
+                out[k] = v
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return out
+
+
+def check_extend_section(ext: dict[str, Any], where: str = "run config") -> dict[str, Any]:
+    if ext["strategy"] not in STRATEGIES:
+        raise ConfigError(f"{where}: extend.strategy must be one of {', '.join(STRATEGIES)}, got {ext['strategy']!r}")
+    if ext["pseudo_labels"] not in ("hard", "soft"):
+        raise ConfigError(f"{where}: extend.pseudo_labels must be 'hard' or 'soft', got {ext['pseudo_labels']!r}")
+    if not 0.0 < float(ext["pseudo_threshold"]) < 1.0:
+        raise ConfigError(f"{where}: extend.pseudo_threshold must be in (0, 1), got {ext['pseudo_threshold']!r}")
+    lora = ext["lora"]
+    if not isinstance(lora.get("rank"), int) or lora["rank"] < 1 or float(lora.get("alpha", 0)) <= 0:
+        raise ConfigError(f"{where}: extend.lora needs a positive integer rank and a positive alpha, got {lora}")
+    return ext
+
+
+def check_finetune_section(ft: dict[str, Any], where: str = "run config") -> dict[str, Any]:
+    if ft["init"] not in ("all", "backbone", "encoder"):
+        raise ConfigError(f"{where}: finetune.init must be all, backbone or encoder, got {ft['init']!r}")
+    if ft["freeze"] not in ("none", "encoder", "backbone"):
+        raise ConfigError(f"{where}: finetune.freeze must be none, encoder or backbone, got {ft['freeze']!r}")
+    return ft
 
 
 def read_run_yaml(path: str | Path) -> tuple[dict[str, Any], Path]:

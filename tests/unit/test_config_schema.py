@@ -67,3 +67,13 @@ def test_default_inference_lives_in_one_place():
             if any(isinstance(t, ast.Name) and t.id == "DEFAULT_INFERENCE" for t in targets):
                 owners.append(f.relative_to(src).as_posix())
     assert owners == ["config.py"]
+
+
+def test_extend_and_finetune_sections_share_the_schema_checks():
+    from promptseg.config import EXTEND_DEFAULTS, section
+
+    raw = {"extend": {"lora": {"rnak": 4}}}
+    with pytest.raises(ConfigError, match=r"^new\.yaml: unknown key extend\.lora\.rnak; known: alpha, rank, targets$"):
+        section(raw, "extend", EXTEND_DEFAULTS, "new.yaml")
+    assert section({"extend": {"lora": {"rank": 4}}}, "extend", EXTEND_DEFAULTS, "x")["lora"] == {
+        **EXTEND_DEFAULTS["lora"], "rank": 4}

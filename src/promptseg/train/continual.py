@@ -53,21 +53,18 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from ..checkpoint import open_checkpoint
-from ..config import read_run_yaml, resolve_config
+from ..config import (
+    EXTEND_DEFAULTS,
+    FINETUNE_DEFAULTS,
+    STRATEGIES,
+    check_extend_section,
+    check_finetune_section,
+    read_run_yaml,
+    resolve_config,
+    section,
+)
 from .trainer import Trainer, class_list, load_datasets
 
-STRATEGIES = ("pseudo-label", "freeze-backbone", "lora", "naive")
-EXTEND_DEFAULTS: dict[str, Any] = {
-    "strategy": "pseudo-label",
-    "pseudo_labels": "hard",      # hard: old model's sigmoid >= pseudo_threshold; soft: the sigmoid
-    "pseudo_threshold": 0.5,
-    "lora": {"rank": 32, "alpha": 64, "targets": "conv"},
-    "evaluate": {"old": None, "new": None},  # held-out sets for the forgetting report
-}
-FINETUNE_DEFAULTS: dict[str, Any] = {
-    "init": "all",       # all | backbone | encoder: what is taken from the trained model
-    "freeze": "none",    # none | encoder | backbone: what stays fixed while fine-tuning
-}
 #: Parts of a run that are the model's architecture: they come from the checkpoint.
 ARCHITECTURE_KEYS = ("backbone", "conditioner")
 
@@ -75,46 +72,6 @@ ARCHITECTURE_KEYS = ("backbone", "conditioner")
 # ---------------------------------------------------------------------------------------------
 # run configs
 # ---------------------------------------------------------------------------------------------
-def _section(raw: dict[str, Any], key: str, defaults: dict[str, Any], where: str) -> dict[str, Any]:
-    given = raw.pop(key, None) or {}
-    if not isinstance(given, dict):
-        raise ConfigError(f"{where}: '{key}' must be a mapping")
-    unknown = set(given) - set(defaults)
-    if unknown:
-        raise ConfigError(f"{where}: unknown '{key}' keys {sorted(unknown)}; known: {sorted(defaults)}")
-    out = copy.deepcopy(defaults)
-    for k, v in given.items():
-        if isinstance(defaults.get(k), dict) and isinstance(v, dict):
-            bad = set(v) - set(defaults[k])
-            if bad:
-                raise ConfigError(f"{where}: unknown '{key}.{k}' keys {sorted(bad)}; known: {sorted(defaults[k])}")
-            out[k].update(v)
-        else:
-            out[k] = v
-    return out
-
-
-def check_extend_section(ext: dict[str, Any], where: str = "run config") -> dict[str, Any]:
-    if ext["strategy"] not in STRATEGIES:
-        raise ConfigError(f"{where}: extend.strategy must be one of {', '.join(STRATEGIES)}, got {ext['strategy']!r}")
-    if ext["pseudo_labels"] not in ("hard", "soft"):
-        raise ConfigError(f"{where}: extend.pseudo_labels must be 'hard' or 'soft', got {ext['pseudo_labels']!r}")
-    if not 0.0 < float(ext["pseudo_threshold"]) < 1.0:
-        raise ConfigError(f"{where}: extend.pseudo_threshold must be in (0, 1), got {ext['pseudo_threshold']!r}")
-    lora = ext["lora"]
-    if not isinstance(lora.get("rank"), int) or lora["rank"] < 1 or float(lora.get("alpha", 0)) <= 0:
-        raise ConfigError(f"{where}: extend.lora needs a positive integer rank and a positive alpha, got {lora}")
-    return ext
-
-
-def check_finetune_section(ft: dict[str, Any], where: str = "run config") -> dict[str, Any]:
-    if ft["init"] not in ("all", "backbone", "encoder"):
-        raise ConfigError(f"{where}: finetune.init must be all, backbone or encoder, got {ft['init']!r}")
-    if ft["freeze"] not in ("none", "encoder", "backbone"):
-        raise ConfigError(f"{where}: finetune.freeze must be none, encoder or backbone, got {ft['freeze']!r}")
-    return ft
-
-
 def _resolve(raw: dict[str, Any], base_dir: Path | None, where: str) -> dict[str, Any]:
     try:
         return resolve_config(raw, base_dir)
@@ -148,7 +105,7 @@ def extension_config(raw: dict[str, Any], old_config: dict[str, Any], base_dir: 
     """Resolved config of an extension run: the new YAML (datasets, train, output) + the old model's
     architecture, plan, modality and inference settings + the validated `extend` section."""
     raw = copy.deepcopy(raw)
-    ext = check_extend_section(_section(raw, "extend", EXTEND_DEFAULTS, where), where)
+    ext = check_extend_section(section(raw, "extend", EXTEND_DEFAULTS, where), where)
     raw.pop("finetune", None)
     _same_architecture(raw, old_config, where)
     if "plan" in raw and _resolve({"plan": raw["plan"]}, base_dir, where)["plan"] != old_config.get("plan"):
@@ -172,7 +129,7 @@ def finetune_config(raw: dict[str, Any], old_config: dict[str, Any], base_dir: P
     """Resolved config of a fine-tuning run: the YAML with the checkpoint's backbone/conditioner
     (plan, modality and inference from the YAML when it sets them, else the checkpoint's)."""
     raw = copy.deepcopy(raw)
-    ft = check_finetune_section(_section(raw, "finetune", FINETUNE_DEFAULTS, where), where)
+    ft = check_finetune_section(section(raw, "finetune", FINETUNE_DEFAULTS, where), where)
     raw.pop("extend", None)
     _same_architecture(raw, old_config, where)
     given = set(raw)
