@@ -265,15 +265,21 @@ def check_finetune_section(ft: dict[str, Any], where: str = "run config") -> dic
     return ft
 
 
+def read_yaml(path: str | Path, what: str) -> Any:
+    """A YAML file's content; a missing or invalid file is a one-line ConfigError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: {what} not found")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
 def read_run_yaml(path: str | Path) -> tuple[dict[str, Any], Path]:
     """The run YAML's mapping as written (no defaults) and the folder its paths are relative to."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: run config not found")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    raw = read_yaml(p, "run config") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: a run config must be a mapping")
     return raw, p.parent

@@ -19,14 +19,14 @@ from promptseg.train.trainer import train
 def trained(tmp_path_factory):
     from promptseg.data.phantoms import make_phantom_datasets
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("info")
-    data = make_phantom_datasets(root / "data", seed=0, n_train=(1, 0, 0, 0), n_test=0, shape=(32, 32, 24))
     (root / "mine.yaml").write_text(yaml.safe_dump({"classes": [
         {"id": 900, "name": "phantom widget", "synonyms": ["widget"], "kind": "lesion", "parent": "liver"}]}))
+    liver = make_phantom_datasets(root / "data", n_train=(1, 0, 0, 0), n_test=0, shape=(32, 32, 24))["PhantomA_liver"]
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
     (root / "run.yaml").write_text(yaml.safe_dump({
-        "output": "run", "datasets": [str(data["PhantomA_liver"])], "taxonomy": "mine.yaml",
+        "output": "run", "datasets": [str(liver)], "taxonomy": "mine.yaml",
         "classes": ["liver", "liver tumor", "widget"],
         "plan": {"name": "universal_ct", "spacing": None},
         "backbone": {"name": "unet", "preset": "small", "widths": [4, 8, 16]}, "conditioner": {"name": "onehot"},
