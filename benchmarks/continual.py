@@ -73,8 +73,8 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from promptseg.data.phantoms import make_phantom_datasets
-    from promptseg.train.checkpoint import load_checkpoint
-    from promptseg.train.config import resolve_config
+    from promptseg.checkpoint import open_checkpoint
+    from promptseg.config import resolve_config
     from promptseg.train.continual import extend
     from promptseg.train.forgetting import score_classes
     from promptseg.train.trainer import train
@@ -102,7 +102,7 @@ def main() -> int:
     t0 = time.time()
     old_ckpt = train(old_cfg, device=args.device, progress=True)
     t_old = training_seconds(out / "step1_organs", time.time() - t0)
-    old_model = load_checkpoint(old_ckpt)
+    old_model = open_checkpoint(old_ckpt)
     before = score_classes(old_model, test, ORGANS, device=args.device)["classes"]
     print("  organ Dice: " + ", ".join(f"{c} {fmt(before.get(c, math.nan))}" for c in ORGANS))
 
@@ -121,7 +121,7 @@ def main() -> int:
         ckpt = extend(old_ckpt, run, device=args.device, progress=True, report=False)
         seconds = time.time() - t0
         seconds = training_seconds(out / f"step2_{strategy}", seconds)
-        model = load_checkpoint(ckpt)
+        model = open_checkpoint(ckpt)
         # organs asked alone (as before step 1's score: the change is forgetting, nothing else);
         # the tumour asked with the organs, as a user would (it is post-processed inside the liver)
         after = score_classes(model, test, ORGANS, device=args.device)["classes"]

@@ -107,7 +107,7 @@ def window_gflop(ckpt: Path, window: int, k: int) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from promptseg.train.checkpoint import load_checkpoint
+    from promptseg.checkpoint import load_checkpoint
 
     model = load_checkpoint(ckpt, device="cpu").eval()
     pb = model.prompt_batch(model.class_names[:k], batch_size=1)
@@ -143,7 +143,7 @@ def make_checkpoint(scale: str, preset: str, path: Path, image: Path | None = No
 
     from promptseg.models.build import build_model
     from promptseg.taxonomy import default_taxonomy
-    from promptseg.train.checkpoint import save_checkpoint
+    from promptseg.checkpoint import save_checkpoint
 
     cfg = SCALES[scale]
     names = [c.name for c in default_taxonomy().classes if c.id <= 32]
@@ -210,11 +210,11 @@ def child_reference(args) -> dict:
     from promptseg.runtime import set_threads
     from promptseg.io import read_image, write_image
     from promptseg.preprocess import get_plan, invert, preprocess_image
-    from promptseg.train.checkpoint import load_checkpoint
+    from promptseg.checkpoint import open_checkpoint
 
     set_threads(args.threads)
-    model = load_checkpoint(args.ckpt, device="cpu").eval()
-    cfg = model.run_config
+    ckpt = open_checkpoint(args.ckpt, device="cpu")
+    model, cfg = ckpt.model, ckpt.config
     plan = get_plan(cfg["plan"])
     inf = cfg["inference"]
     classes = list(model.class_names)
@@ -259,9 +259,9 @@ def child_reference(args) -> dict:
 
 def child_lean(args) -> dict:
     from promptseg.inference.predictor import Predictor
-    from promptseg.train.checkpoint import load_checkpoint
+    from promptseg.checkpoint import open_checkpoint
 
-    model = load_checkpoint(args.ckpt, device="cpu")
+    model = open_checkpoint(args.ckpt, device="cpu")
     prompts = args.prompts.split(",") if args.prompts else None
     inference = {"postprocess": not args.no_postprocess}
     if args.threads:

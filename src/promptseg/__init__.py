@@ -17,8 +17,9 @@ __all__ = [
 
 
 def load_checkpoint(path, device="cpu"):
-    """Load a native promptseg checkpoint or an official Universal Model `.pth` file."""
-    from .train.checkpoint import load_checkpoint as _load
+    """The model of a native promptseg checkpoint or an official Universal Model `.pth` file
+    (`promptseg.checkpoint.open_checkpoint` gives it with its config, classes, taxonomy and plans)."""
+    from .checkpoint import load_checkpoint as _load
 
     return _load(path, device=device)
 

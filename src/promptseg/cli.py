@@ -17,7 +17,7 @@ VERB_MODULES = [
     "promptseg.inference.cli",
     "promptseg.evaluation.cli",
     "promptseg.data.cli",
-    "promptseg.models.cli",
+    "promptseg.checkpoint_cli",
     "promptseg.train.extend_cli",
     "promptseg.workflows.bench",
     "promptseg.workflows.demo",

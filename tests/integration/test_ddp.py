@@ -239,8 +239,8 @@ def world(tmp_path_factory):
 
 def test_two_ranks_match_one_process_with_the_doubled_batch_and_resume_in_one(world, monkeypatch):
     from promptseg.train import distributed
-    from promptseg.train.checkpoint import META, load_training_state
-    from promptseg.train.config import load_config
+    from promptseg.checkpoint import META, load_training_state
+    from promptseg.config import load_config
     from promptseg.train.trainer import Trainer
 
     # reference first: one process, batch 2B = rank 0's samples then rank 1's (also fills the

@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from promptseg.train import continual
-from promptseg.train.checkpoint import WEIGHTS, find_checkpoint, load_checkpoint
+from promptseg.checkpoint import WEIGHTS, find_checkpoint, load_checkpoint, open_checkpoint
 
 ORGANS = ["spleen", "right kidney", "left kidney", "liver", "aorta", "pancreas"]
 TRAIN = {"steps": 2, "batch_size": 1, "patch_size": [32, 32, 32], "lr": 0.003, "warmup_steps": 1,
@@ -28,7 +28,7 @@ TRAIN = {"steps": 2, "batch_size": 1, "patch_size": [32, 32, 32], "lr": 0.003, "
 def world(tmp_path_factory):
     """Phantoms + an organs-only checkpoint whose YAML, datasets and cache are then deleted."""
     from promptseg.data.phantoms import make_phantom_datasets
-    from promptseg.train.config import load_config
+    from promptseg.config import load_config
     from promptseg.train.trainer import train
 
     n = torch.get_num_threads()
@@ -92,9 +92,10 @@ def test_every_pre_existing_weight_is_bit_identical(world, strategy):
         assert ups and any(new[k].abs().sum() > 0 for k in ups), "the zero-initialised adapters trained"
     else:
         assert all(".controllers.6." in k for k in added)
-    model = load_checkpoint(new_ckpt)
+    ckpt = open_checkpoint(new_ckpt)
+    model = ckpt.model
     assert model.class_names == ORGANS + ["liver tumor"]
-    hist = model.run_config["extension"]["history"]
+    hist = ckpt.config["extension"]["history"]
     assert hist[-1]["strategy"] == strategy and hist[-1]["added"] == ["liver tumor"]
     if strategy == "freeze-backbone":  # nothing old moved, so the old classes predict exactly as before
         old_model = load_checkpoint(world["ckpt"])
@@ -115,9 +116,9 @@ def test_grown_task_priors_keep_their_old_rows(world, strategy):
         assert torch.equal(new[key][: value.shape[0]], value), key
     priors = [k for k in grown if k.endswith("task_prior")]
     assert priors and all(new[k].shape[0] == old[k].shape[0] + 1 for k in priors)
-    model = load_checkpoint(new_ckpt)
-    assert model.class_names == ORGANS + ["liver tumor"]
-    assert set(model.run_config["extension"]["history"][-1]["grown_parameters"]) == set(priors)
+    ckpt = open_checkpoint(new_ckpt)
+    assert ckpt.classes == ORGANS + ["liver tumor"]
+    assert set(ckpt.config["extension"]["history"][-1]["grown_parameters"]) == set(priors)
 
 
 def test_pseudo_label_loss_uses_the_old_models_predictions(world, monkeypatch):

@@ -14,7 +14,7 @@ import torch
 
 from promptseg.cli import main
 from promptseg.models.official import random_official_state_dict
-from promptseg.train.checkpoint import load_checkpoint
+from promptseg.checkpoint import load_checkpoint, open_checkpoint
 
 
 def _official_file(tmp_path, backbone: str, prefix: str = "module.") -> "Path":
@@ -63,12 +63,12 @@ def test_predict_with_imported_swin_unetr_keeps_input_geometry(tmp_path, shared_
 
     src = _official_file(tmp_path, "swinunetr")
     assert main(["import-checkpoint", str(src), "-o", str(tmp_path / "swin")]) == 0
-    model = load_checkpoint(tmp_path / "swin")
-    assert sum(p.numel() for p in model.parameters()) > 62e6
+    ckpt = open_checkpoint(tmp_path / "swin")
+    assert sum(p.numel() for p in ckpt.model.parameters()) > 62e6
     image = shared_data / "ct_abdomen_pelvis" / "image.nii.gz"
     # coarse grid and no overlap keep this CPU test short; the geometry path is the same
-    predictor = Predictor(model, plan=get_plan(model.run_config["plan"], spacing=[6.0, 6.0, 6.0]),
-                          inference={**model.run_config["inference"], "overlap": 0.0, "sw_batch_size": 1},
+    predictor = Predictor(ckpt, plan=get_plan(ckpt.config["plan"], spacing=[6.0, 6.0, 6.0]),
+                          inference={**ckpt.config["inference"], "overlap": 0.0, "sw_batch_size": 1},
                           device="cpu", progress=False)
     written = predictor.predict_file(image, tmp_path / "out", prompts=["liver", "left kidney"])
     ref = nib.load(str(image))

@@ -82,7 +82,7 @@ def test_predict_file_writes_outputs_on_input_grid(model, case, tmp_path):
 
 def test_cli_predict_and_unknown_prompt(model, tmp_path, capsys):
     from promptseg.cli import main
-    from promptseg.train.checkpoint import save_checkpoint
+    from promptseg.checkpoint import save_checkpoint
 
     image = scan("mr_abdomen_small")
     run_config = {

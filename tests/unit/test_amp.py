@@ -147,8 +147,8 @@ def tiny_run(tmp_path_factory):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_trainer_steps_in_reduced_precision_on_cpu(tiny_run, precision):
-    from promptseg.train.checkpoint import load_training_state
-    from promptseg.train.config import resolve_config
+    from promptseg.checkpoint import load_training_state
+    from promptseg.config import resolve_config
     from promptseg.train.trainer import train
 
     root, raw = tiny_run

@@ -271,7 +271,7 @@ def test_unasked_rows_get_exact_zero_gradient_and_nothing_is_unused(image):
 # Continual learning and checkpoints
 # ---------------------------------------------------------------------------------------------
 def test_add_classes_keeps_old_maps_and_reloads(image, tmp_path):
-    from promptseg.train.checkpoint import load_checkpoint, save_checkpoint
+    from promptseg.checkpoint import load_checkpoint, save_checkpoint
 
     m = make_model(seed=4).eval()
     image = image[:1]

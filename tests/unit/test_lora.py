@@ -135,7 +135,7 @@ def test_grouped_conv_cannot_merge():
 def test_apply_extension_rebuilds_adapted_model_from_config(tmp_path):
     """A checkpoint of a LoRA-extended model reloads from its config alone."""
     from promptseg.models.build import build_model
-    from promptseg.train.checkpoint import load_checkpoint, save_checkpoint
+    from promptseg.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     cfg = {"backbone": {"name": "unet", "preset": "small", "widths": [4, 8, 16]}, "conditioner": {"name": "onehot", "hidden": 16},

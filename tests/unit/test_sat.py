@@ -175,7 +175,7 @@ def test_registry_builds_sat_with_given_embeddings():
 
 
 def test_checkpoint_round_trip_needs_no_text_encoder(tmp_path, image, monkeypatch):
-    ckpt = pytest.importorskip("promptseg.train.checkpoint", reason="checkpoint module not there")
+    ckpt = pytest.importorskip("promptseg.checkpoint", reason="checkpoint module not there")
     from promptseg.models import build
 
     cfg = {"backbone": {"name": "unet", "preset": "small"}, "conditioner": {"name": "sat", **CPU_PRESET}}

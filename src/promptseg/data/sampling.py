@@ -87,6 +87,8 @@ class PatchSampler:
         self.intensity_shift_prob = intensity_shift_prob
         self.intensity_shift = intensity_shift
         self.rng = np.random.default_rng(seed)
+        self.seed = int(seed)
+        self._position = {id(c): i for i, c in enumerate(cases)}
         by_ds: dict[str, list] = {}
         for c in cases:
             by_ds.setdefault(c.dataset, []).append(c)
@@ -98,7 +100,8 @@ class PatchSampler:
     def _case_index(self, case) -> _CaseIndex:
         key = id(case)
         if key not in self._index:
-            self._index[key] = _CaseIndex(case, self.rng)
+            # its own stream per case: the index is the same whenever it is built (resume is exact)
+            self._index[key] = _CaseIndex(case, np.random.default_rng([self.seed, self._position.get(key, 0)]))
         return self._index[key]
 
     def _centre(self, case) -> np.ndarray:

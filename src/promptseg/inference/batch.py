@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..checkpoint import open_checkpoint
 from ..errors import ConfigError, InputError, PromptsegError
 from ..io.sitk_convert import one_line
 from .inputs import OUTPUT_TYPES, case_name, collect_inputs, is_dicom_dir, plan_outputs
@@ -29,12 +30,11 @@ class BatchError(PromptsegError):
 
 
 def load_model(model_or_checkpoint):
-    """A loaded model as it is; a checkpoint path loaded on the CPU (the predictor moves it)."""
+    """A loaded model or `Checkpoint` as it is; a checkpoint path opened on the CPU (the predictor
+    moves it) as a `Checkpoint`, so its plan, inference settings and modality come along."""
     if not isinstance(model_or_checkpoint, (str, Path)):
         return model_or_checkpoint
-    from ..train.checkpoint import load_checkpoint  # the ckpt branch moves this to a lower layer
-
-    return load_checkpoint(model_or_checkpoint, device="cpu")
+    return open_checkpoint(model_or_checkpoint, device="cpu")
 
 
 def check_output_types(files: Sequence[Path], output_types: Sequence[str]) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 from scipy import ndimage
 
+from ..config import read_yaml
 from ..errors import ConfigError
 from ..masks import bbox, half_space, largest_components, midline, split_left_right
 from ..masks import body_mask as body_mask_from_image  # noqa: F401  (public name of inference)
@@ -45,13 +46,7 @@ def load_rules(override: str | Path | Mapping[str, Any] | None = None) -> dict[s
     if override is None:
         return rules
     if not isinstance(override, Mapping):
-        p = Path(override)
-        if not p.is_file():
-            raise ConfigError(f"{p}: post-processing rules file not found")
-        try:
-            override = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        override = read_yaml(override, "post-processing rules file") or {}
     unknown = set(override) - set(rules)
     if unknown:
         raise ConfigError(f"unknown post-processing rules {sorted(unknown)}; known: {sorted(rules)}")

@@ -29,14 +29,15 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..checkpoint import Checkpoint
 from ..errors import ConfigError, InputError
 from ..io import read_image
 from ..io.volume import Volume
 from ..preprocess import get_plan, preprocess_image
 from ..taxonomy.query import Query, resolve_queries
-from .inputs import plan_outputs
 from ..masks import bbox, body_mask
 from ..runtime import resolve_device, set_threads
+from .inputs import plan_outputs
 from .postprocess import load_rules, postprocess
 from .prediction import PackedMasks, Prediction
 from .settings import check_coarse, inference_settings, min_window, scaled_plan
@@ -84,17 +85,22 @@ def _grow_region(raw: np.ndarray, region, shape, margin) -> tuple[slice, ...] | 
 class Predictor:
     """Runs a `UniversalSegmenter` on whole images.
 
-    `plan` / `inference` default to the checkpoint's (`model.run_config`); `device="auto"` picks
-    CUDA when present. `progress` shows MONAI's window bar (per image).
+    `model` is a `Checkpoint` (plan, inference settings and modality default to its own) or a bare
+    model (then `plan` is needed); `device="auto"` picks
+    CUDA when present. `progress` shows MONAI's window bar (per image) and a case bar in `predict`.
     """
 
     def __init__(self, model, plan=None, inference: Mapping[str, Any] | None = None, device="auto",
                  progress: bool = True, modality: str | None = None, fast: bool = False, roi: bool = False):
-        run_config = getattr(model, "run_config", None) or {}
+        from ..preprocess import get_plan
+
+        ckpt = model if isinstance(model, Checkpoint) else None
+        model = ckpt.model if ckpt is not None else model
+        run_config = ckpt.config if ckpt is not None else {}
         if plan is None:
             plan = run_config.get("plan")
             if plan is None:
-                raise ConfigError("no preprocessing plan: the model has no run_config['plan']; pass plan=")
+                raise ConfigError("no preprocessing plan: a bare model has none; pass plan= or a Checkpoint")
         self.plan = get_plan(plan)
         merged = {**(run_config.get("inference") or {}), **(inference or {})}
         self.settings = inference_settings(merged)
@@ -109,7 +115,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.threads = set_threads(self.settings["threads"]) if self.device.type == "cpu" else torch.get_num_threads()
         self.model = model.to(self.device).eval()
-        self.modality = modality or getattr(model, "modality", None) or self.plan.modality
+        self.modality = modality or (ckpt.modality if ckpt is not None else None) or self.plan.modality
         self.progress = progress
         self.taxonomy = model.taxonomy
         import monai.inferers  # noqa: F401  -- slow first import belongs to set-up, not to "network" time

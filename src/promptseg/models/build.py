@@ -13,6 +13,7 @@ import torch
 
 from ..errors import ConfigError
 from ..text import DEFAULT_TEMPLATE
+from ..taxonomy import Taxonomy
 from .segmenter import UniversalSegmenter
 
 BACKBONES = {
@@ -79,11 +80,13 @@ def build_conditioner(cfg: dict[str, Any], class_names: Sequence[str], embedding
 
 
 def build_model(
-    config: dict[str, Any], class_names: Sequence[str], embeddings: torch.Tensor | None = None, in_channels: int = 1
+    config: dict[str, Any], class_names: Sequence[str], embeddings: torch.Tensor | None = None, in_channels: int = 1,
+    taxonomy: Taxonomy | None = None,
 ) -> UniversalSegmenter:
-    """Backbone + conditioner from a run config; `embeddings` skips the text encoder (checkpoints)."""
+    """Backbone + conditioner from a run config; `embeddings` skips the text encoder (checkpoints);
+    `taxonomy`: the registry the prompts resolve in (default: the packaged one)."""
     backbone = build_backbone(config.get("backbone", {}), in_channels=in_channels)
     conditioner = build_conditioner(config.get("conditioner", {}), class_names, embeddings)
     from .lora import apply_extension
 
-    return apply_extension(UniversalSegmenter(backbone, conditioner), config)
+    return apply_extension(UniversalSegmenter(backbone, conditioner, taxonomy), config)

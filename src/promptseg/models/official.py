@@ -24,8 +24,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+import yaml
 
+from ..config import resolve_config
 from ..errors import CheckpointError, InputError
+from ..taxonomy import UNIVERSAL_CLASSES
+from .build import build_model
+from .state import state_mismatch
 
 BACKBONES = ("unet", "swinunetr")
 
@@ -83,8 +88,6 @@ def random_official_state_dict(backbone: str, seed: int = 0, prefix: str = "modu
 
 
 def official_class_names() -> list[str]:
-    from ..taxonomy import UNIVERSAL_CLASSES
-
     return list(UNIVERSAL_CLASSES)
 
 
@@ -163,29 +166,14 @@ def official_to_native(state_dict: Mapping[str, Any], backbone: str | None = Non
     if found != backbone:
         raise CheckpointError(f"checkpoint is an official {found} model, not {backbone}")
     layout = official_layout(backbone)
-    missing = [k for k in layout if k not in sd]
-    unexpected = [k for k in sd if k not in layout]
-    misshaped = [
-        f"{k} {tuple(sd[k].shape)} (expected {layout[k]})"
-        for k in layout
-        if k in sd and tuple(getattr(sd[k], "shape", ())) != layout[k]
-    ]
-    if missing or unexpected or misshaped:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected)}")
-        if misshaped:
-            parts.append(f"mis-shaped {len(misshaped)}: {', '.join(misshaped)}")
-        raise CheckpointError(f"official {backbone} checkpoint does not match the official layout: " + "; ".join(parts))
+    problem = state_mismatch(layout, sd)
+    if problem:
+        raise CheckpointError(f"official {backbone} checkpoint does not match the official layout: {problem}")
     return {_native_name(k, backbone): v for k, v in sd.items()}
 
 
 def build_official_model(backbone: str, state_dict: Mapping[str, Any] | None = None):
     """A promptseg model shaped like the official one; with `state_dict`, its weights loaded strictly."""
-    from .build import build_model
-
     _check_backbone(backbone)
     facts = official_facts()
     model = build_model(
@@ -202,8 +190,8 @@ def build_official_model(backbone: str, state_dict: Mapping[str, Any] | None = N
     return model
 
 
-def load_official_checkpoint(path: str | Path, backbone: str | None = None):
-    """Read an official .pth file (weights only; no code is unpickled) into a promptseg model."""
+def _read_official(path: str | Path, backbone: str | None = None):
+    """(model, backbone name) from an official .pth file (weights only; no code is unpickled)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such checkpoint file")
@@ -213,24 +201,32 @@ def load_official_checkpoint(path: str | Path, backbone: str | None = None):
         raise InputError(path, f"cannot read as a PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     sd = unwrap(ckpt)
     try:
-        return build_official_model(backbone or detect_backbone(sd), sd)
+        backbone = backbone or detect_backbone(sd)
+        return build_official_model(backbone, sd), backbone
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+
+
+def load_official_checkpoint(path: str | Path, backbone: str | None = None):
+    """Read an official .pth file into a promptseg model."""
+    return _read_official(path, backbone)[0]
+
+
+def load_official(path: str | Path, backbone: str | None = None):
+    """(model in eval mode, backbone name) of an official .pth file; `official_run_config(backbone)`
+    is the run config it predicts with (the checkpoint layer pairs them)."""
+    model, found = _read_official(path, backbone)
+    return model.eval(), found
 
 
 @lru_cache(maxsize=1)
 def official_settings() -> dict[str, Any]:
     """Plan, inference settings and post-processing facts of the official code (data file)."""
-    import yaml
-    from importlib import resources
-
     return yaml.safe_load(resources.files("promptseg.models").joinpath("official_settings.yaml").read_text())
 
 
 def official_run_config(backbone: str) -> dict[str, Any]:
     """A complete run config for an imported official model (what a native checkpoint embeds)."""
-    from ..train.config import resolve_config
-
     _check_backbone(backbone)
     settings = official_settings()
     raw = {
@@ -245,13 +241,3 @@ def official_run_config(backbone: str) -> dict[str, Any]:
     cfg["output"] = None
     cfg["official"] = {"backbone": backbone, "source": official_facts().get("source", {})}
     return cfg
-
-
-def load_official(path: str | Path, device: str | torch.device = "cpu", backbone: str | None = None):
-    """An official .pth file as a ready-to-predict model (run config, modality, eval mode)."""
-    model = load_official_checkpoint(path, backbone=backbone)
-    found = "swinunetr" if type(model.backbone).__name__.lower().startswith("swin") else "unet"
-    model.run_config = official_run_config(found)
-    model.modality = model.run_config["modality"]
-    model.checkpoint_meta = {"source": str(path), "official": True}
-    return model.eval().to(device)

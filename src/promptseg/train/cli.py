@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def _train(args) -> int:
-    from .config import load_config
+    from ..config import load_config
     from .trainer import train
 
     config = load_config(args.config)

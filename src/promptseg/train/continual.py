@@ -52,21 +52,19 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from .config import read_run_yaml
+from ..checkpoint import open_checkpoint
+from ..config import (
+    EXTEND_DEFAULTS,
+    FINETUNE_DEFAULTS,
+    STRATEGIES,
+    check_extend_section,
+    check_finetune_section,
+    read_run_yaml,
+    resolve_config,
+    section,
+)
 from .trainer import Trainer, class_list, load_datasets
 
-STRATEGIES = ("pseudo-label", "freeze-backbone", "lora", "naive")
-EXTEND_DEFAULTS: dict[str, Any] = {
-    "strategy": "pseudo-label",
-    "pseudo_labels": "hard",      # hard: old model's sigmoid >= pseudo_threshold; soft: the sigmoid
-    "pseudo_threshold": 0.5,
-    "lora": {"rank": 32, "alpha": 64, "targets": "conv"},
-    "evaluate": {"old": None, "new": None},  # held-out sets for the forgetting report
-}
-FINETUNE_DEFAULTS: dict[str, Any] = {
-    "init": "all",       # all | backbone | encoder: what is taken from the trained model
-    "freeze": "none",    # none | encoder | backbone: what stays fixed while fine-tuning
-}
 #: Parts of a run that are the model's architecture: they come from the checkpoint.
 ARCHITECTURE_KEYS = ("backbone", "conditioner")
 
@@ -74,49 +72,7 @@ ARCHITECTURE_KEYS = ("backbone", "conditioner")
 # ---------------------------------------------------------------------------------------------
 # run configs
 # ---------------------------------------------------------------------------------------------
-def _section(raw: dict[str, Any], key: str, defaults: dict[str, Any], where: str) -> dict[str, Any]:
-    given = raw.pop(key, None) or {}
-    if not isinstance(given, dict):
-        raise ConfigError(f"{where}: '{key}' must be a mapping")
-    unknown = set(given) - set(defaults)
-    if unknown:
-        raise ConfigError(f"{where}: unknown '{key}' keys {sorted(unknown)}; known: {sorted(defaults)}")
-    out = copy.deepcopy(defaults)
-    for k, v in given.items():
-        if isinstance(defaults.get(k), dict) and isinstance(v, dict):
-            bad = set(v) - set(defaults[k])
-            if bad:
-                raise ConfigError(f"{where}: unknown '{key}.{k}' keys {sorted(bad)}; known: {sorted(defaults[k])}")
-            out[k].update(v)
-        else:
-            out[k] = v
-    return out
-
-
-def check_extend_section(ext: dict[str, Any], where: str = "run config") -> dict[str, Any]:
-    if ext["strategy"] not in STRATEGIES:
-        raise ConfigError(f"{where}: extend.strategy must be one of {', '.join(STRATEGIES)}, got {ext['strategy']!r}")
-    if ext["pseudo_labels"] not in ("hard", "soft"):
-        raise ConfigError(f"{where}: extend.pseudo_labels must be 'hard' or 'soft', got {ext['pseudo_labels']!r}")
-    if not 0.0 < float(ext["pseudo_threshold"]) < 1.0:
-        raise ConfigError(f"{where}: extend.pseudo_threshold must be in (0, 1), got {ext['pseudo_threshold']!r}")
-    lora = ext["lora"]
-    if not isinstance(lora.get("rank"), int) or lora["rank"] < 1 or float(lora.get("alpha", 0)) <= 0:
-        raise ConfigError(f"{where}: extend.lora needs a positive integer rank and a positive alpha, got {lora}")
-    return ext
-
-
-def check_finetune_section(ft: dict[str, Any], where: str = "run config") -> dict[str, Any]:
-    if ft["init"] not in ("all", "backbone", "encoder"):
-        raise ConfigError(f"{where}: finetune.init must be all, backbone or encoder, got {ft['init']!r}")
-    if ft["freeze"] not in ("none", "encoder", "backbone"):
-        raise ConfigError(f"{where}: finetune.freeze must be none, encoder or backbone, got {ft['freeze']!r}")
-    return ft
-
-
 def _resolve(raw: dict[str, Any], base_dir: Path | None, where: str) -> dict[str, Any]:
-    from .config import resolve_config
-
     try:
         return resolve_config(raw, base_dir)
     except ConfigError as exc:
@@ -149,7 +105,7 @@ def extension_config(raw: dict[str, Any], old_config: dict[str, Any], base_dir: 
     """Resolved config of an extension run: the new YAML (datasets, train, output) + the old model's
     architecture, plan, modality and inference settings + the validated `extend` section."""
     raw = copy.deepcopy(raw)
-    ext = check_extend_section(_section(raw, "extend", EXTEND_DEFAULTS, where), where)
+    ext = check_extend_section(section(raw, "extend", EXTEND_DEFAULTS, where), where)
     raw.pop("finetune", None)
     _same_architecture(raw, old_config, where)
     if "plan" in raw and _resolve({"plan": raw["plan"]}, base_dir, where)["plan"] != old_config.get("plan"):
@@ -173,7 +129,7 @@ def finetune_config(raw: dict[str, Any], old_config: dict[str, Any], base_dir: P
     """Resolved config of a fine-tuning run: the YAML with the checkpoint's backbone/conditioner
     (plan, modality and inference from the YAML when it sets them, else the checkpoint's)."""
     raw = copy.deepcopy(raw)
-    ft = check_finetune_section(_section(raw, "finetune", FINETUNE_DEFAULTS, where), where)
+    ft = check_finetune_section(section(raw, "finetune", FINETUNE_DEFAULTS, where), where)
     raw.pop("extend", None)
     _same_architecture(raw, old_config, where)
     given = set(raw)
@@ -250,9 +206,11 @@ def freeze_norm_statistics(model: nn.Module) -> None:
                 m.eval()
 
 
-def add_new_classes(model: nn.Module, names: Sequence[str], dataset_of: dict[str, str] | None = None) -> None:
-    """Grow the model's conditioner by `names` (text embeddings computed for text conditioners;
-    each name's dataset passed along for methods with per-dataset tasks)."""
+def add_new_classes(model: nn.Module, names: Sequence[str], dataset_of: dict[str, str] | None = None,
+                    conditioner_config: dict[str, Any] | None = None) -> None:
+    """Grow the model's conditioner by `names` (text embeddings computed for text conditioners with
+    the run's `conditioner:` text settings; each name's dataset passed along for methods with
+    per-dataset tasks)."""
     from ..models.build import class_embeddings
 
     cond = model.conditioner
@@ -263,7 +221,7 @@ def add_new_classes(model: nn.Module, names: Sequence[str], dataset_of: dict[str
     try:
         emb = None
         if cond.needs_text:
-            emb = class_embeddings((getattr(model, "run_config", None) or {}).get("conditioner", {}), names)
+            emb = class_embeddings(conditioner_config or {}, names)
         cond.add_classes(names, emb, datasets)
     except NotImplementedError:
         raise ConfigError(f"{type(cond).__name__} cannot add classes") from None
@@ -339,7 +297,7 @@ class ExtensionTrainer(Trainer):
             self.old_model = old
         who = type(model.conditioner).__name__
         before = dict(model.named_parameters())
-        add_new_classes(model, self.new_classes, self.dataset_of)
+        add_new_classes(model, self.new_classes, self.dataset_of, self.config.get("conditioner"))
         if list(model.class_names) != self.classes:
             raise ConfigError(f"{who}: class list after add_classes is {model.class_names}, expected {self.classes}")
         grew = diff_parameters(before, model, who)  # old weights must be bit-identical
@@ -379,7 +337,6 @@ class ExtensionTrainer(Trainer):
             step["grown_parameters"] = diff.grown
         self.config.setdefault("extension", {"history": []}).setdefault("history", []).append(step)
         self.config["conditioner"] = {**self.config["conditioner"], **model.conditioner.config_updates()}
-        model.run_config = self.config
         check_rebuild(model, self.config, in_channels)
         return model
 
@@ -531,12 +488,10 @@ def transfer_weights(src: nn.Module, dst: nn.Module, init: str) -> dict[str, Any
 # entry points
 # ---------------------------------------------------------------------------------------------
 def _load_source(checkpoint: str | Path):
-    from .checkpoint import load_checkpoint
-
-    model = load_checkpoint(checkpoint, device="cpu")
-    if getattr(model, "run_config", None) is None:
+    ckpt = open_checkpoint(checkpoint, device="cpu")
+    if not ckpt.config:
         raise CheckpointError(f"{checkpoint}: the checkpoint carries no run config to extend")
-    return model
+    return ckpt
 
 
 def _source_id(checkpoint: str | Path) -> str:
@@ -556,9 +511,9 @@ def extend(checkpoint: str | Path, run: str | Path | dict[str, Any], device: str
     else:
         raw, base = read_run_yaml(run)
         where = str(run)
-    config = extension_config(raw, source.run_config, base, where)
+    config = extension_config(raw, source.config, base, where)
     apply_overrides(config, overrides)
-    trainer = ExtensionTrainer(config, source, device=device, progress=progress, source_path=_source_id(checkpoint))
+    trainer = ExtensionTrainer(config, source.model, device=device, progress=progress, source_path=_source_id(checkpoint))
     try:
         ckpt = trainer.run(max_steps=max_steps)
     finally:
@@ -568,10 +523,9 @@ def extend(checkpoint: str | Path, run: str | Path | dict[str, Any], device: str
     finished = ckpt.name == "model"
     ev = config["extend"].get("evaluate") or {}
     if report and finished and trainer.rank == 0 and (ev.get("old") or ev.get("new")):
-        from .checkpoint import load_checkpoint
         from .forgetting import format_report, forgetting_report, write_report
 
-        after = load_checkpoint(ckpt, device="cpu")
+        after = open_checkpoint(ckpt, device="cpu")
         rep = forgetting_report(source, after, trainer.old_classes, trainer.new_classes, ev.get("old"),
                                 ev.get("new"), device=device or "auto")
         rep["strategy"] = trainer.strategy
@@ -590,9 +544,9 @@ def finetune(checkpoint: str | Path, run: str | Path | dict[str, Any], device: s
     else:
         raw, base = read_run_yaml(run)
         where = str(run)
-    config = finetune_config(raw, source.run_config, base, where)
+    config = finetune_config(raw, source.config, base, where)
     apply_overrides(config, overrides)
-    trainer = FinetuneTrainer(config, source, device=device, progress=progress)
+    trainer = FinetuneTrainer(config, source.model, device=device, progress=progress)
     try:
         return trainer.run(max_steps=max_steps)
     finally:

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..io.atomic import atomic_write
-from ..runtime import resolve_device
+from ..checkpoint import latest, load_state_strict, read_meta, read_training_state, read_weights, save_checkpoint
+from ..errors import CheckpointError, ConfigError
 from ..models.conditioners.queries import training_queries
-from ..taxonomy import default_taxonomy
-from .checkpoint import find_checkpoint, load_state_strict, load_training_state, save_checkpoint
+from ..runtime import resolve_device
+from ..io.atomic import atomic_write
+from ..taxonomy import Taxonomy, default_taxonomy, load_taxonomy
 from .losses import masked_bce_dice
 
 
@@ -39,9 +39,9 @@ def load_datasets(config: dict[str, Any]):
     return [load_dataset(d["path"]) for d in config["datasets"]]
 
 
-def class_list(config: dict[str, Any], datasets) -> list[str]:
+def class_list(config: dict[str, Any], datasets, taxonomy: Taxonomy | None = None) -> list[str]:
     """Config's classes, else the union of what the datasets annotate, in taxonomy order."""
-    tax = default_taxonomy()
+    tax = taxonomy or default_taxonomy()
     if config.get("classes"):
         return [tax.resolve(c).name if tax.get(c) else c for c in config["classes"]]
     names = {c for d in datasets for c in d.annotated_classes}
@@ -49,26 +49,27 @@ def class_list(config: dict[str, Any], datasets) -> list[str]:
     return sorted(names, key=lambda n: (order.get(n, 10**9), n))
 
 
-def prepare_cases(config: dict[str, Any], datasets, rank: int = 0):
+def prepare_cases(config: dict[str, Any], datasets, progress: bool = True):
     from ..data.cache import prepare_datasets
     from ..preprocess import get_plan
 
     plan = get_plan(config["plan"])
     cache_dir = Path(config.get("cache_dir") or Path(config["output"]) / "cache")
     return prepare_datasets(
-        datasets, plan, cache_dir, workers=int(config["train"].get("workers") or 1), progress=rank == 0
+        datasets, plan, cache_dir, workers=int(config["train"].get("workers") or 1), progress=progress
     )
 
 
 def truncate_log(path: Path, step: int) -> None:
-    """Drop log lines after `step` (steps a killed run did after its last checkpoint, redone now)."""
+    """Drop log lines after `step` (steps a killed run did after its last checkpoint, redone now)
+    and any line a kill cut short, so no step is ever logged twice."""
     if not path.is_file():
         return
     lines = path.read_text().splitlines(keepends=True)
     keep = []
     for line in lines:
         try:
-            if int(json.loads(line).get("step", 0)) > step:
+            if not line.endswith("\n") or int(json.loads(line).get("step", 0)) > step:
                 continue
         except (ValueError, AttributeError):
             continue  # a line cut by the kill
@@ -111,9 +112,11 @@ class Trainer:
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
         datasets = load_datasets(config)
-        self.classes = class_list(config, datasets)
+        self.dataset_names = [d.name for d in datasets]
+        self.taxonomy = load_taxonomy(config.get("taxonomy"))
+        self.classes = class_list(config, datasets, self.taxonomy)
         with distributed.local_main_first(self.dist):  # one process per node fills the cache
-            self.cases = prepare_cases(config, datasets, self.rank)
+            self.cases = prepare_cases(config, datasets, self.progress)
         self.model = self.build_model(in_channels=self.cases[0].image.shape[0]).to(self.device)
         if self.channels_last:
             amp.to_channels_last(self.model)
@@ -147,7 +150,7 @@ class Trainer:
         """The model to train (called once, after the cases are prepared)."""
         from ..models.build import build_model
 
-        return build_model(self.config, self.classes, in_channels=in_channels)
+        return build_model(self.config, self.classes, in_channels=in_channels, taxonomy=self.taxonomy)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """AdamW over the parameters that require gradients (all of them in plain training)."""
@@ -165,42 +168,48 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------
     def _resume(self) -> None:
-        try:
-            ckpt = find_checkpoint(self.out / "last")
-        except Exception:
-            return
-        from safetensors.torch import load_file
-
-        from .checkpoint import WEIGHTS
-
-        load_state_strict(self.model, load_file(str(ckpt / WEIGHTS)), str(ckpt))
-        state = load_training_state(ckpt) or {}
-        if "optimizer" in state:
+        """Continue from the newest complete `last` checkpoint (hashes checked; a corrupt one is an
+        error, never a silent restart), and drop log lines after its step."""
+        ckpt = latest(self.out / "last")
+        if ckpt is not None:
+            meta = read_meta(ckpt)
+            load_state_strict(self.model, read_weights(ckpt, meta), str(ckpt))
+            state = read_training_state(ckpt, meta)
+            if state is None:
+                raise CheckpointError(f"{ckpt}: no training state to resume from")
             self.optimizer.load_state_dict(state["optimizer"])
-        if "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
-        self.amp.load_state_dict(state.get("amp"))
-        self.step = int(state.get("step", 0))
-        rng_states = state.get("sampler_rng") or {}
-        mine = rng_states.get(self.rank)
+            self.amp.load_state_dict(state.get("amp"))
+            self.step = int(state.get("step", meta.get("step", 0)))
+            self._restore_random(state)
+            if self.progress:
+                print(f"resuming {self.out} at step {self.step} (from {ckpt.name})")
+        if self.rank == 0:
+            truncate_log(self.out / "log.jsonl", self.step)
+
+    def _restore_random(self, state: dict[str, Any]) -> None:
+        """Random streams as they were at the checkpoint (bit-exact resume), or fresh rank-distinct
+        ones when the process count changed."""
+        from . import distributed
+
+        mine = (state.get("sampler_rng") or {}).get(self.rank)
         if mine is not None and self.dist.world_size == state.get("world_size", 1):
             self.sampler.rng.bit_generator.state = mine
             query = (state.get("query_rng") or {}).get(self.rank)
             if query is not None:
                 self.query_rng.bit_generator.state = query
-        else:  # a different process count: fresh, still rank-distinct, streams
-            from . import distributed
-
+            torch_state = (state.get("torch_rng") or {}).get(self.rank)
+            if torch_state is not None:
+                torch.set_rng_state(torch_state)
+        else:
             self.sampler.rng = np.random.default_rng(distributed.rank_seed(int(self.config["seed"]) + self.step, self.rank))
-        if self.rank == 0:
-            truncate_log(self.out / "log.jsonl", self.step)
-            if self.progress:
-                print(f"resuming {self.out} at step {self.step}")
 
     def _save(self, final: bool = False) -> None:
         from . import distributed
 
-        rngs = distributed.gather_objects((self.sampler.rng.bit_generator.state, self.query_rng.bit_generator.state), self.dist)
+        rngs = distributed.gather_objects(
+            (self.sampler.rng.bit_generator.state, self.query_rng.bit_generator.state, torch.get_rng_state()), self.dist
+        )
         if self.rank != 0:
             return
         state = {
@@ -208,13 +217,15 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "world_size": self.dist.world_size,
-            "sampler_rng": {r: s for r, (s, _) in enumerate(rngs)},
-            "query_rng": {r: q for r, (_, q) in enumerate(rngs)},
+            "sampler_rng": {r: s for r, (s, _, _) in enumerate(rngs)},
+            "query_rng": {r: q for r, (_, q, _) in enumerate(rngs)},
+            "torch_rng": {r: t for r, (_, _, t) in enumerate(rngs)},
             "amp": self.amp.state_dict(),
         }
-        save_checkpoint(self.model, self.out / "last", self.config, self.step, training_state=state)
+        extra = {"datasets": self.dataset_names}
+        save_checkpoint(self.model, self.out / "last", self.config, self.step, training_state=state, extra=extra)
         if final:
-            save_checkpoint(self.model, self.out / "model", self.config, self.step)
+            save_checkpoint(self.model, self.out / "model", self.config, self.step, extra=extra)
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step (with gradient accumulation); returns the logged figures."""

@@ -278,8 +278,8 @@ class TrainResult:
 def train_run(run_yaml: str | Path, device: str = "auto", progress: bool = True) -> TrainResult:
     """`promptseg train RUN_YAML` from scratch (an earlier run folder is removed), timed."""
     from ..cli import main as cli_main
-    from ..train.checkpoint import find_checkpoint
-    from ..train.config import load_config
+    from ..checkpoint import find_checkpoint
+    from ..config import load_config
 
     run_yaml = Path(run_yaml)
     out = Path(load_config(run_yaml)["output"])
@@ -315,12 +315,13 @@ def score_checkpoint(checkpoint: str | Path, cases: Sequence[TestCase], out_dir:
     from ..inference import predict
     from ..io import read_label
     from ..taxonomy import default_taxonomy
-    from ..train.checkpoint import load_checkpoint
+    from ..checkpoint import open_checkpoint
 
-    model = load_checkpoint(checkpoint, device="cpu")
+    ckpt = open_checkpoint(checkpoint, device="cpu")
+    model = ckpt.model
     params = int(sum(p.numel() for p in model.parameters()))
     classes = list(prompts) if prompts else list(model.class_names)
-    results = predict(model, [c.image for c in cases], out_dir, prompts=classes, device=device, progress=False)
+    results = predict(ckpt, [c.image for c in cases], out_dir, prompts=classes, device=device, progress=False)
     tax = default_taxonomy()
     per_case: dict[str, dict[str, float]] = {}
     seconds = []

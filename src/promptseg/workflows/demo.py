@@ -32,8 +32,8 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
     from ..inference.preview import write_preview
     from ..io import read_image, read_label
     from ..taxonomy import default_taxonomy
-    from ..train.checkpoint import load_checkpoint
-    from ..train.config import resolve_config
+    from ..checkpoint import open_checkpoint
+    from ..config import resolve_config
     from ..train.trainer import train
 
     out = Path(out).resolve()
@@ -52,8 +52,9 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
     train_s = time.time() - t1
 
     print("[3/4] predicting held-out phantoms by text prompt")
-    model = load_checkpoint(ckpt, device="cpu")
-    predictor = Predictor(model, device=device, progress=False, inference={"threads": threads} if threads else None)
+    checkpoint = open_checkpoint(ckpt, device="cpu")
+    model = checkpoint.model
+    predictor = Predictor(checkpoint, device=device, progress=False, inference={"threads": threads} if threads else None)
     test_dir = folders["PhantomTest_full"]
     value_to_name = {v: k for k, vals in read_label_json(test_dir / "dataset.json").items() for v in vals}
     tax = default_taxonomy()

@@ -1,0 +1,86 @@
+"""`open_checkpoint(path) -> Checkpoint`: a model with everything it was trained with.
+
+Native checkpoint folders and official Universal Model `.pth` files load through here; callers read
+the run config, classes, taxonomy and plans from the `Checkpoint`, never from model attributes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models.build import build_model
+from ..models.official import load_official, official_run_config
+from ..taxonomy import Taxonomy
+from .classes import taxonomy_from_record
+from .store import find_checkpoint, load_state_strict, read_meta, read_weights
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model and what it was trained with.
+
+    `plans` maps each modality to its preprocessing plan spec (one per modality the model knows);
+    `meta` is the checkpoint's JSON (step, hashes, datasets, ...) and `path` where it was read.
+    """
+
+    model: torch.nn.Module
+    config: dict[str, Any]
+    classes: list[str]
+    taxonomy: Taxonomy
+    plans: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def modality(self) -> str | None:
+        """The modality to assume when none is given: the only one, else the config's."""
+        if len(self.plans) == 1:
+            return next(iter(self.plans))
+        return self.config.get("modality")
+
+    @property
+    def step(self) -> int | None:
+        return self.meta.get("step")
+
+
+def plans_of(config: dict[str, Any]) -> dict[str, Any]:
+    """Modality -> plan spec of a run config (`plans:` when per-modality, else the one `plan:`)."""
+    plans = config.get("plans")
+    if isinstance(plans, dict) and plans:
+        return {str(k).upper(): v for k, v in plans.items()}
+    return {str(config.get("modality") or "CT").upper(): config.get("plan")}
+
+
+def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify: bool = True,
+                    backbone: str | None = None) -> Checkpoint:
+    """A native checkpoint / run folder or an official `.pth` file (`backbone`: its backbone when
+    not detected from the keys), hash-checked, in eval mode."""
+    p = Path(path)
+    if p.is_file():
+        model, backbone = load_official(p, backbone)
+        config = official_run_config(backbone)
+        meta = {"source": str(p), "official": True, "step": None}
+        return Checkpoint(model.eval().to(device), config, list(model.class_names), model.taxonomy,
+                          plans_of(config), meta, p)
+    ckpt = find_checkpoint(p)
+    meta = read_meta(ckpt)
+    state = read_weights(ckpt, meta, verify=verify)
+    taxonomy = taxonomy_from_record(meta.get("taxonomy"), str(ckpt))
+    shape = meta.get("embedding_shape")
+    embeddings = torch.zeros(*shape) if shape else None
+    config = meta["config"]
+    model = build_model(config, meta["class_names"], embeddings=embeddings,
+                        in_channels=meta.get("in_channels", 1), taxonomy=taxonomy)
+    load_state_strict(model, state, str(ckpt))
+    return Checkpoint(model.eval().to(device), config, list(meta["class_names"]), taxonomy, plans_of(config), meta, ckpt)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify: bool = True):
+    """The model alone of `open_checkpoint` (for callers that need nothing else)."""
+    return open_checkpoint(path, device=device, verify=verify).model
+
+
+

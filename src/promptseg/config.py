@@ -1,0 +1,295 @@
+"""The run-config schema: every section's defaults and checks, in one place below train/ and inference/.
+
+A run is one YAML file; `resolve_config` fills defaults and checks it at every level (an unknown
+key inside a section is a one-line error naming it and the known keys), and the resolved config
+is what checkpoints embed. Relative paths are relative to the YAML file, so a run folder can be
+moved. The inference section's defaults serve the predictor too (`inference_settings`).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import ConfigError
+from .runtime import precision_name
+from .text.cache import DEFAULT_TEMPLATE
+
+#: Inference settings and their defaults (a checkpoint's `inference:` section overrides them).
+DEFAULT_INFERENCE: dict[str, Any] = {
+    "window": [96, 96, 96],
+    "overlap": 0.5,
+    "mode": "gaussian",
+    "sw_batch_size": 2,
+    "thresholds": {},
+    "postprocess": True,
+    "crop_body": True,   # run the network only on the body's bounding box (plus body_margin)
+    "body_margin": 8,    # voxels of the network grid
+    "amp": None,         # float16 autocast on CUDA (legacy switch; `precision` wins when set)
+    # autocast dtype of the windows: float32 (default: results equal to the float32 reference) |
+    # bfloat16 (2-3x faster network on CPUs with native bf16, but masks can move: Dice 0.8-0.99 on
+    # weakly confident classes) | float16 (CUDA) | auto (bfloat16/float16 where native)
+    "precision": "float32",
+    "head_chunk": 131072,  # class-voxels per chunk of the Universal Model's head (0 = one go)
+    "threads": None,      # torch CPU threads; None = the cores this process may use
+    "interpolation": "linear",  # class results -> input grid: linear (probabilities) | nearest
+    "fast_spacing": [3.0, 3.0, 3.0],  # grid of fast=True (TotalSegmentator's --fast: 3 mm)
+    "roi_spacing": [6.0, 6.0, 6.0],   # grid of the pass that locates the asked classes (roi=True)
+    "roi_margin_mm": 15.0,            # margin around the located classes
+    "rules": None,       # overrides of postprocess_rules.yaml
+}
+
+DEFAULT_TRAIN: dict[str, Any] = {
+    "steps": 1000,
+    "batch_size": 2,
+    "patch_size": [96, 96, 96],
+    "lr": 1e-4,
+    "weight_decay": 1e-5,
+    "warmup_steps": 50,
+    "accumulate": 1,
+    "clip_grad": 12.0,
+    "fg_ratio": 0.6667,
+    "dataset_sampling": "uniform",
+    "rot90_prob": 0.1,
+    "intensity_shift_prob": 0.2,
+    "checkpoint_every": 200,
+    "num_threads": None,
+    "aux_loss_weight": None,
+    "max_queries": 32,
+    "workers": 1,
+    "precision": "auto",       # auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16 / fp16
+    "channels_last": "auto",   # auto: on CUDA only
+    "compile": False,          # true, a torch.compile mode, or a mapping of its arguments
+}
+
+DEFAULTS: dict[str, Any] = {
+    "name": "run",
+    "output": "runs/run",
+    "seed": 0,
+    "modality": "CT",
+    "datasets": [],
+    "classes": None,
+    "taxonomy": None,  # a YAML of the user's own classes, added to the packaged registry
+    "plan": {"name": "universal_ct"},
+    "backbone": {"name": "unet", "preset": "small"},
+    "conditioner": {"name": "universal", "text_encoder": "minilm", "template": DEFAULT_TEMPLATE},
+    "train": DEFAULT_TRAIN,
+    "inference": DEFAULT_INFERENCE,
+    "cache_dir": None,
+}
+
+# Sections of `promptseg extend` / `promptseg finetune` runs (read by train/continual.py).
+STRATEGIES = ("pseudo-label", "freeze-backbone", "lora", "naive")
+EXTEND_DEFAULTS: dict[str, Any] = {
+    "strategy": "pseudo-label",
+    "pseudo_labels": "hard",      # hard: old model's sigmoid >= pseudo_threshold; soft: the sigmoid
+    "pseudo_threshold": 0.5,
+    "lora": {"rank": 32, "alpha": 64, "targets": "conv"},
+    "evaluate": {"old": None, "new": None},  # held-out sets for the forgetting report
+}
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "init": "all",       # all | backbone | encoder: what is taken from the trained model
+    "freeze": "none",    # none | encoder | backbone: what stays fixed while fine-tuning
+}
+
+#: Sections that merge key by key with their defaults (others replace the default whole).
+SECTIONS_MERGED = ("train", "inference")
+#: Keys a dataset entry may have.
+DATASET_KEYS = ("path",)
+#: Sections that must be a mapping with a 'name' (the rest are the class's own arguments,
+#: checked when the model or plan is built).
+NAMED_SECTIONS = ("plan", "backbone", "conditioner")
+
+
+def check_keys(given: Mapping[str, Any], known, where: str) -> None:
+    """One-line error for keys of `given` that are not in `known`."""
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(where + k for k in unknown)}; "
+                          f"known: {', '.join(sorted(known))}")
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (override or {}).items():
+        if k in SECTIONS_MERGED:
+            if not isinstance(v, dict):
+                raise ConfigError(f"'{k}' must be a mapping, got {v!r}")
+            check_keys(v, base[k], f"{k}.")
+            out[k].update(copy.deepcopy(v))
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _positive_int(value, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
+
+
+def _check_train(t: dict[str, Any]) -> None:
+    for key in ("steps", "batch_size", "accumulate", "checkpoint_every", "max_queries", "workers"):
+        _positive_int(t[key], f"train.{key}")
+    if not isinstance(t["patch_size"], (list, tuple)) or len(t["patch_size"]) != 3:
+        raise ConfigError(f"train.patch_size needs 3 numbers, got {t['patch_size']!r}")
+    if t["dataset_sampling"] not in ("uniform", "sqrt", "proportional"):
+        raise ConfigError(f"train.dataset_sampling must be uniform, sqrt or proportional, got {t['dataset_sampling']!r}")
+    for key in ("fg_ratio", "rot90_prob", "intensity_shift_prob"):
+        if not isinstance(t[key], (int, float)) or not 0 <= float(t[key]) <= 1:
+            raise ConfigError(f"train.{key} must be a probability in [0, 1], got {t[key]!r}")
+    for key in ("lr", "weight_decay"):
+        if not isinstance(t[key], (int, float)) or float(t[key]) < 0:
+            raise ConfigError(f"train.{key} must be a number >= 0, got {t[key]!r}")
+    if isinstance(t["warmup_steps"], bool) or not isinstance(t["warmup_steps"], int) or t["warmup_steps"] < 0:
+        raise ConfigError(f"train.warmup_steps must be an integer >= 0, got {t['warmup_steps']!r}")
+
+
+def _check_sections(cfg: dict[str, Any]) -> None:
+    for key in NAMED_SECTIONS:
+        sec = cfg[key]
+        if isinstance(sec, str):
+            cfg[key] = sec = {"name": sec}
+        if not isinstance(sec, dict) or not isinstance(sec.get("name"), str):
+            raise ConfigError(f"'{key}' must be a name or a mapping with a 'name', got {sec!r}")
+    if not isinstance(cfg["modality"], str) or not cfg["modality"]:
+        raise ConfigError(f"'modality' must be a name such as CT, MR or PET, got {cfg['modality']!r}")
+    if cfg["classes"] is not None and not (isinstance(cfg["classes"], list) and all(isinstance(c, str) for c in cfg["classes"])):
+        raise ConfigError(f"'classes' must be a list of class names, got {cfg['classes']!r}")
+    if isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], int):
+        raise ConfigError(f"'seed' must be an integer, got {cfg['seed']!r}")
+
+
+def resolve_config(raw: dict[str, Any], base_dir: Path | None = None) -> dict[str, Any]:
+    """Defaults + raw, with paths made absolute against `base_dir` and values checked at every level."""
+    if not isinstance(raw, dict):
+        raise ConfigError("a run config must be a mapping")
+    check_keys(raw, DEFAULTS, "")
+    cfg = _merge(DEFAULTS, raw)
+    base = Path(base_dir) if base_dir else Path.cwd()
+
+    def absolute(p):
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() else (base / q).resolve())
+
+    cfg["output"] = absolute(cfg["output"])
+    for key in ("cache_dir", "taxonomy"):
+        if cfg.get(key):
+            cfg[key] = absolute(cfg[key])
+    if not isinstance(cfg["datasets"] or [], list):
+        raise ConfigError(f"'datasets' must be a list, got {cfg['datasets']!r}")
+    datasets = []
+    for d in cfg["datasets"] or []:
+        entry = {"path": d} if isinstance(d, str) else d
+        if not isinstance(entry, dict) or "path" not in entry:
+            raise ConfigError(f"dataset entry {d!r} needs a 'path'")
+        check_keys(entry, DATASET_KEYS, "datasets[].")
+        datasets.append({**entry, "path": absolute(entry["path"])})
+    cfg["datasets"] = datasets
+    _check_sections(cfg)
+    _check_train(cfg["train"])
+    cfg["inference"] = inference_settings(cfg["inference"])
+    return cfg
+
+
+def inference_settings(inference: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Defaults + the given inference settings, checked (one-line ConfigError on a bad key or value)."""
+    given = dict(inference or {})
+    check_keys(given, DEFAULT_INFERENCE, "inference.")
+    cfg = {**copy.deepcopy(DEFAULT_INFERENCE), **given}
+    w = cfg["window"]
+    w = [int(w)] * 3 if isinstance(w, (int, float)) else [int(v) for v in w]
+    if len(w) != 3 or min(w) < 1:
+        raise ConfigError(f"inference.window must be 3 positive integers, got {cfg['window']!r}")
+    cfg["window"] = w
+    if not 0 <= float(cfg["overlap"]) < 1:
+        raise ConfigError(f"inference.overlap must be in [0, 1), got {cfg['overlap']!r}")
+    if cfg["mode"] not in ("gaussian", "constant"):
+        raise ConfigError(f"inference.mode must be gaussian or constant, got {cfg['mode']!r}")
+    if int(cfg["sw_batch_size"]) < 1:
+        raise ConfigError(f"inference.sw_batch_size must be >= 1, got {cfg['sw_batch_size']!r}")
+    for k, t in (cfg["thresholds"] or {}).items():
+        if not 0 < float(t) < 1:
+            raise ConfigError(f"inference.thresholds[{k!r}] must be in (0, 1), got {t!r}")
+    precision_name(cfg["precision"], "inference.precision")
+    if cfg["interpolation"] not in ("linear", "nearest"):
+        raise ConfigError(f"inference.interpolation must be linear or nearest, got {cfg['interpolation']!r}")
+    if cfg["threads"] is not None and int(cfg["threads"]) < 1:
+        raise ConfigError(f"inference.threads must be >= 1, got {cfg['threads']!r}")
+    for key in ("fast_spacing", "roi_spacing"):
+        v = cfg[key]
+        v = [float(v)] * 3 if isinstance(v, (int, float)) else [float(x) for x in v]
+        if len(v) != 3 or min(v) <= 0:
+            raise ConfigError(f"inference.{key} must be 3 positive numbers (mm), got {cfg[key]!r}")
+        cfg[key] = v
+    return cfg
+
+
+def section(raw: dict[str, Any], key: str, defaults: dict[str, Any], where: str) -> dict[str, Any]:
+    """The `key` section of `raw` (removed from it) over `defaults`, nested keys checked too."""
+    given = raw.pop(key, None) or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{where}: '{key}' must be a mapping")
+    out = copy.deepcopy(defaults)
+    try:
+        check_keys(given, defaults, f"{key}.")
+        for k, v in given.items():
+            if isinstance(defaults.get(k), dict) and isinstance(v, dict):
+                check_keys(v, defaults[k], f"{key}.{k}.")
+                out[k].update(v)
+            else:
+                out[k] = v
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return out
+
+
+def check_extend_section(ext: dict[str, Any], where: str = "run config") -> dict[str, Any]:
+    if ext["strategy"] not in STRATEGIES:
+        raise ConfigError(f"{where}: extend.strategy must be one of {', '.join(STRATEGIES)}, got {ext['strategy']!r}")
+    if ext["pseudo_labels"] not in ("hard", "soft"):
+        raise ConfigError(f"{where}: extend.pseudo_labels must be 'hard' or 'soft', got {ext['pseudo_labels']!r}")
+    if not 0.0 < float(ext["pseudo_threshold"]) < 1.0:
+        raise ConfigError(f"{where}: extend.pseudo_threshold must be in (0, 1), got {ext['pseudo_threshold']!r}")
+    lora = ext["lora"]
+    if not isinstance(lora.get("rank"), int) or lora["rank"] < 1 or float(lora.get("alpha", 0)) <= 0:
+        raise ConfigError(f"{where}: extend.lora needs a positive integer rank and a positive alpha, got {lora}")
+    return ext
+
+
+def check_finetune_section(ft: dict[str, Any], where: str = "run config") -> dict[str, Any]:
+    if ft["init"] not in ("all", "backbone", "encoder"):
+        raise ConfigError(f"{where}: finetune.init must be all, backbone or encoder, got {ft['init']!r}")
+    if ft["freeze"] not in ("none", "encoder", "backbone"):
+        raise ConfigError(f"{where}: finetune.freeze must be none, encoder or backbone, got {ft['freeze']!r}")
+    return ft
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """A YAML file's content; a missing or invalid file is a one-line ConfigError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: {what} not found")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def read_run_yaml(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """The run YAML's mapping as written (no defaults) and the folder its paths are relative to."""
+    p = Path(path)
+    raw = read_yaml(p, "run config") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: a run config must be a mapping")
+    return raw, p.parent
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """The resolved run config of a YAML file; errors name the file."""
+    raw, base = read_run_yaml(path)
+    try:
+        return resolve_config(raw, base)
+    except ConfigError as exc:
+        raise ConfigError(f"{Path(path)}: {exc}") from None
