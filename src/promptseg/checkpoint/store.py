@@ -31,6 +31,7 @@ FORMAT = "promptseg-checkpoint"
 WEIGHTS = "model.safetensors"
 META = "checkpoint.json"
 STATE = "training_state.pt"
+TRASH = ".checkpoint-trash-"
 
 
 def sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -51,7 +52,7 @@ def _discard(folder: Path) -> None:
     checkpoint that `latest` could pick)."""
     if not folder.exists():
         return
-    trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.trash-", dir=folder.parent))
+    trash = Path(tempfile.mkdtemp(prefix=TRASH, dir=folder.parent))
     os.replace(folder, trash / "x")
     shutil.rmtree(trash, ignore_errors=True)
 
@@ -103,7 +104,7 @@ def save_checkpoint(
         os.replace(tmp, directory)
         for stale in _family(directory)[1:]:
             _discard(stale)
-        for trash in directory.parent.glob(f".{directory.name}*.trash-*"):
+        for trash in directory.parent.glob(TRASH + "*"):  # left by a kill inside _discard
             shutil.rmtree(trash, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
