@@ -26,7 +26,7 @@ from ..errors import ConfigError, InputError
 from ..taxonomy import Taxonomy, default_taxonomy
 from ..io.atomic import atomic_write
 from ..io import read_image, read_label
-from . import aggregate
+from .aggregate import class_wise, dataset_wise, overall, region_wise, write_csv
 from .cases import CaseFile, find_cases
 from .columns import MISSING, NOT_PREDICTED, ROW_COLUMNS, SCORED
 from .detection import DetectionCase, lesion_counts, summarize
@@ -218,7 +218,7 @@ def evaluate_pairs(
     files: dict[str, Path] = {}
     if out_dir is not None:
         out = Path(out_dir)
-        files["metrics.csv"] = aggregate.write_csv(rows, out / "metrics.csv", ROW_COLUMNS)
+        files["metrics.csv"] = write_csv(rows, out / "metrics.csv", ROW_COLUMNS)
         if s.report and s.worst_n > 0:
             summary["worst_cases"] = _draw_worst(rows, jobs, s.worst_n, out, tax, s.include_children)
         files["summary.json"] = atomic_write(out / "summary.json", json.dumps(json_safe(summary), indent=1) + "\n")
@@ -245,7 +245,7 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_dir: str | Pa
 
 def build_summary(rows, det_cases: Iterable[DetectionCase], s: EvaluationSettings, datasets_info, missing, extra,
                   unlabelled) -> dict:
-    classes = aggregate.class_wise(rows)
+    classes = class_wise(rows)
     not_pred: dict[tuple[str, str], int] = {}
     for r in rows:
         if r["status"] == NOT_PREDICTED:
@@ -273,10 +273,10 @@ def build_summary(rows, det_cases: Iterable[DetectionCase], s: EvaluationSetting
         "not_predicted": [{"dataset": d, "class": c, "n_cases": n} for (d, c), n in sorted(not_pred.items())],
         "outside_taxonomy": outside,
         "unlabelled_values": unlabelled,
-        "overall": aggregate.overall(classes),
+        "overall": overall(classes),
         "class_wise": classes,
-        "region_wise": aggregate.region_wise(classes, lesions_separate=s.lesions_separate),
-        "dataset_wise": aggregate.dataset_wise(rows),
+        "region_wise": region_wise(classes, lesions_separate=s.lesions_separate),
+        "dataset_wise": dataset_wise(rows),
         "detection": [d.as_dict() for d in summarize(det_cases)],
     }
 
