@@ -143,7 +143,7 @@ def test_per_class_parts_are_matched_by_name_not_position():
 def test_forward_prepared_equals_forward_and_declares_every_class_part(method):
     """The inference path (prompts prepared once, chunked heads) gives `forward`'s numbers, and
     `class_parameters` names exactly what `add_classes` adds (what continual learning trains)."""
-    from promptseg.bench import conditioner_config
+    from promptseg.workflows.bench import conditioner_config
     from promptseg.train.continual import diff_parameters, new_class_parameters
 
     names = ["spleen", "liver", "aorta"]
