@@ -40,7 +40,8 @@ import numpy as np
 
 from ..errors import InputError, PromptsegError
 from ..io.atomic import atomic_write
-from .manifest import Case, DatasetManifest, LabelMapping
+from .manifest import DatasetManifest
+from .records import Case, LabelMapping
 
 CACHE_VERSION = 1
 LABEL_SEMANTICS_VERSION = 1  # bump when data/labels.py changes what a target mask means

@@ -19,7 +19,8 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import PromptsegError
-from .manifest import Case, DatasetManifest
+from .manifest import DatasetManifest
+from .records import Case
 
 CT_P1_MAX = -200.0
 CT_P99_MAX = 4000.0

@@ -24,15 +24,15 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import cc3d
 import numpy as np
 
-from .manifest import LabelMapping
+from ..taxonomy import default_taxonomy, normalize
+from .records import LabelMapping
 
 
 def _taxonomy(taxonomy):
     if taxonomy is None:
-        from ..taxonomy import default_taxonomy
-
         return default_taxonomy()
     return taxonomy
 
@@ -71,8 +71,6 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
 def body_midline(image: np.ndarray, lr_axis: int = 0) -> float | None:
     """Left-right centroid (voxel index) of the body: largest component above the Otsu threshold."""
-    import cc3d
-
     img = np.asarray(image)
     if img.ndim == 4:
         img = img[0]
@@ -94,8 +92,6 @@ def _centroid(mask: np.ndarray, axis: int) -> float:
 
 
 def _components(mask: np.ndarray):
-    import cc3d
-
     return cc3d.connected_components(np.ascontiguousarray(mask), connectivity=26, return_N=True)
 
 
@@ -126,8 +122,6 @@ def _descendants(name: str, tx, seen=None) -> list[str]:
 
 def _group_descendants(group: str, tx) -> list[str]:
     """Classes whose parent is the paired group (kidney tumour -> kidney), and their descendants."""
-    from ..taxonomy import normalize
-
     out = []
     for c in tx.classes:
         if c.parent and normalize(c.parent) == normalize(group) and tx.get(c.parent) is None:
