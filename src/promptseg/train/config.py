@@ -11,7 +11,10 @@ from typing import Any
 
 import yaml
 
+from ..data.augment import augment_params
+from ..data.patterns import PATTERN_KEYS, is_pattern_entry
 from ..errors import ConfigError
+from ..preprocess import modality_plans
 
 DEFAULTS: dict[str, Any] = {
     "name": "run",
@@ -21,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "datasets": [],
     "classes": None,
     "plan": {"name": "universal_ct"},
+    "plans": {},                   # data: modality -> plan (name or mapping); others from plans.yaml
     "backbone": {"name": "unet", "preset": "small"},
     "conditioner": {"name": "universal", "text_encoder": "minilm", "template": "A computerized tomography of a {}."},
     "train": {
@@ -45,6 +49,8 @@ DEFAULTS: dict[str, Any] = {
         "precision": "auto",       # auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16 / fp16
         "channels_last": "auto",   # auto: on CUDA only
         "compile": False,          # true, a torch.compile mode, or a mapping of its arguments
+        "augment": False,          # data: true = data/augment.py's recipe; a mapping overrides its values
+        "loader_workers": 0,       # data: background processes that sample + augment (0 = in the loop)
     },
     "inference": {
         "window": [96, 96, 96],
@@ -95,6 +101,7 @@ def resolve_config(raw: dict[str, Any], base_dir: Path | None = None) -> dict[st
         entry["path"] = absolute(entry["path"])
         datasets.append(entry)
     cfg["datasets"] = datasets
+    _check_data_keys(cfg)
     if isinstance(cfg["plan"], str):
         cfg["plan"] = {"name": cfg["plan"]}
     t = cfg["train"]
@@ -108,6 +115,18 @@ def resolve_config(raw: dict[str, Any], base_dir: Path | None = None) -> dict[st
     if not 0 <= float(cfg["inference"]["overlap"]) < 1:
         raise ConfigError("inference.overlap must be in [0, 1)")
     return cfg
+
+
+def _check_data_keys(cfg: dict[str, Any]) -> None:
+    """The data engineer's keys: pattern dataset entries, `plans`, train.augment / loader_workers."""
+    for d in cfg["datasets"]:
+        if is_pattern_entry(d) and set(d) - set(PATTERN_KEYS):
+            raise ConfigError(f"dataset {d['path']}: unknown keys {sorted(set(d) - set(PATTERN_KEYS))}")
+    modality_plans(cfg["plan"], cfg["plans"])
+    augment_params(cfg["train"]["augment"])
+    w = cfg["train"]["loader_workers"]
+    if not isinstance(w, int) or isinstance(w, bool) or w < 0:
+        raise ConfigError(f"train.loader_workers must be a non-negative integer, got {w!r}")
 
 
 def read_run_yaml(path: str | Path) -> tuple[dict[str, Any], Path]:

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.augment import build_augmenter
+from ..data.loader import batch_stream
 from ..errors import ConfigError
 from ..taxonomy import default_taxonomy
 from .checkpoint import find_checkpoint, load_state_strict, load_training_state, save_checkpoint
@@ -39,10 +41,12 @@ def resolve_device(device: str | None) -> torch.device:
 
 def load_datasets(config: dict[str, Any]):
     from ..data.manifest import load_dataset
+    from ..data.patterns import datasets_from_entry, is_pattern_entry
 
     if not config["datasets"]:
         raise ConfigError("the run lists no datasets")
-    return [load_dataset(d["path"]) for d in config["datasets"]]
+    return [m for d in config["datasets"]
+            for m in (datasets_from_entry(d) if is_pattern_entry(d) else [load_dataset(d["path"])])]
 
 
 def class_list(config: dict[str, Any], datasets) -> list[str]:
@@ -57,12 +61,12 @@ def class_list(config: dict[str, Any], datasets) -> list[str]:
 
 def prepare_cases(config: dict[str, Any], datasets, rank: int = 0):
     from ..data.cache import prepare_datasets
-    from ..preprocess import get_plan
+    from ..preprocess import modality_plans
 
-    plan = get_plan(config["plan"])
+    plans = modality_plans(config["plan"], config.get("plans"))  # each dataset: its modality's plan
     cache_dir = Path(config.get("cache_dir") or Path(config["output"]) / "cache")
     return prepare_datasets(
-        datasets, plan, cache_dir, workers=int(config["train"].get("workers") or 1), progress=rank == 0
+        datasets, plans, cache_dir, workers=int(config["train"].get("workers") or 1), progress=rank == 0
     )
 
 
@@ -157,10 +161,13 @@ class Trainer:
             rot90_prob=float(t["rot90_prob"]),
             intensity_shift_prob=float(t["intensity_shift_prob"]),
             seed=distributed.rank_seed(seed, self.rank),
+            augment=build_augmenter(t.get("augment")),
         )
         self.query_rng = np.random.default_rng(distributed.rank_seed(seed + 1, self.rank))
         self.step = 0
         self._resume()
+        self.batches = batch_stream(self.sampler, int(t.get("loader_workers") or 0),
+                                    distributed.rank_seed(seed + self.step, self.rank))
         distributed.ensure_same(self.step, self.dist, "the step to resume from (is the output folder on storage every node sees?)")
         amp.maybe_compile(self.model, t.get("compile"))
         self.net = distributed.wrap(self.model, self.dist)
@@ -248,7 +255,7 @@ class Trainer:
         logs = {"loss": 0.0, "bce": 0.0, "dice": 0.0}
         self.train_mode()
         for micro in range(accumulate):
-            batch = self.prepare_batch(self.sampler.sample())
+            batch = self.prepare_batch(next(self.batches))
             names = training_classes(self.classes, batch, int(t.get("max_queries") or 32), self.query_rng)
             idx = [self.classes.index(n) for n in names]
             prompts = self.model.prompt_batch(names, modality=batch.modality, datasets=batch.datasets,
