@@ -1,29 +1,17 @@
 """data/augment.py and data/loader.py: left stays left, seeds make streams reproducible."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pytest
 import torch
 
 from promptseg.data.augment import AUGMENT_DEFAULTS, augment_params, build_augmenter
+from promptseg.data.cache import PreparedCase
 from promptseg.data.loader import batch_stream
 from promptseg.data.sampling import PatchSampler
 from promptseg.errors import ConfigError
 
 OFF = {k: 0.0 for k in AUGMENT_DEFAULTS if k.endswith("_prob")}
-
-
-@dataclass
-class FakeCase:
-    id: str
-    dataset: str
-    modality: str
-    image: np.ndarray
-    targets: np.ndarray
-    classes: list
-    record: dict = field(default_factory=dict)
 
 
 def _cases():
@@ -33,7 +21,7 @@ def _cases():
         img = rng.normal(size=(1, 24, 24, 24)).astype(np.float32)
         tgt = np.zeros((1, 24, 24, 24), np.uint8)
         tgt[0, 2:8, 4:12, 6:20] = 1
-        out.append(FakeCase(f"c{i}", f"ds_{mod}", mod, img, tgt, ["liver"]))
+        out.append(PreparedCase(f"c{i}", f"ds_{mod}", mod, img, tgt, ["liver"], (1.0, 1.0, 1.0)))
     return out
 
 
