@@ -120,3 +120,57 @@ def test_run_yaml_keys_are_checked(shared_data, tmp_path):
                 {"train": {"loader_workers": -1}}, {"datasets": [{**_entry(shared_data), "imgs": "x"}]}):
         with pytest.raises(ConfigError):
             resolve_config(bad, tmp_path)
+
+
+def test_data_add_with_patterns_writes_a_manifest(shared_data, tmp_path, capsys):
+    from promptseg.cli import main
+    from promptseg.data.manifest import load_dataset
+
+    out = tmp_path / "sts_mr.yaml"
+    code = main(["data", "add", str(shared_data / "sts_sarcoma"), "--name", "sts_mr", "--modality", "MR",
+                 "--image", "{case}/MR_T1_image.nii.gz", "--label", "{case}/MR_T1_mask.nii.gz",
+                 "--value", "1=sarcoma", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    m = load_dataset(out)
+    assert m.modality == "MR" and len(m.cases) == 33 and m.annotated_classes == ["soft tissue sarcoma"]
+    assert m.cases[0].label == shared_data.resolve() / "sts_sarcoma" / "STS_001" / "MR_T1_mask.nii.gz"
+
+
+def test_train_one_run_over_ct_mr_pet(shared_data, tmp_path, monkeypatch):
+    """`promptseg train` with one pattern entry for three modalities, augmentation in a worker."""
+    import yaml
+
+    from promptseg.cli import main
+    from promptseg.train import trainer as trainer_module
+
+    data = tmp_path / "sts"
+    data.mkdir()
+    for cid in CASES[:2]:
+        (data / cid).symlink_to(shared_data / "sts_sarcoma" / cid)
+    run = {"output": "run", "datasets": [{**_entry(shared_data), "path": str(data)}],
+           "plan": {"name": "universal_ct", **COARSE},
+           "plans": {"MR": {"name": "universal_mr", **COARSE}, "PET": {"name": "universal_pet", **COARSE}},
+           "backbone": {"name": "unet", "preset": "small"},
+           "conditioner": {"name": "universal", "head": "mlp", "text_encoder": "minilm"},
+           "train": {"steps": 4, "batch_size": 3, "patch_size": [32, 32, 16], "warmup_steps": 1,
+                     "checkpoint_every": 100, "num_threads": 1, "augment": True, "loader_workers": 1},
+           "inference": {"window": [32, 32, 16], "overlap": 0.0}}
+    yml = tmp_path / "run.yaml"
+    yml.write_text(yaml.safe_dump(run, sort_keys=False))
+    seen = []
+    real = trainer_module.training_classes
+
+    def spy(classes, batch, max_queries, rng):
+        seen.append(list(batch.modality))
+        return real(classes, batch, max_queries, rng)
+
+    monkeypatch.setattr(trainer_module, "training_classes", spy)
+    n = torch.get_num_threads()
+    try:
+        assert main(["train", str(yml), "--device", "cpu", "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(n)
+    assert len(seen) == 4 and len({m for s in seen for m in s}) >= 2
+    meta = json.loads((tmp_path / "run" / "model" / "checkpoint.json").read_text())
+    assert meta["class_names"] == ["soft tissue sarcoma"]
+    assert sorted(p.name for p in (tmp_path / "run" / "cache").iterdir()) == ["sts_CT", "sts_MR", "sts_PET"]
