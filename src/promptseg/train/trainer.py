@@ -166,8 +166,8 @@ class Trainer:
         self.query_rng = np.random.default_rng(distributed.rank_seed(seed + 1, self.rank))
         self.step = 0
         self._resume()
-        self.batches = batch_stream(self.sampler, int(t.get("loader_workers") or 0),
-                                    distributed.rank_seed(seed + self.step, self.rank))
+        workers = int(t.get("loader_workers") or 0)  # 0: self.sampler draws in the loop (resume bit-exact)
+        self.batches = batch_stream(self.sampler, workers, distributed.rank_seed(seed + self.step, self.rank)) if workers else None
         distributed.ensure_same(self.step, self.dist, "the step to resume from (is the output folder on storage every node sees?)")
         amp.maybe_compile(self.model, t.get("compile"))
         self.net = distributed.wrap(self.model, self.dist)
@@ -255,7 +255,7 @@ class Trainer:
         logs = {"loss": 0.0, "bce": 0.0, "dice": 0.0}
         self.train_mode()
         for micro in range(accumulate):
-            batch = self.prepare_batch(next(self.batches))
+            batch = self.prepare_batch(next(self.batches) if self.batches else self.sampler.sample())
             names = training_classes(self.classes, batch, int(t.get("max_queries") or 32), self.query_rng)
             idx = [self.classes.index(n) for n in names]
             prompts = self.model.prompt_batch(names, modality=batch.modality, datasets=batch.datasets,
