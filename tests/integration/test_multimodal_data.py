@@ -115,7 +115,10 @@ def test_pattern_errors_name_dataset_and_file(shared_data, tmp_path):
 def test_run_yaml_keys_are_checked(shared_data, tmp_path):
     cfg = resolve_config({"datasets": [_entry(shared_data)], "plans": {"PET": "universal_pet"},
                           "train": {"augment": {"gamma_prob": 0.5}, "loader_workers": 2}}, tmp_path)
-    assert cfg["plans"] == {"PET": "universal_pet"} and cfg["train"]["loader_workers"] == 2
+    assert {m: p["name"] for m, p in cfg["plans"].items()} == {"CT": "universal_ct", "MR": "universal_mr",
+                                                               "PET": "universal_pet"}
+    assert cfg["plans"]["PET"]["intensity"]["upper"] == 20.0 and cfg["train"]["loader_workers"] == 2
+    assert resolve_config(cfg, tmp_path)["plans"] == cfg["plans"]  # a checkpoint's config resolves again
     for bad in ({"plans": {"MR": "universal_ct"}}, {"train": {"augment": {"gama_prob": 0.5}}},
                 {"train": {"loader_workers": -1}}, {"datasets": [{**_entry(shared_data), "imgs": "x"}]}):
         with pytest.raises(ConfigError):

@@ -43,7 +43,8 @@ def register(subparsers) -> None:
 
     r = sub.add_parser("prepare", help="preprocess datasets into the cache (done once per plan)")
     r.add_argument("paths", nargs="+", type=Path, metavar="DIR_OR_MANIFEST")
-    r.add_argument("--plan", default="universal_ct", help="preprocessing plan name")
+    r.add_argument("--plan", default="universal_ct",
+                   help="preprocessing plan for its modality; other modalities get plans.yaml's modality_defaults")
     r.add_argument("--cache-dir", type=Path, required=True)
     r.add_argument("--workers", type=int, default=1)
     r.add_argument("--no-progress", action="store_true")
@@ -141,12 +142,14 @@ def cmd_check(args) -> int:
 
 
 def cmd_prepare(args) -> int:
+    from ..preprocess import modality_plans
     from .cache import COUNTS, prepare_datasets
     from .manifest import load_dataset
 
     datasets = [load_dataset(p) for p in args.paths]
     before = dict(COUNTS)
-    cases = prepare_datasets(datasets, args.plan, args.cache_dir, workers=args.workers,
+    plans = modality_plans(args.plan)  # --plan for its modality, plans.yaml's defaults for the others
+    cases = prepare_datasets(datasets, plans, args.cache_dir, workers=args.workers,
                              progress=not args.no_progress)
     done = {k: COUNTS[k] - before.get(k, 0) for k in ("preprocessed", "retargeted", "reused")}
     print(f"{len(cases)} case(s) ready in {args.cache_dir}: "

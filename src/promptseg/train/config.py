@@ -122,7 +122,8 @@ def _check_data_keys(cfg: dict[str, Any]) -> None:
     for d in cfg["datasets"]:
         if is_pattern_entry(d) and set(d) - set(PATTERN_KEYS):
             raise ConfigError(f"dataset {d['path']}: unknown keys {sorted(set(d) - set(PATTERN_KEYS))}")
-    modality_plans(cfg["plan"], cfg["plans"])
+    # every modality's full plan in the resolved config, so a checkpoint holds them all
+    cfg["plans"] = {m: p.to_dict() for m, p in modality_plans(cfg["plan"], cfg["plans"]).items()}
     augment_params(cfg["train"]["augment"])
     w = cfg["train"]["loader_workers"]
     if not isinstance(w, int) or isinstance(w, bool) or w < 0:

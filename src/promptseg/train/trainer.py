@@ -255,7 +255,7 @@ class Trainer:
         logs = {"loss": 0.0, "bce": 0.0, "dice": 0.0}
         self.train_mode()
         for micro in range(accumulate):
-            batch = self.prepare_batch(next(self.batches) if self.batches else self.sampler.sample())
+            batch = self.prepare_batch(next(self.batches) if self.batches is not None else self.sampler.sample())
             names = training_classes(self.classes, batch, int(t.get("max_queries") or 32), self.query_rng)
             idx = [self.classes.index(n) for n in names]
             prompts = self.model.prompt_batch(names, modality=batch.modality, datasets=batch.datasets,
