@@ -13,7 +13,10 @@ from typing import Any, Mapping
 
 import yaml
 
+from .data.augment import augment_params
+from .data.patterns import PATTERN_KEYS
 from .errors import ConfigError
+from .preprocess import modality_plans
 from .runtime import precision_name
 from .text.cache import DEFAULT_TEMPLATE
 
@@ -62,6 +65,8 @@ DEFAULT_TRAIN: dict[str, Any] = {
     "precision": "auto",       # auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16 / fp16
     "channels_last": "auto",   # auto: on CUDA only
     "compile": False,          # true, a torch.compile mode, or a mapping of its arguments
+    "augment": False,          # true = data/augment.py's recipe; a mapping overrides its values
+    "loader_workers": 0,       # background processes that sample + augment (0 = in the loop)
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -73,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
     "classes": None,
     "taxonomy": None,  # a YAML of the user's own classes, added to the packaged registry
     "plan": {"name": "universal_ct"},
+    "plans": {},       # modality -> plan (name or mapping) for multi-modal runs; others from plans.yaml
     "backbone": {"name": "unet", "preset": "small"},
     "conditioner": {"name": "universal", "text_encoder": "minilm", "template": DEFAULT_TEMPLATE},
     "train": DEFAULT_TRAIN,
@@ -97,7 +103,7 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
 #: Sections that merge key by key with their defaults (others replace the default whole).
 SECTIONS_MERGED = ("train", "inference")
 #: Keys a dataset entry may have.
-DATASET_KEYS = ("path",)
+DATASET_KEYS = PATTERN_KEYS  # a plain folder needs only `path`; pattern entries describe their files
 #: Sections that must be a mapping with a 'name' (the rest are the class's own arguments,
 #: checked when the model or plan is built).
 NAMED_SECTIONS = ("plan", "backbone", "conditioner")
@@ -144,6 +150,10 @@ def _check_train(t: dict[str, Any]) -> None:
             raise ConfigError(f"train.{key} must be a number >= 0, got {t[key]!r}")
     if isinstance(t["warmup_steps"], bool) or not isinstance(t["warmup_steps"], int) or t["warmup_steps"] < 0:
         raise ConfigError(f"train.warmup_steps must be an integer >= 0, got {t['warmup_steps']!r}")
+    augment_params(t["augment"])
+    w = t["loader_workers"]
+    if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+        raise ConfigError(f"train.loader_workers must be an integer >= 0, got {w!r}")
 
 
 def _check_sections(cfg: dict[str, Any]) -> None:
@@ -189,6 +199,10 @@ def resolve_config(raw: dict[str, Any], base_dir: Path | None = None) -> dict[st
     cfg["datasets"] = datasets
     _check_sections(cfg)
     _check_train(cfg["train"])
+    if not isinstance(cfg["plans"], dict):
+        raise ConfigError(f"'plans' must be a mapping modality -> plan, got {cfg['plans']!r}")
+    # every modality's full plan in the resolved config, so a checkpoint holds them all
+    cfg["plans"] = {m: p.to_dict() for m, p in modality_plans(cfg["plan"], cfg["plans"]).items()}
     cfg["inference"] = inference_settings(cfg["inference"])
     return cfg
 

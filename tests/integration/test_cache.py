@@ -95,7 +95,9 @@ def test_prepare_once_then_reuse_and_redo_only_what_changed(folders, tmp_path, c
 
     # editing the mapping recomputes targets from the cached label, without preprocessing
     liver = load_dataset(folders["Task03_Liver"])
-    liver.labels = [m for m in liver.labels if m.name != "cancer"]
+    for m in liver.labels:  # the user sets `target: null` (ignore) for the tumour label
+        if m.name == "cancer":
+            m.target, m.source = None, "user"
     before = dict(cache.COUNTS)
     (only_liver, _) = prepare_datasets([liver], PLAN, tmp_path, progress=False)[:2]
     assert calls["calls"] == 7 and cache.COUNTS["retargeted"] - before.get("retargeted", 0) == 2

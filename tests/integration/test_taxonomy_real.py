@@ -38,7 +38,9 @@ def test_shared_label_names_resolve(shared_data):
     # Names that resolve must land on a class whose canonical form is one of ours.
     for n in names - set(unmatched):
         assert tax.get(n).name in UNIVERSAL_CLASSES or tax.get(n).id > 32
-    # The ones without a class are listed, not hidden: bones, muscles, lung lobes, brain tumour...
+    # The ones without a class are listed, not hidden: bones, muscles, lung lobes...
     print(f"\n{len(unmatched)} label names with no taxonomy class: {unmatched}")
-    assert "vertebrae_L1" in unmatched and "brain tumor" in unmatched
+    assert "vertebrae_L1" in unmatched and "brain tumor" not in unmatched
+    assert tax.resolve("brain tumor").parent == "brain" and tax.resolve("brain tumour").kind == "lesion"
+    assert tax.resolve("sarcoma").name == "soft tissue sarcoma"
     assert not set(EXPECTED) & set(unmatched)

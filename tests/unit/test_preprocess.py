@@ -86,8 +86,8 @@ def test_bad_plan_values_raise_config_error(bad):
 
 def test_unknown_plan_lists_known_names():
     with pytest.raises(ConfigError) as err:
-        get_plan("universal_pet")
-    assert "universal_pet" in str(err.value)
+        get_plan("universal_us")
+    assert "universal_us" in str(err.value)
     for name in plan_names():
         assert name in str(err.value)
     with pytest.raises(ConfigError):

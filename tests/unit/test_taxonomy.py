@@ -64,13 +64,13 @@ def test_user_classes_from_own_file(tmp_path):
     f = tmp_path / "mine.yaml"
     f.write_text(
         "classes:\n"
-        "  - {id: 1001, name: brain tumor, synonyms: [glioma], kind: lesion, region: head_neck}\n"
+        "  - {id: 1001, name: pituitary adenoma, synonyms: [pituitary tumor], kind: lesion, region: head_neck}\n"
     )
     tax = load_taxonomy(f)
-    assert tax.resolve("glioma").name == "brain tumor"
+    assert tax.resolve("pituitary tumor").name == "pituitary adenoma"
     assert tax.resolve("liver").id == 6
     with pytest.raises(TaxonomyError):
-        default_taxonomy().resolve("glioma")
+        default_taxonomy().resolve("pituitary tumor")
 
 
 def test_user_file_cannot_steal_a_name(tmp_path):

@@ -38,7 +38,12 @@ import numpy as np
 
 from ..errors import InputError, PromptsegError
 from ..io.atomic import atomic_path, atomic_write
-from .manifest import Case, DatasetManifest, LabelMapping
+from ..preprocess import Plan, get_plan
+from ..taxonomy import default_taxonomy
+from .check import label_counts
+from .labels import label_to_targets_with_info
+from .manifest import DatasetManifest
+from .records import Case, LabelMapping
 
 CACHE_VERSION = 1
 LABEL_SEMANTICS_VERSION = 1  # bump when data/labels.py changes what a target mask means
@@ -145,9 +150,10 @@ class _Job:
     folder: Path
     key: str
     taxonomy: Any
+    allowed: frozenset = frozenset()  # label values the dataset declares; others are an error
 
 
-def _lr(record: dict) -> tuple[int, bool]:
+def lr_axis_of(record: dict) -> tuple[int, bool]:
     """(left-right axis, right toward high index) from the network grid's LPS direction columns.
 
     Plans in RAS give (0, True); a plan that keeps the file's axes still gets the right answer.
@@ -159,7 +165,7 @@ def _lr(record: dict) -> tuple[int, bool]:
 
 def _preprocess(job: _Job):
     from ..io import read_image, read_label
-    from ..preprocess import apply_to_label, get_plan, preprocess_image
+    from ..preprocess import apply_to_label, preprocess_image
 
     plan = get_plan(job.plan)
     vols = [read_image(p) for p in job.case.images]
@@ -186,8 +192,6 @@ def _preprocess(job: _Job):
 
 def _run_job(job: _Job) -> dict:
     """Bring one case up to date in the cache; returns its commit record (+ what was done)."""
-    from .labels import label_to_targets_with_info
-
     stem = job.folder / _safe(job.case.id)
     meta_path = Path(f"{stem}.json")
     old = None
@@ -211,9 +215,11 @@ def _run_job(job: _Job) -> dict:
         action = "preprocessed"
         image, label, rec = _preprocess(job)
         record = rec.to_dict()
+    _check_label_values(job, label)
+    if action == "preprocessed":
         _save_npy(arrays[0], image)
         _save_npy(arrays[1], label)
-    lr_axis, right_high = _lr(record)
+    lr_axis, right_high = lr_axis_of(record)
     targets, split = label_to_targets_with_info(label, job.mappings, job.classes, job.taxonomy,
                                                 image=np.asarray(image[0]), lr_axis=lr_axis,
                                                 right_is_high=right_high)
@@ -227,6 +233,17 @@ def _run_job(job: _Job) -> dict:
     }
     _save_json(meta_path, meta)
     return {**meta, "action": action}
+
+
+def _check_label_values(job: _Job, label: np.ndarray) -> None:
+    """Values in the label file that the dataset's label list does not declare (issue 16): training
+    on them silently would treat a class nobody named as background."""
+    if not job.allowed:
+        return
+    stray = sorted(v for v in label_counts(np.asarray(label)) if v not in job.allowed)
+    if stray:
+        raise InputError(job.case.label, f"label values {stray} are not in dataset {job.dataset}'s label list "
+                                         f"(dataset.json / labels file); declare them there or remap the file")
 
 
 def _run_job_safe(job: _Job) -> dict:
@@ -248,19 +265,35 @@ def _load_case(meta: dict, folder: Path) -> PreparedCase:
     )
 
 
+def _plans_by_modality(plan) -> dict[str, Plan]:
+    """One plan (name, mapping or Plan: for its own modality) or a modality -> plan mapping."""
+    if isinstance(plan, dict) and "name" not in plan and "base" not in plan:
+        return {str(m).upper(): get_plan(p) for m, p in plan.items()}
+    p = plan if isinstance(plan, Plan) else get_plan(plan)
+    return {p.modality: p}
+
+
+def plan_for(dataset: DatasetManifest, plans: dict[str, Plan]) -> Plan:
+    """The plan of the dataset's modality, or a one-line error naming the dataset and its file."""
+    got = plans.get(str(dataset.modality).upper())
+    if got is None:
+        where = dataset.path or dataset.root
+        raise PromptsegError(f"dataset {dataset.name} ({where}): modality {dataset.modality} has no plan; add "
+                             f"`plans: {{{dataset.modality}: PLAN}}` to the run YAML (plans given for: "
+                             f"{', '.join(sorted(plans)) or 'none'})")
+    return got
+
+
 def prepare_datasets(datasets: list[DatasetManifest], plan, cache_dir: Path, workers: int = 1,
                      progress: bool = True) -> list[PreparedCase]:
     """Preprocess what is missing or stale, reuse the rest; cases come back memory-mapped.
 
-    `workers > 1` runs cases in a process pool. A case that fails (unreadable file, grid
-    mismatch) stops the run with one line naming it, after the other cases are saved.
+    `plan`: one plan (for datasets of its modality) or a mapping modality -> plan, so one run
+    mixes CT, MR and PET, each dataset preprocessed by its own modality's plan. `workers > 1`
+    runs cases in a process pool. A case that fails (unreadable file, grid mismatch, undeclared
+    label values) stops the run with one line naming it, after the other cases are saved.
     """
-    from ..preprocess import get_plan
-    from ..taxonomy import default_taxonomy
-
-    plan = get_plan(plan) if not hasattr(plan, "to_dict") else plan
-    plan_dict = plan.to_dict()
-    pfp = plan_fingerprint(plan)
+    plans = _plans_by_modality(plan)
     cache_dir = Path(cache_dir)
     names = [d.name for d in datasets]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -268,11 +301,10 @@ def prepare_datasets(datasets: list[DatasetManifest], plan, cache_dir: Path, wor
         raise PromptsegError(f"dataset names must be unique in one run (cache folders); repeated: {', '.join(dup)}")
     jobs: list[_Job] = []
     folders: dict[str, Path] = {}
+    ds_plans: dict[str, Plan] = {}
     for d in datasets:
         d.require_confirmed()
-        if str(d.modality).upper() != str(plan.modality).upper():
-            raise PromptsegError(f"dataset {d.name} is {d.modality} but plan {plan.name!r} is for {plan.modality}; "
-                                 f"prepare it with a {d.modality} plan")
+        ds_plans[d.name] = plan = plan_for(d, plans)
         if len(d.channels) > 1 and any(len(c.images) < len(d.channels) for c in d.cases):
             raise PromptsegError(f"dataset {d.name}: {len(d.channels)} channels stored in one 4D file per case "
                                  f"(MSD layout) are not supported; store one file per channel (nnU-Net v2 layout)")
@@ -280,17 +312,19 @@ def prepare_datasets(datasets: list[DatasetManifest], plan, cache_dir: Path, wor
         classes = d.annotated_classes
         if not classes:
             raise PromptsegError(f"dataset {d.name}: no label maps to a taxonomy class; nothing to train on")
-        folder = cache_dir / _safe(d.name) / pfp
+        folder = cache_dir / _safe(d.name) / plan_fingerprint(plan)
         folder.mkdir(parents=True, exist_ok=True)
         folders[d.name] = folder
         key = targets_key(d.labels, classes, tx)
-        jobs += [_Job(d.name, d.modality, c, list(d.labels), classes, plan_dict, folder, key, tx) for c in d.cases]
+        allowed = frozenset(d.label_values)
+        jobs += [_Job(d.name, d.modality, c, list(d.labels), classes, plan.to_dict(), folder, key, tx, allowed)
+                 for c in d.cases]
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(jobs), desc=f"prepare ({plan.name})", unit="case")
+        bar = tqdm(total=len(jobs), desc=f"prepare ({', '.join(sorted({p.name for p in ds_plans.values()}))})", unit="case")
     results: list[dict] = []
     try:
         if workers > 1 and len(jobs) > 1:
@@ -322,6 +356,7 @@ def prepare_datasets(datasets: list[DatasetManifest], plan, cache_dir: Path, wor
         index = {c.id: {k: by_key[(d.name, c.id)][k] for k in ("sources", "targets_key", "shape", "voxels")}
                  for c in d.cases}
         _save_json(folders[d.name] / "index.json",
-                   {"dataset": d.name, "plan": plan_dict, "plan_fingerprint": pfp, "classes": d.annotated_classes,
+                   {"dataset": d.name, "modality": d.modality, "plan": ds_plans[d.name].to_dict(),
+                    "plan_fingerprint": plan_fingerprint(ds_plans[d.name]), "classes": d.annotated_classes,
                     "cases": index})
     return [_load_case(by_key[(j.dataset, j.case.id)], j.folder) for j in jobs]

@@ -18,8 +18,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import PromptsegError
-from .manifest import Case, DatasetManifest
+from ..errors import InputError, PromptsegError
+from ..io import read_image, read_label
+from .manifest import MANIFEST_NAME, DatasetManifest, load_dataset, scan_folder
+from .mapping import MappingConfig
+from .records import Case
 
 CT_P1_MAX = -200.0
 CT_P99_MAX = 4000.0
@@ -73,7 +76,8 @@ def _sample(a: np.ndarray, max_voxels: int = 2_000_000) -> np.ndarray:
     return a[::step, ::step, ::step]
 
 
-def _label_counts(a: np.ndarray) -> dict[int, int]:
+def label_counts(a: np.ndarray) -> dict[int, int]:
+    """Voxels per label value present (bincount for small non-negative integers, else unique)."""
     if a.size == 0:
         return {}
     if np.issubdtype(a.dtype, np.integer) and a.min() >= 0 and a.max() < 1 << 16:
@@ -92,8 +96,6 @@ def image_hash(array: np.ndarray, slab: int = 16) -> str:
 
 
 def _check_case(m: DatasetManifest, case: Case, allowed: set[int], is_ct: list[bool]) -> tuple[list[Finding], str | None]:
-    from ..io import read_image, read_label
-
     out: list[Finding] = []
 
     def add(level, kind, msg):
@@ -150,11 +152,11 @@ def _check_case(m: DatasetManifest, case: Case, allowed: set[int], is_ct: list[b
             diffs = lab.grid_differences(ref)
             if diffs:
                 add("error", "grid", f"label grid differs from image: {'; '.join(diffs)}")
-        counts = _label_counts(lab.array)
+        counts = label_counts(lab.array)
         stray = {v: n for v, n in counts.items() if v not in allowed}
         if stray:
             desc = ", ".join(f"{v} ({n} voxels)" for v, n in sorted(stray.items())[:6])
-            add("error", "label-values", f"label values not in the dataset's label list: {desc}")
+            add("error", "label-values", f"{rel(case.label)}: label values not in the dataset's label list: {desc}")
         if not any(v != 0 for v in counts):
             add("warning", "empty", "label is empty (background only)")
     return out, digest
@@ -214,15 +216,33 @@ def check_datasets(manifests: Sequence[DatasetManifest], workers: int = 1, progr
     return report
 
 
+def undeclared_label_values(m: DatasetManifest, workers: int = 2) -> list[tuple[Path, list[int]]]:
+    """(label file, values) for every label file holding values the dataset does not declare."""
+    allowed = m.label_values
+    labels = [c.label for c in m.cases if c.label is not None and Path(c.label).is_file()]
+
+    def stray(path):
+        return path, sorted(v for v in label_counts(read_label(path).array) if v not in allowed)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return [(p, vals) for p, vals in pool.map(stray, labels) if vals]
+
+
+def require_declared_values(m: DatasetManifest, workers: int = 2) -> None:
+    """One-line error (first file, its values, how many more) when label files hold undeclared
+    values: `data add` refuses such a dataset (issue 16), `data check` lists every file."""
+    bad = undeclared_label_values(m, workers)
+    if bad:
+        path, vals = bad[0]
+        more = f" (and {len(bad) - 1} more file(s); `promptseg data check` lists them)" if len(bad) > 1 else ""
+        raise InputError(path, f"dataset {m.name}: label values {vals} are not in the dataset's label list "
+                               f"(dataset.json / labels file){more}")
+
+
 def manifest_for_check(path: str | Path) -> DatasetManifest:
     """A manifest file, a folder's saved manifest, or the folder scanned (confirmations not needed)."""
-    from .manifest import MANIFEST_NAME, load_dataset
-
     p = Path(path)
     if p.is_dir() and not (p / MANIFEST_NAME).is_file():
-        from .manifest import scan_folder
-        from .mapping import MappingConfig
-
         return scan_folder(p, scorer=_no_scorer, config=MappingConfig())
     return load_dataset(p, require_confirmed=False)
 

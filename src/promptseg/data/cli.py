@@ -18,7 +18,7 @@ def register(subparsers) -> None:
 
     p.set_defaults(func=_help)
 
-    a = sub.add_parser("add", help="read an nnU-Net v2 / MSD / plain folder and write its manifest")
+    a = sub.add_parser("add", help="read an nnU-Net v2 / MSD / plain folder (or file patterns) and write its manifest")
     a.add_argument("dir", type=Path, help="dataset folder")
     a.add_argument("-o", "--output", type=Path, help="manifest path (default DIR/promptseg_dataset.yaml)")
     a.add_argument("--name", help="dataset name (default: the folder name)")
@@ -28,6 +28,11 @@ def register(subparsers) -> None:
     a.add_argument("--pairs", type=Path, help="plain folders: file listing image,label pairs")
     a.add_argument("--map", action="append", default=[], metavar="NAME=CLASS",
                    help="map a label name (or value) to a class; CLASS 'ignore' drops it (repeatable)")
+    a.add_argument("--image", metavar="PATTERN", help="pattern layout: image glob under DIR with a {case} key, "
+                                                      "e.g. '{case}/CT_image.nii.gz' (needs --label, --value, --modality)")
+    a.add_argument("--label", metavar="PATTERN", help="pattern layout: the label file of {case}")
+    a.add_argument("--value", action="append", default=[], metavar="VALUE=CLASS",
+                   help="pattern layout: label value -> class name (repeatable), e.g. '1=soft tissue sarcoma'")
     a.set_defaults(func=cmd_add)
 
     c = sub.add_parser("check", help="integrity check of dataset folders or manifests")
@@ -38,7 +43,8 @@ def register(subparsers) -> None:
 
     r = sub.add_parser("prepare", help="preprocess datasets into the cache (done once per plan)")
     r.add_argument("paths", nargs="+", type=Path, metavar="DIR_OR_MANIFEST")
-    r.add_argument("--plan", default="universal_ct", help="preprocessing plan name")
+    r.add_argument("--plan", default="universal_ct",
+                   help="preprocessing plan for its modality; other modalities get plans.yaml's modality_defaults")
     r.add_argument("--cache-dir", type=Path, required=True)
     r.add_argument("--workers", type=int, default=1)
     r.add_argument("--no-progress", action="store_true")
@@ -55,6 +61,16 @@ def _parse_maps(items: list[str]) -> dict[str, str | None]:
     return out
 
 
+def _parse_values(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise PromptsegError(f"--value {item!r}: expected VALUE=CLASS, e.g. 1=liver")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
 def _mapping_table(m) -> str:
     rows = [(str(l.value) if not l.values else ",".join(map(str, l.values)), l.name,
              l.target if l.target is not None else "-", l.source) for l in m.labels]
@@ -65,10 +81,16 @@ def _mapping_table(m) -> str:
 
 
 def cmd_add(args) -> int:
+    from .check import require_declared_values
     from .manifest import MANIFEST_NAME, DatasetManifest, scan_folder
+    from .patterns import scan_patterns
 
-    m = scan_folder(args.dir, name=args.name, modality=args.modality, labels_file=args.labels,
-                    pairs_file=args.pairs, overrides=_parse_maps(args.map))
+    if args.image or args.label:
+        m = scan_patterns(args.dir, args.image, args.label, _parse_values(args.value), args.modality, args.name)
+    else:
+        m = scan_folder(args.dir, name=args.name, modality=args.modality, labels_file=args.labels,
+                        pairs_file=args.pairs, overrides=_parse_maps(args.map))
+    require_declared_values(m)
     out = args.output or (args.dir / MANIFEST_NAME)
     if out.is_file():  # keep decisions a user already made in an earlier manifest
         try:
@@ -120,12 +142,14 @@ def cmd_check(args) -> int:
 
 
 def cmd_prepare(args) -> int:
+    from ..preprocess import modality_plans
     from .cache import COUNTS, prepare_datasets
     from .manifest import load_dataset
 
     datasets = [load_dataset(p) for p in args.paths]
     before = dict(COUNTS)
-    cases = prepare_datasets(datasets, args.plan, args.cache_dir, workers=args.workers,
+    plans = modality_plans(args.plan)  # --plan for its modality, plans.yaml's defaults for the others
+    cases = prepare_datasets(datasets, plans, args.cache_dir, workers=args.workers,
                              progress=not args.no_progress)
     done = {k: COUNTS[k] - before.get(k, 0) for k in ("preprocessed", "retargeted", "reused")}
     print(f"{len(cases)} case(s) ready in {args.cache_dir}: "

@@ -27,13 +27,12 @@ from typing import Sequence
 import numpy as np
 
 from ..masks import body_mask, centroid, components, half_space, two_largest
-from .manifest import LabelMapping
+from ..taxonomy import default_taxonomy, normalize
+from .records import LabelMapping
 
 
 def _taxonomy(taxonomy):
     if taxonomy is None:
-        from ..taxonomy import default_taxonomy
-
         return default_taxonomy()
     return taxonomy
 
@@ -85,8 +84,6 @@ def _descendants(name: str, tx, seen=None) -> list[str]:
 
 def _group_descendants(group: str, tx) -> list[str]:
     """Classes whose parent is the paired group (kidney tumour -> kidney), and their descendants."""
-    from ..taxonomy import normalize
-
     out = []
     for c in tx.classes:
         if c.parent and normalize(c.parent) == normalize(group) and tx.get(c.parent) is None:

@@ -31,63 +31,13 @@ from ..errors import InputError, PromptsegError
 from ..io.atomic import atomic_write
 from ..io.formats import channel_file, image_ending, split_channel
 from ..io.labeltable import label_entries, load_table
+from ..taxonomy import default_taxonomy
+from .labels import annotated_classes
+from .mapping import canonical_target, dataset_context, is_group_target, map_labels
+from .records import Case, LabelMapping, PendingMapping
 
 MANIFEST_NAME = "promptseg_dataset.yaml"
 MANIFEST_FORMAT = "promptseg-dataset/1"
-
-
-# --- records ---------------------------------------------------------------------------------
-@dataclass
-class Case:
-    """One training case: one image file per channel (or one 4D file) and its label map."""
-
-    id: str
-    images: list[Path]
-    label: Path | None = None
-
-
-@dataclass
-class LabelMapping:
-    """A dataset label value and the taxonomy class it means.
-
-    `target` is a canonical class name, a paired-organ group name ("kidney": split into left and
-    right by the midline), or None (ignored: voxels count as background for every class).
-    `source` says why: "synonym", "synonym (context: liver cancer)", "embedding 0.83", "user",
-    "unmapped", "background", "ignore". `values` lists all label values of an nnU-Net region
-    (several values forming one class); for a plain label it is empty and `value` is the value.
-    """
-
-    value: int
-    name: str
-    target: str | None
-    source: str
-    values: list[int] = field(default_factory=list)
-
-    @property
-    def all_values(self) -> list[int]:
-        return list(self.values) if self.values else [int(self.value)]
-
-
-@dataclass
-class PendingMapping:
-    """A low-confidence proposal the user must confirm (or edit) before the dataset is used."""
-
-    value: int
-    name: str
-    proposal: str | None
-    candidates: list[tuple[str, float]] = field(default_factory=list)
-    reason: str = ""
-    values: list[int] = field(default_factory=list)
-    confirm: bool = False
-
-    @property
-    def all_values(self) -> list[int]:
-        return list(self.values) if self.values else [int(self.value)]
-
-    def describe(self) -> str:
-        cands = ", ".join(f"{c} {s:.2f}" for c, s in self.candidates[:3])
-        prop = "ignore" if self.proposal is None else repr(self.proposal)
-        return f"value {self.value} {self.name!r} -> {prop}? ({self.reason}; candidates: {cands})"
 
 
 @dataclass
@@ -108,16 +58,12 @@ class DatasetManifest:
     # --- semantics -----------------------------------------------------------------------
     def _taxonomy(self):
         if self.taxonomy is None:
-            from ..taxonomy import default_taxonomy
-
             return default_taxonomy()
         return self.taxonomy
 
     @property
     def annotated_classes(self) -> list[str]:
         """Canonical classes this dataset annotates (groups expanded), ordered by taxonomy id."""
-        from .labels import annotated_classes
-
         return annotated_classes(self.labels, self._taxonomy())
 
     @property
@@ -134,8 +80,6 @@ class DatasetManifest:
 
     def confirm(self, value: int | None = None, target: str | None | object = ...) -> None:
         """Accept pending proposals (all, or the one for `value`), optionally with another target."""
-        from .mapping import canonical_target
-
         keep = []
         for p in self.pending:
             if value is not None and p.value != value:
@@ -182,8 +126,6 @@ class DatasetManifest:
                 return p.relative_to(root).as_posix()
             except ValueError:
                 return str(p)
-
-        from .mapping import is_group_target
 
         labels = []
         for m in self.labels:
@@ -245,16 +187,12 @@ class DatasetManifest:
 
     @classmethod
     def from_dict(cls, doc: Any, path: Path, taxonomy=None) -> "DatasetManifest":
-        from .mapping import canonical_target
-
         if not isinstance(doc, dict):
             raise InputError(path, "manifest must be a mapping with name, modality, root, labels, cases")
         missing = [k for k in ("name", "labels", "cases") if k not in doc]
         if missing:
             raise InputError(path, f"manifest lacks {', '.join(missing)}")
         if taxonomy is None:
-            from ..taxonomy import default_taxonomy
-
             taxonomy = default_taxonomy()
         root = Path(str(doc.get("root", ".")))
         if not root.is_absolute():
@@ -524,14 +462,10 @@ def scan_folder(path: str | Path, name: str | None = None, modality: str | None 
 
     The result may hold `pending` proposals; nothing is written to disk.
     """
-    from .mapping import dataset_context, map_labels
-
     root = Path(path).resolve()
     if not root.is_dir():
         raise InputError(Path(path), "not a folder")
     if taxonomy is None:
-        from ..taxonomy import default_taxonomy
-
         taxonomy = default_taxonomy()
     djson = root / "dataset.json"
     json_name = ""

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 from ..errors import PromptsegError, TaxonomyError
-from ..taxonomy import normalize
-from .manifest import LabelMapping, PendingMapping
+from ..taxonomy import default_taxonomy, normalize
+from .records import LabelMapping, PendingMapping
 
 
 @dataclass
@@ -312,8 +312,6 @@ def map_labels(raw_labels: Sequence[RawLabel] | dict, taxonomy=None, context: Se
                scorer: Callable | None = None) -> tuple[list[LabelMapping], list[PendingMapping]]:
     """Label (value, name[, region values]) entries -> (accepted mappings, pending proposals)."""
     if taxonomy is None:
-        from ..taxonomy import default_taxonomy
-
         taxonomy = default_taxonomy()
     config = config or MappingConfig()
     if isinstance(raw_labels, dict):

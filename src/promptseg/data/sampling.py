@@ -7,7 +7,9 @@ Two levels of sampling, as the papers do it:
   centred on a voxel of one annotated class chosen with extra weight on small classes (SAT's
   class balancing), otherwise anywhere.
 Augmentation keeps left/right distinguishable: rot90 in the axial plane and an intensity shift,
-never mirroring.
+then (when the run asks for it) data/augment.py's MONAI recipe, which never mirrors the
+left-right axis. Every sample carries its modality (Batch.modality), so a batch may mix CT, MR
+and PET and conditioners see each sample's own.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+from .cache import lr_axis_of
 
 MAX_FG_POINTS = 20000
 
@@ -75,6 +79,7 @@ class PatchSampler:
         intensity_shift_prob: float = 0.2,
         intensity_shift: float = 0.1,
         seed: int = 0,
+        augment=None,
     ):
         if not cases:
             raise ValueError("no training cases")
@@ -89,6 +94,7 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
         self.seed = int(seed)
         self._position = {id(c): i for i, c in enumerate(cases)}
+        self.augment = augment  # data.augment.Augmenter or None
         by_ds: dict[str, list] = {}
         for c in cases:
             by_ds.setdefault(c.dataset, []).append(c)
@@ -130,6 +136,10 @@ class PatchSampler:
         out[(slice(None), *dst)] = arr[(slice(None), *src)]
         return out
 
+    def reseed(self, seed: int) -> None:
+        """A fresh random stream (one per background worker; see data/loader.py)."""
+        self.rng = np.random.default_rng(seed)
+
     def sample_case(self):
         d = self.rng.choice(len(self.by_dataset), p=self.weights)
         pool = self.by_dataset[d]
@@ -150,6 +160,10 @@ class PatchSampler:
                     tgt[k] = tgt_case[j]
                     ann[k] = True
             img, tgt = self._augment(img, tgt)
+            if self.augment is not None:
+                self.augment.reseed(int(self.rng.integers(2**31)))
+                record = getattr(case, "record", None)
+                img, tgt = self.augment(img, tgt, lr_axis_of(record)[0] if record else 0)
             images.append(img)
             targets.append(tgt)
             annotated.append(ann)

@@ -9,13 +9,15 @@ from __future__ import annotations
 from .geometry import Grid, nearest_indices, resample_linear, resample_nearest, resampled_size
 from .intensity import apply_intensity, clip_scale, clip_zscore, mean_std, percentile_zscore, percentiles, zscore
 from .pipeline import Preprocessed, apply_to_label, invert, preprocess_image
-from .plan import INTENSITY_METHODS, Plan, get_plan, plan_names
+from .plan import INTENSITY_METHODS, Plan, get_plan, modality_defaults, modality_plans, plan_names
 from .record import Record
 
 __all__ = [
     "Plan",
     "get_plan",
     "plan_names",
+    "modality_plans",
+    "modality_defaults",
     "INTENSITY_METHODS",
     "Preprocessed",
     "Record",

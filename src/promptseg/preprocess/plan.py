@@ -112,11 +112,40 @@ def _validate(plan: Plan) -> None:
             plan.crop = crop
 
 
+_DEFAULTS_KEY = "modality_defaults"  # the one entry of plans.yaml that is not a plan
+
+
+@lru_cache(maxsize=1)
+def _plans_yaml() -> dict[str, Any]:
+    text = resources.files("promptseg.preprocess").joinpath("plans.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
 @lru_cache(maxsize=1)
 def _builtin() -> dict[str, dict[str, Any]]:
-    text = resources.files("promptseg.preprocess").joinpath("plans.yaml").read_text()
-    data = yaml.safe_load(text) or {}
-    return {name: {"name": name, **spec} for name, spec in data.items()}
+    return {name: {"name": name, **spec} for name, spec in _plans_yaml().items() if name != _DEFAULTS_KEY}
+
+
+def modality_defaults() -> dict[str, str]:
+    """Modality -> built-in plan name used when a run names none for that modality (plans.yaml)."""
+    return {str(m).upper(): str(n) for m, n in (_plans_yaml().get(_DEFAULTS_KEY) or {}).items()}
+
+
+def modality_plans(plan: str | dict | Plan | None = None, plans: dict | None = None) -> dict[str, Plan]:
+    """Modality -> Plan for a run: plans.yaml's defaults, then the run's `plan` for its own
+    modality, then the run's `plans:` entries (modality -> plan name or mapping)."""
+    out = {m: get_plan(n) for m, n in modality_defaults().items()}
+    if plan is not None:
+        p = get_plan(plan)
+        out[p.modality] = p
+    if plans is not None and not isinstance(plans, dict):
+        raise ConfigError(f"plans must map a modality to a plan (e.g. {{MR: universal_mr}}), got {plans!r}")
+    for mod, spec in (plans or {}).items():
+        p = get_plan(spec)
+        if p.modality != str(mod).upper():
+            raise ConfigError(f"plans.{mod}: plan {p.name!r} is for {p.modality}, not {str(mod).upper()}")
+        out[p.modality] = p
+    return out
 
 
 def plan_names() -> list[str]:

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from ..checkpoint import latest, load_state_strict, read_meta, read_training_state, read_weights, save_checkpoint
+from ..data.augment import build_augmenter
+from ..data.loader import batch_stream
 from ..errors import CheckpointError, ConfigError
 from ..models.conditioners.queries import training_queries
 from ..runtime import resolve_device
@@ -33,10 +35,12 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
 
 def load_datasets(config: dict[str, Any]):
     from ..data.manifest import load_dataset
+    from ..data.patterns import datasets_from_entry, is_pattern_entry
 
     if not config["datasets"]:
         raise ConfigError("the run lists no datasets")
-    return [load_dataset(d["path"]) for d in config["datasets"]]
+    return [m for d in config["datasets"]
+            for m in (datasets_from_entry(d) if is_pattern_entry(d) else [load_dataset(d["path"])])]
 
 
 def class_list(config: dict[str, Any], datasets, taxonomy: Taxonomy | None = None) -> list[str]:
@@ -51,12 +55,12 @@ def class_list(config: dict[str, Any], datasets, taxonomy: Taxonomy | None = Non
 
 def prepare_cases(config: dict[str, Any], datasets, progress: bool = True):
     from ..data.cache import prepare_datasets
-    from ..preprocess import get_plan
+    from ..preprocess import modality_plans
 
-    plan = get_plan(config["plan"])
+    plans = modality_plans(config["plan"], config.get("plans"))  # each dataset: its modality's plan
     cache_dir = Path(config.get("cache_dir") or Path(config["output"]) / "cache")
     return prepare_datasets(
-        datasets, plan, cache_dir, workers=int(config["train"].get("workers") or 1), progress=progress
+        datasets, plans, cache_dir, workers=int(config["train"].get("workers") or 1), progress=progress
     )
 
 
@@ -137,10 +141,13 @@ class Trainer:
             rot90_prob=float(t["rot90_prob"]),
             intensity_shift_prob=float(t["intensity_shift_prob"]),
             seed=distributed.rank_seed(seed, self.rank),
+            augment=build_augmenter(t.get("augment")),
         )
         self.query_rng = np.random.default_rng(distributed.rank_seed(seed + 1, self.rank))
         self.step = 0
         self._resume()
+        workers = int(t.get("loader_workers") or 0)  # 0: self.sampler draws in the loop (resume bit-exact)
+        self.batches = batch_stream(self.sampler, workers, distributed.rank_seed(seed + self.step, self.rank)) if workers else None
         distributed.ensure_same(self.step, self.dist, "the step to resume from (is the output folder on storage every node sees?)")
         amp.maybe_compile(self.model, t.get("compile"))
         self.net = distributed.wrap(self.model, self.dist)
@@ -236,7 +243,7 @@ class Trainer:
         logs = {"loss": 0.0, "bce": 0.0, "dice": 0.0}
         self.train_mode()
         for micro in range(accumulate):
-            batch = self.prepare_batch(self.sampler.sample())
+            batch = self.prepare_batch(next(self.batches) if self.batches is not None else self.sampler.sample())
             names = training_classes(self.classes, batch, int(t.get("max_queries") or 32), self.query_rng,
                                      self.model.conditioner)
             idx = [self.classes.index(n) for n in names]

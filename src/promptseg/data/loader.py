@@ -1,0 +1,48 @@
+"""Batches from background worker processes, so sampling and augmentation never starve the model.
+
+Why torch's DataLoader: it already does the process pool, prefetching and ordered hand-over;
+an IterableDataset yields whole batches (`batch_size=None`), drawn by a copy of the sampler in
+each worker. Seeds: worker w of a stream started with seed s draws from
+SeedSequence([s, w]), so a run is reproducible for a given worker count; batches arrive
+round-robin over workers, in a fixed order. With `workers=0` the sampler runs in the training
+loop itself and its state is what a checkpoint saves (resume is then bit-exact).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .sampling import Batch, PatchSampler
+
+
+def worker_seed(seed: int, worker: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(worker)]).generate_state(1)[0])
+
+
+class _BatchStream(IterableDataset):
+    def __init__(self, sampler: PatchSampler, seed: int):
+        self.sampler = sampler
+        self.seed = seed
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        if info is not None:
+            self.sampler.reseed(worker_seed(self.seed, info.id))
+        while True:
+            yield self.sampler.sample()
+
+
+def _in_loop(sampler: PatchSampler) -> Iterator[Batch]:
+    while True:
+        yield sampler.sample()
+
+
+def batch_stream(sampler: PatchSampler, workers: int = 0, seed: int = 0, prefetch: int = 2) -> Iterator[Batch]:
+    """An endless iterator of batches: in this process (workers=0) or from `workers` processes."""
+    if workers <= 0:
+        return _in_loop(sampler)
+    loader = DataLoader(_BatchStream(sampler, seed), batch_size=None, num_workers=workers,
+                        prefetch_factor=prefetch, persistent_workers=True)
+    return iter(loader)
