@@ -128,3 +128,23 @@ def test_label_map_off_the_series_grid_is_refused(shared_data, tmp_path):
     assert not list(tmp_path.iterdir())
     with pytest.raises(InputError, match="not a DICOM RTSTRUCT or DICOM-SEG"):
         read_dicom_labels(next(d.iterdir()), d)
+
+
+def test_dicom_series_with_rtstruct_is_a_dataset(shared_data, tmp_path):
+    """`promptseg data add` / `data check` on case folders of image/ (series) + mask/RS.dcm."""
+    from promptseg.data.check import check_datasets
+    from promptseg.data.manifest import scan_folder
+    from promptseg.io import read_label
+
+    root = tmp_path / "sts_dicom"
+    for p in ("STS_001", "STS_002"):
+        shutil.copytree(series(shared_data, p, "PET"), root / p)
+    (root / "labels.json").write_text('{"1": "sarcoma"}')
+    m = scan_folder(root, modality="PET", overrides={"sarcoma": "liver tumor"})
+    assert [c.id for c in m.cases] == ["STS_001", "STS_002"]
+    assert all(c.images[0].is_dir() and c.label.name == "RS.dcm" for c in m.cases)
+    assert check_datasets([m]).ok
+    for c in m.cases:
+        lab = read_label(c.label, reference=read_image(c.images[0]))
+        ref = read_image(shared_data / "sts_sarcoma" / c.id / "PET_mask.nii.gz")
+        assert lab.same_grid(ref, tol=1e-3) and dice(lab.array == 1, ref.array) >= 0.95

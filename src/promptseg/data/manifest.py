@@ -29,6 +29,7 @@ import yaml
 
 from ..errors import InputError, PromptsegError
 from ..io.atomic import atomic_write
+from ..io.dicom_labels import dicom_label_modality
 
 MANIFEST_NAME = "promptseg_dataset.yaml"
 MANIFEST_FORMAT = "promptseg-dataset/1"
@@ -477,6 +478,11 @@ def _find_pair(folder: Path) -> tuple[Path, Path] | None:
             and f.name[: -len(image_ending(f.name))].lower() in ("label", "labels", "seg", "segmentation", "mask")]
     if len(imgs) == 1 and len(labs) == 1:
         return imgs[0], labs[0]
+    # a DICOM case: image/ holds one series, mask/ one RTSTRUCT or DICOM-SEG (values = ROI numbers)
+    if (folder / "image").is_dir() and (folder / "mask").is_dir():
+        dlabs = [f for f in (folder / "mask").iterdir() if f.is_file() and dicom_label_modality(f)]
+        if len(dlabs) == 1:
+            return folder / "image", dlabs[0]
     return None
 
 
