@@ -59,6 +59,15 @@ def label_map(shared_data, patient, modality):
     return grid.with_array(lab)
 
 
+def written(writer, shared_data, tmp_path, patient, modality):
+    """(series folder, label map, written file) after dciodvfy found no error in the file."""
+    d = series(shared_data, patient, modality) / "image"
+    lab = label_map(shared_data, patient, modality)
+    out = writer(lab, SEGMENTS, d, tmp_path / "out.dcm")
+    assert dciodvfy_errors(out) == []
+    return d, lab, out
+
+
 @pytest.mark.parametrize("patient,modality", CASES)
 def test_read_rtstruct_matches_reference_mask(shared_data, patient, modality):
     d = series(shared_data, patient, modality)
@@ -74,10 +83,7 @@ def test_read_rtstruct_matches_reference_mask(shared_data, patient, modality):
 
 @pytest.mark.parametrize("patient,modality", [("STS_001", "CT"), ("STS_002", "PET")])
 def test_dicom_seg_written_valid_and_read_back_identical(shared_data, tmp_path, patient, modality):
-    d = series(shared_data, patient, modality) / "image"
-    lab = label_map(shared_data, patient, modality)
-    out = write_dicom_seg(lab, SEGMENTS, d, tmp_path / "seg.dcm")
-    assert dciodvfy_errors(out) == []
+    d, lab, out = written(write_dicom_seg, shared_data, tmp_path, patient, modality)
     back = read_dicom_seg(out, d)
     for s in SEGMENTS:
         assert np.array_equal(back[s["name"]].array, (lab.array == s["label_value"]).astype(np.uint8)), s["name"]
@@ -98,10 +104,7 @@ def test_dicom_seg_written_valid_and_read_back_identical(shared_data, tmp_path, 
 
 @pytest.mark.parametrize("patient,modality", [("STS_001", "CT"), ("STS_002", "PET")])
 def test_rtstruct_written_valid_and_rerasterised(shared_data, tmp_path, patient, modality):
-    d = series(shared_data, patient, modality) / "image"
-    lab = label_map(shared_data, patient, modality)
-    out = write_rtstruct(lab, SEGMENTS, d, tmp_path / "rs.dcm")
-    assert dciodvfy_errors(out) == []
+    d, lab, out = written(write_rtstruct, shared_data, tmp_path, patient, modality)
     back = read_rtstruct(out, d)
     assert list(back) == [s["name"] for s in SEGMENTS]
     for s in SEGMENTS[:2]:

@@ -29,6 +29,10 @@ _SKIP = {"DICOMDIR"}
 _NON_IMAGE = {"RTSTRUCT", "SEG", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG"}
 
 
+class _NotDicom(Exception):
+    """A file without the DICOM preamble: an error only when the folder also holds DICOM files."""
+
+
 @dataclass
 class SliceInfo:
     path: Path
@@ -58,7 +62,7 @@ def _read_slice(folder: Path, path: Path) -> SliceInfo | None:
             ds = pydicom.dcmread(path)
             ds.get("SeriesInstanceUID")
     except InvalidDicomError:
-        raise InputError(folder, f"slice {_name(path)} is not a DICOM file") from None
+        raise _NotDicom(path) from None
     except Exception as exc:  # truncated files fail anywhere inside pydicom's parser
         raise InputError(folder, f"slice {_name(path)} is unreadable or truncated "
                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -90,7 +94,17 @@ def check_series_folder(folder: str | Path) -> list[Path]:
                    if p.is_file() and not p.name.startswith(".") and p.name not in _SKIP)
     if not files:
         raise InputError(folder, "no DICOM files found in folder")
-    slices = [s for s in (_read_slice(folder, p) for p in files) if s is not None]
+    read, foreign = [], []
+    for p in files:
+        try:
+            read.append(_read_slice(folder, p))
+        except _NotDicom:
+            foreign.append(p)
+    if not read:
+        raise InputError(folder, f"no DICOM files found in folder ({len(foreign)} other file(s))")
+    if foreign:
+        raise InputError(folder, f"slice {_name(foreign[0])} is not a DICOM file")
+    slices = [s for s in read if s is not None]
     if not slices:
         raise InputError(folder, "no DICOM image slices found in folder")
     uids = [s.series_uid for s in slices]
