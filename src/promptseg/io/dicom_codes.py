@@ -1,4 +1,5 @@
-"""Segment descriptions shared by the DICOM-SEG and RTSTRUCT writers: names, colours, SNOMED CT.
+"""What the DICOM-SEG and RTSTRUCT writers share: the segment list (names, colours, SNOMED CT),
+the source series' grid, and the clean-up of values copied from the source headers.
 
 Why one module: both writers take the same `segments` list, check it the same way and must
 write the same coded concepts. The class codes are data in the taxonomy YAML (`snomed`); the
@@ -11,11 +12,17 @@ vessel | lesion, default organ).
 """
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import pydicom
+
 from ..errors import InputError
+from .dicom import read_dicom_series, read_series_headers, slice_index
+from .volume import Volume
 
 SCT = "SCT"
 # (code, meaning) of DICOM CID 7150 categories and generic property types.
@@ -76,3 +83,38 @@ def segment_specs(segments: list[dict], where: str | Path) -> list[SegmentSpec]:
         category = LESION_CATEGORY if kind == "lesion" else ANATOMY_CATEGORY
         out.append(SegmentSpec(n, name, value, color, category, code))
     return out
+
+
+def series_grid(series_dir: Path):
+    """The checked series' headers (sorted), its grid, and each header's slice index k on it."""
+    grid = read_dicom_series(series_dir)
+    headers = read_series_headers(series_dir)
+    return headers, grid, [slice_index(grid, h.ImagePositionPatient, series_dir) for h in headers]
+
+
+def source_grid(label_map: Volume, series_dir: Path, out_path: Path):
+    """`series_grid`, after checking that the label map lies on that grid."""
+    headers, grid, ks = series_grid(series_dir)
+    diff = grid.grid_differences(label_map, tol=1e-3)
+    if diff:
+        raise InputError(out_path, f"label map is not on the grid of DICOM series {series_dir} ({'; '.join(diff)})")
+    return headers, grid, ks
+
+
+@contextmanager
+def quiet_source():
+    """Silence notes about the source's own header values (a one-component PatientName, a
+    17-character StudyID): names are kept as the source has them, lengths are cut by dicom_safe."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        warnings.filterwarnings("ignore", message=".*exceeds the maximum length")
+        yield
+
+
+def dicom_safe(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """Cut values that the source copied in but their VR does not allow (e.g. a 17-character
+    StudyID, SH holds 16), so the written object validates; identity stays in the UIDs."""
+    for kw, limit in (("StudyID", 16), ("AccessionNumber", 16)):
+        if kw in ds and ds.data_element(kw).value and len(str(ds.data_element(kw).value)) > limit:
+            setattr(ds, kw, str(ds.data_element(kw).value)[:limit])
+    return ds

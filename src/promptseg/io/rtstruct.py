@@ -36,8 +36,7 @@ from pydicom.uid import RTStructureSetStorage
 from ..errors import InputError
 from .atomic import atomic_write
 from .dicom import read_dicom_series
-from .dicom_codes import SCT, SegmentSpec, segment_specs, software_version
-from .dicom_seg import _quiet_source, _source_grid, dicom_safe
+from .dicom_codes import SCT, SegmentSpec, dicom_safe, quiet_source, segment_specs, software_version, source_grid
 from .volume import Volume
 
 _STUDY_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management, as RT references a study
@@ -93,10 +92,10 @@ def write_rtstruct(label_map: Volume, segments: list[dict], source_series_dir, o
     references the series in `source_series_dir`; same arguments as `write_dicom_seg`."""
     out_path, series_dir = Path(out_path), Path(source_series_dir)
     specs = segment_specs(segments, out_path)
-    headers, grid, ks = _source_grid(label_map, series_dir, out_path)
+    headers, grid, ks = source_grid(label_map, series_dir, out_path)
     src = headers[0]
     now = _dt.datetime.now()
-    with _quiet_source():
+    with quiet_source():
         ds = hd.SOPClass(
             study_instance_uid=src.StudyInstanceUID, series_instance_uid=hd.UID(), series_number=9902,
             sop_instance_uid=hd.UID(), sop_class_uid=RTStructureSetStorage, instance_number=1,
