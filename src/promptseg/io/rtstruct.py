@@ -181,4 +181,6 @@ def read_rtstruct(rtstruct_path, series_dir) -> dict[str, Volume]:
         for k, polys in per_slice.items():
             arr[:, :, k] = _fill(grid, polys)
         out[name] = grid.with_array(arr)
+    for name in names.values():  # an ROI listed without contours is an empty mask, not a missing one
+        out.setdefault(name, grid.with_array(np.zeros(grid.shape, dtype=np.uint8)))
     return out
