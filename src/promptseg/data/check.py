@@ -107,7 +107,7 @@ def _check_case(m: DatasetManifest, case: Case, allowed: set[int], is_ct: list[b
         except ValueError:
             return str(p)
 
-    missing = [p for p in case.images if not Path(p).is_file()]
+    missing = [p for p in case.images if not (Path(p).is_file() or Path(p).is_dir())]  # a dir: DICOM series
     for p in missing:
         add("error", "missing", f"image file missing: {rel(p)}")
     if case.label is None:
@@ -143,7 +143,7 @@ def _check_case(m: DatasetManifest, case: Case, allowed: set[int], is_ct: list[b
                                           f"do not look like CT in HU")
     if case.label is not None and Path(case.label).is_file():
         try:
-            lab = read_label(case.label)
+            lab = read_label(case.label, series_dir=case.images[0] if Path(case.images[0]).is_dir() else None)
         except PromptsegError as exc:
             kind = "nan" if "NaN" in str(exc) else "unreadable"
             add("error", kind, f"{rel(case.label)}: {getattr(exc, 'problem', exc)}")

@@ -35,6 +35,7 @@ from ..taxonomy import default_taxonomy
 from .labels import annotated_classes
 from .mapping import canonical_target, dataset_context, is_group_target, map_labels
 from .records import Case, LabelMapping, PendingMapping
+from ..io.dicom_labels import dicom_label_modality
 
 MANIFEST_NAME = "promptseg_dataset.yaml"
 MANIFEST_FORMAT = "promptseg-dataset/1"
@@ -391,6 +392,11 @@ def _find_pair(folder: Path) -> tuple[Path, Path] | None:
             and f.name[: -len(image_ending(f.name))].lower() in ("label", "labels", "seg", "segmentation", "mask")]
     if len(imgs) == 1 and len(labs) == 1:
         return imgs[0], labs[0]
+    # a DICOM case: image/ holds one series, mask/ one RTSTRUCT or DICOM-SEG (values = ROI numbers)
+    if (folder / "image").is_dir() and (folder / "mask").is_dir():
+        dlabs = [f for f in (folder / "mask").iterdir() if f.is_file() and dicom_label_modality(f)]
+        if len(dlabs) == 1:
+            return folder / "image", dlabs[0]
     return None
 
 

@@ -7,32 +7,28 @@ The writer exists so tests (and users) can produce a standards-shaped series fro
 from __future__ import annotations
 
 import datetime as _dt
+import warnings
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import SimpleITK as sitk
 
 from ..errors import InputError
 from .atomic import atomic_directory
+from .dicom_checks import check_series_folder
 from .sitk_convert import one_line, volume_from_sitk
 from .volume import Volume
 
 
 def read_dicom_series(folder: str | Path) -> Volume:
-    """The single DICOM series in `folder` -> Volume (HU after rescale; ints stay ints)."""
+    """The single DICOM series in `folder` -> Volume (HU after rescale; ints stay ints).
+
+    The folder is checked first (dicom_checks): a damaged series is refused, never read short."""
     p = Path(folder)
     if not p.is_dir():
         raise InputError(p, "DICOM series folder not found")
-    try:
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p))
-    except RuntimeError as exc:
-        raise InputError(p, f"cannot scan folder for DICOM files ({one_line(exc, p)})") from None
-    if not series:
-        raise InputError(p, "no DICOM files found in folder")
-    if len(series) > 1:
-        raise InputError(p, f"folder holds {len(series)} DICOM series (different SeriesInstanceUIDs); "
-                            "put each series in its own folder")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), series[0])
+    files = [str(f) for f in check_series_folder(p)]
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
@@ -135,3 +131,25 @@ def write_dicom_series(
     except RuntimeError as exc:
         raise InputError(out, f"cannot write DICOM series ({one_line(exc, out)})") from None
     return out
+
+
+def slice_index(grid: Volume, position, where: str | Path) -> int:
+    """k index of the grid slice whose first voxel sits at DICOM ImagePositionPatient `position`.
+
+    Why: DICOM objects (SEG frames, RTSTRUCT contours) address slices by position or SOP UID,
+    never by array index; mapping through the grid's own affine keeps orientation exact whatever
+    order a library sorted the files in."""
+    ijk = np.linalg.solve(grid.affine_lps[:3, :3], np.asarray(position, dtype=np.float64) - np.asarray(grid.origin))
+    k = int(round(ijk[2]))
+    if abs(ijk[0]) > 1e-2 or abs(ijk[1]) > 1e-2 or abs(ijk[2] - k) > 1e-2 or not 0 <= k < grid.shape[2]:
+        raise InputError(where, f"slice at {np.round(position, 3).tolist()} is not on the series grid "
+                                f"(voxel {np.round(ijk, 3).tolist()})")
+    return k
+
+
+def read_series_headers(folder: str | Path) -> list:
+    """pydicom datasets (no pixels) of the checked series in `folder`, sorted along the normal."""
+    files = check_series_folder(folder)
+    with warnings.catch_warnings():  # scanner headers often break VR lengths (a 17-character StudyID)
+        warnings.simplefilter("ignore")
+        return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import InputError
 from .formats import FORMATS, image_ending
+from .dicom_labels import dicom_label_modality, read_dicom_label_map
 from .sitk_convert import check_dimensions, check_geometry, check_voxels, one_line, volume_from_sitk
 from .volume import Volume
 
@@ -98,13 +99,20 @@ def _smallest_int_dtype(lo: int, hi: int) -> np.dtype:
     return np.dtype(np.int64)
 
 
-def read_label(path: str | Path, reference: Volume | None = None) -> Volume:
+def read_label(path: str | Path, reference: Volume | None = None, series_dir: str | Path | None = None) -> Volume:
     """Integer label map; float files with integral values are cast to int, others rejected.
 
     With `reference` (the image), the label's grid must match it (Volume.grid_differences).
+    An RTSTRUCT or DICOM-SEG file is rasterised on its image series (`series_dir`, else the
+    reference's folder); values are the ROI / segment numbers (dicom_labels).
     """
-    vol = read_image(path)
     p = Path(path)
+    if p.is_file() and image_extension(p) not in FORMATS and dicom_label_modality(p):
+        series = series_dir or (reference.path if reference is not None else None)
+        if series is None or not Path(series).is_dir():
+            raise InputError(p, "a DICOM RTSTRUCT / SEG label needs its image series folder")
+        return read_dicom_label_map(p, series)
+    vol = read_image(path)
     a = vol.array
     if np.issubdtype(a.dtype, np.floating):
         if a.size:

@@ -53,6 +53,7 @@ class ClassInfo:
     region: str = "abdomen"
     single_instance: bool = False
     threshold: float = 0.5
+    snomed: tuple[str, str] | None = None  # (SNOMED CT code, meaning) for DICOM-SEG / RTSTRUCT
 
     @property
     def is_lesion(self) -> bool:
@@ -167,6 +168,8 @@ def _parse(doc: dict, source: str) -> tuple[list[ClassInfo], str]:
             raise TaxonomyError(f"{source}: class #{i + 1} needs at least 'id' and 'name'")
         raw = dict(raw)
         raw["synonyms"] = tuple(raw.get("synonyms") or ())
+        if raw.get("snomed") is not None:
+            raw["snomed"] = tuple(str(v) for v in raw["snomed"])
         kind = raw.get("kind", "organ")
         lat = raw.get("laterality", "none")
         if kind not in KINDS:
