@@ -33,6 +33,7 @@ import torch
 
 from ..errors import ConfigError, InputError
 from ..io.volume import Volume
+from .confidence import mask_confidence
 from .merge import label_values
 from .postprocess import body_mask_from_image, load_rules, postprocess
 from .sliding import resolve_device, set_threads, sliding_window_masks
@@ -370,6 +371,7 @@ class Predictor:
                     direction=np.asarray(pre.record.network.direction, dtype=float).reshape(3, 3),
                     rules=self.rules, notes=notes, workers=self.threads,
                 )
+        stats["confidence"] = dict(zip(classes, mask_confidence(probs, [masks[c] for c in classes])))
         part: dict[str, float] = {}
         with _Timer(timings, "invert"):
             label_vol, packed = invert_classes(classes, raw, probs, masks, thresholds, pre.record, box, values,
