@@ -107,13 +107,13 @@ class SegResNetBackbone(Backbone):
         check_input(h, self.in_channels, self.size_multiple, who)
         batch = h.shape[0]
         h = self.dropout(self.conv_init(h))
-        last = len(self.encoder) - 1
         enc: list[torch.Tensor] = []
         for i, stage in enumerate(self.encoder):
             h = check_hook(cond.on_encoder(i, stage(h), ctx), self.encoder_channels[i], batch, f"on_encoder({i})")
-            if i == last:
-                h = check_hook(cond.on_bottleneck(h, ctx), self.encoder_channels[i], None, "on_bottleneck")
             enc.append(h)
+        # the bottleneck hook may expand the batch to B*K (skips are repeated to match below)
+        h = enc[-1] = check_hook(cond.on_bottleneck(h, ctx), self.bottleneck_channels, None, "on_bottleneck")
+        last = len(enc) - 1
         dec: list[torch.Tensor] = []
         for d, (up, stage) in enumerate(zip(self.up_samples, self.decoder)):
             h = up(h)
