@@ -44,7 +44,7 @@ def world(tmp_path_factory):
     }))
     ckpt = train(load_config(run), progress=False)
     scans = data["PhantomTest_full"] / "imagesTs"
-    yield {"root": root, "ckpt": ckpt, "scans": scans}
+    yield {"root": root, "ckpt": ckpt, "scans": scans, "run": run}
     torch.set_num_threads(n)
 
 
@@ -98,6 +98,16 @@ def test_pseudo_label_writes_datasets_with_only_passing_classes(world):
             label = read_label(folder / "labelsTr" / f"{case}.nii.gz").array
             assert set(np.unique(label)) <= {0, *spec["labels"].values()}
             assert (folder / "imagesTr" / f"{case}_0000.nii.gz").exists()
+
+    # training mixes the pseudo-labelled dataset(s) with the labelled one
+    from promptseg.train.config import load_config
+    from promptseg.train.trainer import train
+
+    mixed = yaml.safe_load(world["run"].read_text())
+    mixed.update(output="mixed", datasets=mixed["datasets"] + [str(out2 / d["folder"]) for d in rep2["datasets"]])
+    mixed["train"]["steps"] = 2
+    (world["root"] / "mixed.yaml").write_text(yaml.safe_dump(mixed))
+    assert load_checkpoint(train(load_config(world["root"] / "mixed.yaml"), progress=False)).class_names
 
 
 def test_bad_threshold_is_one_line_error(world, capsys):
