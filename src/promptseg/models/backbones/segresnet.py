@@ -14,7 +14,9 @@ Levels (init_filters f):  encoder i: (strided conv, i > 0) + blocks_down[i] ResB
 Presets (every field can be overridden by a keyword):
 - "flare23": f = 16, blocks_down (1, 2, 2, 4), blocks_up (1, 1, 1), GroupNorm(8), ReLU -- MONAI's
              SegResNet defaults at 16 filters; 4.70M parameters in the backbone, 4.91M with the
-             Universal head for 14 classes (shared controller, 384-d text; counted in a test).
+             Universal head for 14 classes (shared controller, 384-d text; counted in a test);
+             84.1 G multiply-adds on the paper's 32x192x192 patch (torch's FlopCounterMode / 2),
+             against the paper's "81.93G flops" (fvcore-style tools count multiply-adds).
 - "small":   f = 8, same depth (1.18M parameters); for tests and CPU training.
 """
 from __future__ import annotations
