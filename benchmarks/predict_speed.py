@@ -439,9 +439,10 @@ def main() -> int:
                 print(f"   per-class Dice {row} vs reference: min {min(d.values()):.4f}, mean "
                       f"{sum(d.values()) / len(d):.4f}; lowest {', '.join(f'{n} {v:.4f}' for n, v in worst)}")
         for row in ("ov-f32", "ov-bf16", "ort-f32"):  # the reference path, so the same file layout
-            if row in results and not results[row].get("failed") and "reference" in results \
-                    and not results["reference"].get("failed"):
-                d = dice_table(work / f"out_{preset}_reference", work / f"out_{preset}_{row}", names)
+            ref_dir = work / f"out_{preset}_reference"  # this run's, or a previous run's in --work
+            if row in results and not results[row].get("failed") and ref_dir.is_dir() \
+                    and not results.get("reference", {}).get("failed"):
+                d = dice_table(ref_dir, work / f"out_{preset}_{row}", names)
                 results[row]["dice_min"] = min(d.values())
                 print(f"   per-class Dice {row} vs reference: min {min(d.values()):.4f}, mean {sum(d.values()) / len(d):.4f}")
         if "roi" in results and "lean" in results and not results["roi"].get("failed"):
