@@ -3,12 +3,12 @@
 Run (from the repository root):
     .venv/bin/python benchmarks/predict_speed.py --scale small          # minutes: verify
     .venv/bin/python benchmarks/predict_speed.py --scale clinical       # the issue's target
-    options: --presets small official_unet, --skip-reference, --rows lean,fast,roi,...
+    options: --presets small official_unet segresnet:flare23, --skip-reference, --rows lean,fast,roi,...
 
 Input: ../shared/data/ct_abdomen_pelvis (3 mm) resampled to a clinical grid -- 512x512x224 at
 0.78x0.78x1.5 mm, LPS, int16, air outside the scanned field -- so the content is real
 (`--scale small`: 256x256x112 at 1.56x1.56x3 mm with a 3 mm plan and 48^3 windows).
-Model: U-Net preset + Universal Model head with the 32 Universal classes, random weights (speed
+Model: U-Net preset (or `segresnet:PRESET`: the SegResNet backbone) + Universal Model head with the 32 Universal classes, random weights (speed
 does not depend on them), saved as a checkpoint; every row loads the same checkpoint.
 
 Rows, each in a fresh subprocess so peak RSS does not mix:
@@ -23,6 +23,10 @@ Rows, each in a fresh subprocess so peak RSS does not mix:
   lean-1 / lean-8   the same with 1 and 8 prompts: peak RSS against the number of classes.
   fast       --fast (3 mm grid, windows scaled).
   roi        --roi with 3 prompts (Dice against `lean` for those classes).
+  ov-f32 / ov-bf16 / ort-f32   the reference path with each window batch run by a compiled CPU
+             runtime (`promptseg.inference.cpu_runtime.compile_for_cpu`: OpenVINO float32 /
+             bfloat16, ONNX Runtime float32); conversion time is its own stage ("compile");
+             per-class Dice against the reference.
 Printed: wall time (read -> written files, and the whole process), peak RSS (getrusage; VmHWM),
 time per stage, windows run, network GFLOP/s achieved vs this machine's matmul GFLOP/s.
 """
@@ -47,7 +51,7 @@ SCALES = {
     "small": dict(shape=(256, 256, 112), spacing=(1.5625, 1.5625, 3.0), plan=(3.0, 3.0, 3.0), window=48),
 }
 ROI_PROMPTS = ["liver", "spleen", "right kidney"]
-STAGES = ["read", "preprocess", "locate", "network", "postprocess", "merge", "invert", "write"]
+STAGES = ["read", "preprocess", "locate", "compile", "network", "postprocess", "merge", "invert", "write"]
 
 
 # --- helpers shared by parent and children --------------------------------------------------------
@@ -148,7 +152,7 @@ def make_checkpoint(scale: str, preset: str, path: Path, image: Path | None = No
     cfg = SCALES[scale]
     names = [c.name for c in default_taxonomy().classes if c.id <= 32]
     torch.manual_seed(0)
-    config = {"modality": "CT", "backbone": {"name": "unet", "preset": preset},
+    config = {"modality": "CT", "backbone": backbone_config(preset),
               "conditioner": {"name": "universal", "head": "mlp"},
               "plan": {"name": "universal_ct", "spacing": list(cfg["plan"])},
               "inference": {"window": [cfg["window"]] * 3, "overlap": 0.5, "mode": "gaussian", "sw_batch_size": 2,
@@ -161,6 +165,13 @@ def make_checkpoint(scale: str, preset: str, path: Path, image: Path | None = No
     if image is not None:
         calibrate_coverage(model, image, config["plan"], cfg["window"])
     return save_checkpoint(model.eval(), path, config)
+
+
+def backbone_config(preset: str) -> dict:
+    """'small' -> the U-Net preset; 'segresnet:flare23' (or 'segresnet') -> the SegResNet backbone."""
+    if preset.startswith("segresnet"):
+        return {"name": "segresnet", "preset": preset.partition(":")[2] or "flare23"}
+    return {"name": "unet", "preset": preset}
 
 
 def calibrate_coverage(model, image: Path, plan, window: int, coverage: float = 0.02) -> None:
@@ -231,10 +242,21 @@ def child_reference(args) -> dict:
     t["preprocess"] = time.perf_counter() - t0
     roi = fit_window(inf["window"], x.shape[2:], size_multiple(model))
     calls = [0]
+    forward = lambda w: model(w, model.prompt_batch(classes, modality=["CT"] * w.shape[0]))  # noqa: E731
+    precision = "float32"
+    if args.runtime != "torch":
+        from promptseg.inference.cpu_runtime import FixedPrompts, compile_for_cpu
+
+        precision = args.precision or "float32"
+        t0 = time.perf_counter()
+        forward = compile_for_cpu(FixedPrompts(model, classes, modality="CT"),
+                                  torch.zeros(inf["sw_batch_size"], 1, *roi), precision=precision,
+                                  runtime=args.runtime, threads=torch.get_num_threads())
+        t["compile"] = time.perf_counter() - t0
 
     def run(w):
         calls[0] += w.shape[0]
-        return model(w, model.prompt_batch(classes, modality=["CT"] * w.shape[0]))
+        return forward(w)
 
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -254,7 +276,7 @@ def child_reference(args) -> dict:
         write_image(vol.with_array(mask), out / f"{c.replace(' ', '_').replace('/', '_')}.nii.gz")
     t["write"] = time.perf_counter() - t0
     return {"timings": t, "windows": calls[0], "sampled_peak_mb": sampler.stop(), "classes": len(classes),
-            "network_grid": list(pre.array.shape), "precision": "float32"}
+            "network_grid": list(pre.array.shape), "precision": precision, "runtime": args.runtime}
 
 
 def child_lean(args) -> dict:
@@ -291,6 +313,7 @@ def run_child(argv: list[str]) -> dict:
     ap.add_argument("--roi", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--precision", default=None)
+    ap.add_argument("--runtime", default="torch", help="reference child: torch | openvino | onnxruntime")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     result = child_reference(args) if args.child == "reference" else child_lean(args)
@@ -397,6 +420,9 @@ def main() -> int:
             "lean-8": ["lean", "--prompts", ",".join(names[:8])],
             "fast": ["lean", "--fast"],
             "roi": ["lean", "--roi", "--prompts", ",".join(ROI_PROMPTS)],
+            "ov-f32": ["reference", "--runtime", "openvino"],
+            "ov-bf16": ["reference", "--runtime", "openvino", "--precision", "bfloat16"],
+            "ort-f32": ["reference", "--runtime", "onnxruntime"],
         }
         results = {}
         for name in wanted:
@@ -413,6 +439,13 @@ def main() -> int:
                 worst = sorted(d.items(), key=lambda kv: kv[1])[:3]
                 print(f"   per-class Dice {row} vs reference: min {min(d.values()):.4f}, mean "
                       f"{sum(d.values()) / len(d):.4f}; lowest {', '.join(f'{n} {v:.4f}' for n, v in worst)}")
+        for row in ("ov-f32", "ov-bf16", "ort-f32"):  # the reference path, so the same file layout
+            ref_dir = work / f"out_{preset}_reference"  # this run's, or a previous run's in --work
+            if row in results and not results[row].get("failed") and ref_dir.is_dir() \
+                    and not results.get("reference", {}).get("failed"):
+                d = dice_table(ref_dir, work / f"out_{preset}_{row}", names)
+                results[row]["dice_min"] = min(d.values())
+                print(f"   per-class Dice {row} vs reference: min {min(d.values()):.4f}, mean {sum(d.values()) / len(d):.4f}")
         if "roi" in results and "lean" in results and not results["roi"].get("failed"):
             d = dice_table(work / f"out_{preset}_lean" / "ct_clinical", work / f"out_{preset}_roi" / "ct_clinical",
                            ROI_PROMPTS, ref_slug=True)
@@ -425,13 +458,13 @@ def main() -> int:
     print()
     print(f"Table 1: read -> written files, scale {args.scale} (seconds; RSS in MB; load avg now "
           f"{os.getloadavg()[0]:.2f})")
-    head = f"{'preset':<14}{'row':<10}{'cls':>4}{'wall':>8}{'process':>9}{'peakRSS':>9}{'windows':>9}" \
+    head = f"{'preset':<18}{'row':<10}{'cls':>4}{'wall':>8}{'process':>9}{'peakRSS':>9}{'windows':>9}" \
            f"{'prec':>9}{'GFLOP/s':>9}{'%mm':>6}{'Dice>=':>8}"
     print(head)
     print("-" * len(head))
     for preset, name, r in all_rows:
         if r.get("failed"):
-            print(f"{preset:<14}{name:<10} FAILED")
+            print(f"{preset:<18}{name:<10} FAILED")
             continue
         net = r["timings"].get("network", float("nan"))
         wins = r.get("windows") or 0
@@ -442,18 +475,18 @@ def main() -> int:
         gfs = r["gflop_window"] * scale_w * wins / net if net and wins else float("nan")
         ref_mm = mm16 if r.get("precision") == "bfloat16" else mm32
         dmin = r.get("dice_min")
-        print(f"{preset:<14}{name:<10}{r['classes']:>4}{r['pipeline_s']:>8.1f}{r['process_s']:>9.1f}"
+        print(f"{preset:<18}{name:<10}{r['classes']:>4}{r['pipeline_s']:>8.1f}{r['process_s']:>9.1f}"
               f"{r['peak_rss_mb']:>9.0f}{wins:>9}{str(r.get('precision') or '')[:8]:>9}{gfs:>9.1f}"
               f"{100 * gfs / ref_mm:>5.0f}%{'' if dmin is None else f'{dmin:.4f}':>8}")
     print()
     print("Table 2: seconds per stage")
-    head = f"{'preset':<14}{'row':<10}" + "".join(f"{s:>12}" for s in STAGES)
+    head = f"{'preset':<18}{'row':<10}" + "".join(f"{s:>11}" for s in STAGES)
     print(head)
     print("-" * len(head))
     for preset, name, r in all_rows:
         if r.get("failed"):
             continue
-        print(f"{preset:<14}{name:<10}" + "".join(f"{r['timings'].get(s, float('nan')):>12.2f}" for s in STAGES))
+        print(f"{preset:<18}{name:<10}" + "".join(f"{r['timings'].get(s, float('nan')):>11.2f}" for s in STAGES))
     print()
     print("wall = read -> written files (the issue's target: <= 60 s, <= 4096 MB on 2 cores); process = python "
           "start, imports and checkpoint load included; windows = windows evaluated; GFLOP/s = counted window "

@@ -21,6 +21,7 @@ VERB_MODULES = [
     "promptseg.train.extend_cli",
     "promptseg.workflows.bench",
     "promptseg.workflows.demo",
+    "promptseg.workflows.pseudo_label_cli",
 ]
 
 

@@ -37,6 +37,7 @@ from ..preprocess import get_plan, preprocess_image
 from ..taxonomy.query import Query, resolve_queries
 from ..masks import bbox, body_mask
 from ..runtime import resolve_device, set_threads
+from .confidence import mask_confidence
 from .inputs import plan_outputs
 from .postprocess import load_rules, postprocess
 from .prediction import PackedMasks, Prediction
@@ -211,6 +212,8 @@ class Predictor:
                     direction=np.asarray(pre.record.network.direction, dtype=float).reshape(3, 3),
                     rules=self.rules, notes=notes, workers=self.threads, classes={q.name: q.info for q in queries},
                 )
+        names = [q.name for q in queries]
+        stats["confidence"] = dict(zip(names, mask_confidence(probs, [masks[c] for c in names])))
         part: dict[str, float] = {}
         with _Timer(timings, "invert"):
             label_vol, packed = invert_classes(queries, raw, probs, masks, pre.record,

@@ -19,6 +19,7 @@ from .segmenter import UniversalSegmenter
 BACKBONES = {
     "unet": "promptseg.models.backbones.unet:UNet",
     "swinunetr": "promptseg.models.backbones.swinunetr:SwinUNETRBackbone",
+    "segresnet": "promptseg.models.backbones.segresnet:SegResNetBackbone",
 }
 CONDITIONERS = {
     "universal": "promptseg.models.conditioners.universal:UniversalConditioner",

@@ -1,3 +1,1 @@
-"""Whole-pipeline workflows built on every stage: `promptseg demo` (phantoms end to end) and
-`promptseg bench` (methods compared). They sit above train/ and inference/, so nothing below
-imports them."""
+"""Workflows: multi-step jobs built from the stage packages (pseudo-labelling, benchmarks, demo)."""

@@ -5,7 +5,7 @@ Importing this package is cheap; `UNet` and `SwinUNETRBackbone` are loaded on fi
 """
 from .base import Backbone, BackboneOutput, match_batch
 
-__all__ = ["Backbone", "BackboneOutput", "match_batch", "UNet", "SwinUNETRBackbone"]
+__all__ = ["Backbone", "BackboneOutput", "match_batch", "UNet", "SwinUNETRBackbone", "SegResNetBackbone"]
 
 
 def __getattr__(name: str):
@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from .swinunetr import SwinUNETRBackbone
 
         return SwinUNETRBackbone
+    if name == "SegResNetBackbone":
+        from .segresnet import SegResNetBackbone
+
+        return SegResNetBackbone
     raise AttributeError(name)

@@ -1,0 +1,76 @@
+"""Compiled CPU runtimes give the PyTorch logits on a real CT window (prompts fixed)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from promptseg.errors import ConfigError
+from promptseg.inference.cpu_runtime import FixedPrompts, available, compile_for_cpu, resolve_runtime
+from promptseg.io import read_image
+from promptseg.models.build import build_model
+from promptseg.preprocess.pipeline import preprocess_image
+
+CLASSES = ["liver", "spleen", "right kidney", "aorta"]
+
+
+@pytest.fixture(scope="module")
+def window(shared_data):
+    """A 64x64x32 window of the abdomen CT in the Universal Model's plan (RAS, 1.5 mm, [0, 1])."""
+    pre = preprocess_image(read_image(shared_data / "ct_abdomen_small" / "image.nii.gz"), "universal_ct")
+    arr = pre.array
+    lo = [max(0, (s - w) // 2) for s, w in zip(arr.shape, (64, 64, 32))]
+    crop = arr[lo[0]:lo[0] + 64, lo[1]:lo[1] + 64, lo[2]:lo[2] + 32]
+    assert crop.shape == (64, 64, 32) and crop.std() > 0.05  # real anatomy, not padding
+    return torch.from_numpy(np.ascontiguousarray(crop))[None, None].repeat(2, 1, 1, 1, 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def module():
+    torch.manual_seed(0)
+    cfg = {"backbone": {"name": "unet", "preset": "small"}, "conditioner": {"name": "universal", "head": "mlp"}}
+    model = build_model(cfg, CLASSES, embeddings=torch.randn(len(CLASSES), 384)).eval()
+    return FixedPrompts(model, ["aorta", "liver"])
+
+
+@pytest.mark.skipif(not available("openvino"), reason="openvino is not installed")
+def test_openvino_float32_equals_pytorch_on_a_ct_window(module, window):
+    with torch.no_grad():
+        ref = module(window)
+    run = compile_for_cpu(module, window, runtime="openvino", threads=1)
+    out = run(window)
+    diff = (out - ref).abs().max().item()
+    print(f"OpenVINO float32 vs PyTorch: max |d| = {diff:.2e} (logits range {ref.min():.2f}..{ref.max():.2f})")
+    assert out.shape == ref.shape and diff < 1e-4
+    # a short last batch is padded to the compiled batch and gives the same numbers
+    assert (run(window[:1]) - ref[:1]).abs().max().item() < 1e-4
+
+
+@pytest.mark.skipif(not available("openvino"), reason="openvino is not installed")
+def test_openvino_bfloat16_keeps_the_masks(module, window):
+    with torch.no_grad():
+        ref = module(window)
+    out = compile_for_cpu(module, window, precision="bfloat16", runtime="openvino", threads=1)(window)
+    agree = ((out > 0) == (ref > 0)).float().mean().item()
+    print(f"OpenVINO bfloat16 vs PyTorch float32: max |d| = {(out - ref).abs().max():.2e}, sign agreement {agree:.5f}")
+    assert agree > 0.99 and (out - ref).abs().max() < 0.05 * (ref.max() - ref.min())
+
+
+def test_torch_fallback_and_errors(module, window):
+    assert resolve_runtime("auto", torch.device("cuda")) == "torch"
+    assert resolve_runtime("torch", torch.device("cpu")) == "torch"
+    run = compile_for_cpu(module, window[:1], runtime="torch")
+    with torch.no_grad():
+        assert torch.equal(run(window[:1]), module(window[:1]))
+    with pytest.raises(ConfigError, match="unknown CPU runtime"):
+        compile_for_cpu(module, window, runtime="tensorrt")
+    with pytest.raises(ConfigError, match="precision"):
+        compile_for_cpu(module, window, precision="int8")
