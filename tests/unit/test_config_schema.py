@@ -62,7 +62,7 @@ def test_default_inference_lives_in_one_place():
     src = Path(__file__).resolve().parents[2] / "src" / "promptseg"
     owners = []
     for f in src.rglob("*.py"):
-        for node in ast.walk(ast.parse(f.read_text())):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
             targets = getattr(node, "targets", None) or [getattr(node, "target", None)]
             if any(isinstance(t, ast.Name) and t.id == "DEFAULT_INFERENCE" for t in targets):
                 owners.append(f.relative_to(src).as_posix())
