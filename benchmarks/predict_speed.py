@@ -480,13 +480,13 @@ def main() -> int:
               f"{100 * gfs / ref_mm:>5.0f}%{'' if dmin is None else f'{dmin:.4f}':>8}")
     print()
     print("Table 2: seconds per stage")
-    head = f"{'preset':<18}{'row':<10}" + "".join(f"{s:>11}" for s in STAGES)
+    head = f"{'preset':<18}{'row':<10}" + "".join(f"{s:>12}" for s in STAGES)
     print(head)
     print("-" * len(head))
     for preset, name, r in all_rows:
         if r.get("failed"):
             continue
-        print(f"{preset:<18}{name:<10}" + "".join(f"{r['timings'].get(s, float('nan')):>11.2f}" for s in STAGES))
+        print(f"{preset:<18}{name:<10}" + "".join(f"{r['timings'].get(s, float('nan')):>12.2f}" for s in STAGES))
     print()
     print("wall = read -> written files (the issue's target: <= 60 s, <= 4096 MB on 2 cores); process = python "
           "start, imports and checkpoint load included; windows = windows evaluated; GFLOP/s = counted window "
