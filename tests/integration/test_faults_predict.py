@@ -36,7 +36,7 @@ def sha(path: Path) -> str:
 def ckpt(tmp_path_factory):
     """A native-spacing MR/CT checkpoint (so each case runs in about a second)."""
     from promptseg.models.build import build_model
-    from promptseg.train.checkpoint import save_checkpoint
+    from promptseg.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = build_model({"backbone": {"name": "unet", "preset": "small"}, "conditioner": {"name": "universal"}},

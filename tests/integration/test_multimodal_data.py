@@ -19,7 +19,7 @@ from promptseg.data.patterns import datasets_from_entry
 from promptseg.data.sampling import PatchSampler
 from promptseg.errors import ConfigError, InputError, PromptsegError
 from promptseg.preprocess import modality_plans
-from promptseg.train.config import resolve_config
+from promptseg.config import resolve_config
 from promptseg.train.losses import masked_bce_dice
 
 CASES = ("STS_001", "STS_002", "STS_003")  # patients with all three modalities

@@ -17,7 +17,7 @@ from promptseg.cli import main
 from promptseg.data.manifest import load_dataset
 from promptseg.inference.confidence import mask_confidence
 from promptseg.io import read_label
-from promptseg.train.checkpoint import load_checkpoint
+from promptseg.checkpoint import load_checkpoint
 from promptseg.workflows.pseudo_label import REPORT, judge, pseudo_label
 
 ORGANS = ["liver", "spleen", "left kidney", "right kidney", "pancreas", "aorta"]
@@ -26,7 +26,7 @@ ORGANS = ["liver", "spleen", "left kidney", "right kidney", "pancreas", "aorta"]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from promptseg.data.phantoms import make_phantom_datasets
-    from promptseg.train.config import load_config
+    from promptseg.config import load_config
     from promptseg.train.trainer import train
 
     n = torch.get_num_threads()
@@ -100,7 +100,7 @@ def test_pseudo_label_writes_datasets_with_only_passing_classes(world):
             assert (folder / "imagesTr" / f"{case}_0000.nii.gz").exists()
 
     # training mixes the pseudo-labelled dataset(s) with the labelled one
-    from promptseg.train.config import load_config
+    from promptseg.config import load_config
     from promptseg.train.trainer import train
 
     mixed = yaml.safe_load(world["run"].read_text())

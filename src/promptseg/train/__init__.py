@@ -1,5 +1,7 @@
-"""Training: masked losses, the trainer, checkpoints, distributed helpers."""
-from ..checkpoint import load_checkpoint, save_checkpoint
+"""Training: masked losses, the trainer, continual learning, distributed helpers.
+
+Checkpoints and the run-config schema live below this stage (`promptseg.checkpoint`,
+`promptseg.config`), so inference and models read them without importing train."""
 from .losses import masked_bce_dice
 
-__all__ = ["load_checkpoint", "save_checkpoint", "masked_bce_dice"]
+__all__ = ["masked_bce_dice"]

@@ -5,7 +5,7 @@ import sys
 
 
 def _run(args) -> int:
-    from ..train.checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint
     from .pseudo_label import REPORT, pseudo_label
 
     model = load_checkpoint(args.model, device="cpu")
