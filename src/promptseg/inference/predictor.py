@@ -163,12 +163,14 @@ class Predictor:
                                           f"{tuple(int(n) for n in shape)}: at least 2 voxels per axis are needed")
 
     def _masks(self, tensor: torch.Tensor, pb, thresholds, window, **kw):
-        """`sliding_window_masks` on `tensor`, padded first (with its minimum, as MONAI pads) along
-        any axis too short for the network: a window there would leave one voxel at the bottleneck,
-        where instance norm fails. The padding is cut off the results."""
+        """`sliding_window_masks` on `tensor`, padded first (with its minimum, as MONAI pads) when
+        every axis fits in one bottleneck voxel: the window would then leave a single voxel at the
+        bottleneck, where instance norm fails. The padding is cut off the results. Any larger image
+        runs exactly as MONAI would run it (padded to the window only)."""
         shape = tuple(int(n) for n in tensor.shape[2:])
-        need = [2 * m for m in size_multiple(self.model)]
-        pad = [max(0, k - n) if n <= k // 2 else 0 for n, k in zip(shape, need)]
+        mult = size_multiple(self.model)
+        tiny = all(n <= m for n, m in zip(shape, mult))
+        pad = [2 * m - n if tiny else 0 for n, m in zip(shape, mult)]
         if any(pad):
             flat = [v for p in reversed(pad) for v in (0, p)]  # F.pad lists the last axis first
             tensor = torch.nn.functional.pad(tensor, flat, value=float(tensor.min()))
