@@ -17,7 +17,7 @@ from promptseg.cli import main
 from promptseg.data.manifest import load_dataset
 from promptseg.inference.confidence import mask_confidence
 from promptseg.io import read_label
-from promptseg.checkpoint import load_checkpoint
+from promptseg.checkpoint import load_checkpoint, open_checkpoint
 from promptseg.workflows.pseudo_label import REPORT, judge, pseudo_label
 
 ORGANS = ["liver", "spleen", "left kidney", "right kidney", "pancreas", "aorta"]
@@ -67,7 +67,7 @@ def test_judge_drops_uncertain_classes_and_cases():
 
 
 def test_pseudo_label_writes_datasets_with_only_passing_classes(world):
-    model = load_checkpoint(world["ckpt"])
+    model = open_checkpoint(world["ckpt"])
     out = world["root"] / "all"
     rep = pseudo_label(model, world["scans"], out, class_threshold=0.0, device="cpu")
     assert [c["case"] for c in rep["cases"]] == ["PhantomTest_001", "PhantomTest_002"]

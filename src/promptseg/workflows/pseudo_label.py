@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..inference.merge import merge
-from ..inference.predictor import Predictor, case_name, collect_inputs
+from ..inference import Predictor, case_name, collect_inputs
 from ..io import read_image, write_image
 from ..io.atomic import atomic_directory, atomic_write
 from ..io.volume import Volume
@@ -92,7 +92,8 @@ def pseudo_label(model, inputs: str | Path | Sequence[str | Path], out_dir: str 
                  on_case: Callable[[CaseResult], None] | None = None) -> dict[str, Any]:
     """Predict every scan, judge its classes, write the dataset folder(s) + `pseudo_labels.json`.
 
-    model: a loaded segmenter (with its run_config plan). Returns the report written.
+    model: a `Checkpoint` (its plan and inference settings are used) or a model with `inference`
+    settings and a plan given through `Predictor`. Returns the report written.
     Scans are held in memory until written (pseudo-labelling sets are tens of scans).
     """
     _check_thresholds(class_threshold, case_threshold)

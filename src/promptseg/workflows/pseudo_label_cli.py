@@ -5,10 +5,10 @@ import sys
 
 
 def _run(args) -> int:
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import open_checkpoint
     from .pseudo_label import REPORT, pseudo_label
 
-    model = load_checkpoint(args.model, device="cpu")
+    model = open_checkpoint(args.model, device="cpu")
 
     def report(res) -> None:
         state = "kept" if res.kept else f"dropped ({res.reason})"
