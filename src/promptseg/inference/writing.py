@@ -43,13 +43,15 @@ def write_labels_json(path: Path, names: Mapping[int, str]) -> Path:
 
 
 def segments(prediction: Prediction) -> list[dict[str, Any]]:
-    """The DICOM writers' segment list: name, label value, colour (and taxonomy code where known)."""
+    """The DICOM writers' segment list: name, label value, colour, and the taxonomy's kind and
+    SNOMED CT code where it has them (the writers fall back to a generic code of the kind)."""
     out = []
     for q in prediction.queries:
         seg: dict[str, Any] = {"name": q.name, "label_value": q.label_value, "color": class_color(q.label_value)}
-        code = getattr(q.info, "code", None)
-        if code:
-            seg["code"] = code
+        if q.info is not None:
+            seg["kind"] = q.info.kind
+            if q.info.snomed:
+                seg["snomed"] = q.info.snomed
         out.append(seg)
     return out
 
