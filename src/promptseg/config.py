@@ -16,7 +16,7 @@ import yaml
 from .data.augment import augment_params
 from .data.patterns import PATTERN_KEYS
 from .errors import ConfigError
-from .preprocess import modality_plans
+from .preprocess import get_plan, modality_plans
 from .runtime import precision_name
 from .text.cache import DEFAULT_TEMPLATE
 
@@ -201,8 +201,10 @@ def resolve_config(raw: dict[str, Any], base_dir: Path | None = None) -> dict[st
     _check_train(cfg["train"])
     if not isinstance(cfg["plans"], dict):
         raise ConfigError(f"'plans' must be a mapping modality -> plan, got {cfg['plans']!r}")
-    # every modality's full plan in the resolved config, so a checkpoint holds them all
-    cfg["plans"] = {m: p.to_dict() for m, p in modality_plans(cfg["plan"], cfg["plans"]).items()}
+    # the full plan of each modality the run names (its `plan`'s and those in `plans:`); the
+    # trainer narrows this to the modalities its datasets hold, so a checkpoint claims only those
+    named = {get_plan(cfg["plan"]).modality} | {str(m).upper() for m in cfg["plans"]}
+    cfg["plans"] = {m: p.to_dict() for m, p in modality_plans(cfg["plan"], cfg["plans"]).items() if m in named}
     cfg["inference"] = inference_settings(cfg["inference"])
     return cfg
 

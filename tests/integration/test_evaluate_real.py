@@ -158,8 +158,8 @@ def test_cli_on_shared_data_writes_the_three_files(tmp_path, capsys):
     assert [m["case"] for m in summary["missing_cases"]] == others  # listed, and counted
     assert all(f"missing prediction: data/{c} (scored as an empty prediction: Dice 0)" in printed.err for c in others)
     assert summary["n_cases"] == len(cases)
-    (det,) = summary["detection"]
-    assert det["cls"] == "lung tumor" and det["tp"] == 1 and det["sensitivity"] == 1.0 and det["specificity"] is None
+    det = next(d for d in summary["detection"] if d["cls"] == "lung tumor")
+    assert det["tp"] == 1 and det["sensitivity"] == 1.0 and det["specificity"] is None
     liver_rows = {r["case"]: r for r in rows if r["class"] == "liver"}
     small = float(liver_rows["ct_abdomen_small"]["dice"])
     assert 0.5 < small < 1.0 and liver_rows["ct_abdomen_small"]["status"] == "scored"

@@ -12,6 +12,7 @@ from promptseg.checkpoint import open_checkpoint
 from promptseg.cli import main
 from promptseg.config import load_config
 from promptseg.models.official import official_facts, random_official_state_dict
+from promptseg.preprocess import get_plan
 from promptseg.train.trainer import train
 
 
@@ -42,7 +43,8 @@ def test_user_classes_travel_in_the_checkpoint(trained):
     ckpt = open_checkpoint(trained)
     assert ckpt.classes == ["liver", "liver tumor", "phantom widget"]
     assert ckpt.taxonomy.get("widget").id == 900 and ckpt.model.canonical("Widget") == "phantom widget"
-    assert ckpt.plans == {"CT": ckpt.config["plan"]} and ckpt.modality == "CT" and ckpt.step == 3
+    assert list(ckpt.plans) == ["CT"] and ckpt.modality == "CT" and ckpt.step == 3
+    assert get_plan(ckpt.plans["CT"]).to_dict() == get_plan(ckpt.config["plan"]).to_dict()
     assert not any(hasattr(ckpt.model, a) for a in ("run_config", "checkpoint_meta", "modality"))
 
 

@@ -115,8 +115,8 @@ def test_pattern_errors_name_dataset_and_file(shared_data, tmp_path):
 def test_run_yaml_keys_are_checked(shared_data, tmp_path):
     cfg = resolve_config({"datasets": [_entry(shared_data)], "plans": {"PET": "universal_pet"},
                           "train": {"augment": {"gamma_prob": 0.5}, "loader_workers": 2}}, tmp_path)
-    assert {m: p["name"] for m, p in cfg["plans"].items()} == {"CT": "universal_ct", "MR": "universal_mr",
-                                                               "PET": "universal_pet"}
+    # the modalities the run names (its plan's and plans:); the trainer sets those of its datasets
+    assert {m: p["name"] for m, p in cfg["plans"].items()} == {"CT": "universal_ct", "PET": "universal_pet"}
     assert cfg["plans"]["PET"]["intensity"]["upper"] == 20.0 and cfg["train"]["loader_workers"] == 2
     assert resolve_config(cfg, tmp_path)["plans"] == cfg["plans"]  # a checkpoint's config resolves again
     for bad in ({"plans": {"MR": "universal_ct"}}, {"train": {"augment": {"gama_prob": 0.5}}},
@@ -163,9 +163,9 @@ def test_train_one_run_over_ct_mr_pet(shared_data, tmp_path, monkeypatch):
     seen = []
     real = trainer_module.training_classes
 
-    def spy(classes, batch, max_queries, rng):
+    def spy(classes, batch, *rest):
         seen.append(list(batch.modality))
-        return real(classes, batch, max_queries, rng)
+        return real(classes, batch, *rest)
 
     monkeypatch.setattr(trainer_module, "training_classes", spy)
     n = torch.get_num_threads()
@@ -176,4 +176,6 @@ def test_train_one_run_over_ct_mr_pet(shared_data, tmp_path, monkeypatch):
     assert len(seen) == 4 and len({m for s in seen for m in s}) >= 2
     meta = json.loads((tmp_path / "run" / "model" / "checkpoint.json").read_text())
     assert meta["class_names"] == ["soft tissue sarcoma"]
+    assert {m: p["name"] for m, p in meta["config"]["plans"].items()} == {  # each trained modality's plan
+        "CT": "universal_ct", "MR": "universal_mr", "PET": "universal_pet"}
     assert sorted(p.name for p in (tmp_path / "run" / "cache").iterdir()) == ["sts_CT", "sts_MR", "sts_PET"]

@@ -19,8 +19,9 @@ from ..data.augment import build_augmenter
 from ..data.loader import batch_stream
 from ..errors import CheckpointError, ConfigError
 from ..models.conditioners.queries import training_queries
-from ..runtime import resolve_device
+from ..preprocess import modality_plans
 from ..io.atomic import atomic_write
+from ..runtime import resolve_device
 from ..taxonomy import Taxonomy, default_taxonomy, load_taxonomy
 from .losses import masked_bce_dice
 
@@ -55,8 +56,6 @@ def class_list(config: dict[str, Any], datasets, taxonomy: Taxonomy | None = Non
 
 def prepare_cases(config: dict[str, Any], datasets, progress: bool = True):
     from ..data.cache import prepare_datasets
-    from ..preprocess import modality_plans
-
     plans = modality_plans(config["plan"], config.get("plans"))  # each dataset: its modality's plan
     cache_dir = Path(config.get("cache_dir") or Path(config["output"]) / "cache")
     return prepare_datasets(
@@ -117,6 +116,9 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         datasets = load_datasets(config)
         self.dataset_names = [d.name for d in datasets]
+        trained = {str(d.modality).upper() for d in datasets}
+        config["plans"] = {m: p.to_dict() for m, p in modality_plans(config["plan"], config.get("plans")).items()
+                           if m in trained}  # what the checkpoint will say it knows
         self.taxonomy = load_taxonomy(config.get("taxonomy"))
         self.classes = class_list(config, datasets, self.taxonomy)
         with distributed.local_main_first(self.dist):  # one process per node fills the cache
