@@ -93,6 +93,12 @@ class OfficialSAT(nn.Module):
     def forward(self, image: torch.Tensor, names: Sequence[str], modality: str = "ct") -> torch.Tensor:
         return self.forward_embeddings(image, self.queries_for(list(names), modality))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kw):
+        key = prefix + "term_embeddings"
+        if key in state_dict:  # the carried vocabulary decides the buffer's size
+            self.term_embeddings = torch.empty_like(state_dict[key], device=self.term_embeddings.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kw)
+
     def get_extra_state(self) -> dict[str, Any]:
         return {"vocabulary": self.vocabulary, "modalities": self.modalities}
 
@@ -178,13 +184,15 @@ def unwrap_sat(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def detect_sat_variant(state_dict: Mapping[str, Any]) -> str:
-    w = state_dict.get("backbone.encoder.stages.0.0.convs.0.conv.weight")
-    if w is None:
-        raise CheckpointError("not a SAT checkpoint: no 'backbone.encoder.stages.0.0.convs.0.conv.weight'")
+    """'nano' (2 convolutions per stage) or 'pro' (3), read from the backbone's first stage."""
+    first = "backbone.encoder.stages.0.0.convs.{}.conv.weight"
+    if first.format(0) not in state_dict:
+        raise CheckpointError(f"not a SAT checkpoint: no {first.format(0)!r}")
+    n = sum(1 for j in range(8) if first.format(j) in state_dict)
     for name, spec in SAT_UNET_PRESETS.items():
-        if int(w.shape[0]) == spec["features"][0]:
+        if n == spec["convs"]:
             return name
-    raise CheckpointError(f"SAT backbone with {int(w.shape[0])} first-stage features is neither Nano (64) nor Pro (128)")
+    raise CheckpointError(f"SAT backbone with {n} convolutions per stage is neither Nano (2) nor Pro (3)")
 
 
 def sat_to_native(state_dict: Mapping[str, Any], model: OfficialSAT) -> dict[str, torch.Tensor]:
