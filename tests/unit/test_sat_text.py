@@ -9,7 +9,7 @@ from transformers import BertConfig, BertModel, BertTokenizer
 from promptseg.errors import CheckpointError, InputError
 from promptseg.models.official_sat import OfficialSAT
 from promptseg.text import embed_classes
-from promptseg.text.sat_text import SATTextEncoder
+from promptseg.text.sat_text import SATTextEncoder, attach_vocabulary
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "left", "right", "kidney", "liver", "tumor", "lung", "heart"]
 
@@ -99,3 +99,18 @@ def test_bad_text_files(tiny_tower, tmp_path):
     torch.save({"model_state_dict": sd}, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="missing 1: modality_embed.weight"):
         SATTextEncoder(folder, tmp_path / "bad.pth").encode(["liver"])
+
+
+def test_attach_vocabulary_resolves_user_spellings(tiny_tower, tmp_path):
+    folder, weights, _ = tiny_tower
+    model = OfficialSAT("nano", crop=(64, 32, 32), features=(4, 4, 8, 8, 8, 16), hidden=16, mask_mid=8).eval()
+    attach_vocabulary(model, folder, weights, names=["left kidney", "liver tumor"], modalities=("CT", "MR"),
+                      cache_dir=tmp_path / "cache")
+    assert model.modalities == ["ct", "mri"]
+    image = torch.randn(1, 1, 64, 32, 32)
+    with torch.no_grad():
+        a = model(image, ["kidney_left", "liver tumour"], modality="CT")
+        b = model(image, ["left kidney", "liver tumor"], modality="ct")
+        c = model(image, ["left kidney"], modality="MR")
+    assert torch.equal(a, b)
+    assert not torch.allclose(c[:, 0], b[:, 0])

@@ -23,6 +23,7 @@ import yaml
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, InputError
+from ..taxonomy.sat_vocabulary import resolve_sat_term
 from .backbones.sat_unet import SAT_UNET_PRESETS, SATPlainUNet
 from .sat_query_decoder import SATQueryHead
 from .state import state_mismatch
@@ -80,10 +81,11 @@ class OfficialSAT(nn.Module):
         self.term_embeddings = torch.stack(rows).to(self.term_embeddings.device)
 
     def queries_for(self, names: Sequence[str], modality: str) -> torch.Tensor:
-        """Stored embeddings of `names` for `modality` ([N, dim])."""
+        """Stored embeddings of `names` (any spelling resolve_sat_term knows) for `modality` ([N, dim])."""
         mod = sat_modality(modality)
         if mod not in self.modalities:
             raise ConfigError(f"this SAT model carries embeddings for {self.modalities or 'no modality'}, not {mod!r}")
+        names = [n if n in self.vocabulary else resolve_sat_term(n) for n in names]
         missing = [n for n in names if n not in self.vocabulary]
         if missing:
             raise ConfigError(f"this SAT model carries no embedding for {missing}; embed them with the text tower")

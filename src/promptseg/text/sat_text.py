@@ -16,8 +16,10 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, InputError
-from ..models.official_sat import sat_modality, sat_settings, unwrap_sat
+from ..models.official_sat import OfficialSAT, sat_modality, sat_settings, unwrap_sat
 from ..models.state import state_mismatch
+from ..taxonomy.sat_vocabulary import sat_vocabulary
+from .cache import embed_classes
 from .encoders import TextEncoder, _check_texts, _file_fingerprint
 
 _TOWER = "text_tower.biolord."
@@ -129,3 +131,15 @@ class SATTextEncoder(TextEncoder):
         with torch.inference_mode():
             out = self._net(ids, mask, torch.full((len(texts),), code, dtype=torch.long))
         return out.float().cpu().clone()
+
+
+def attach_vocabulary(model: OfficialSAT, model_dir: str | Path, weights: str | Path | None,
+                      names: list[str] | None = None, modalities: tuple[str, ...] = ("ct", "mri", "pet"),
+                      cache_dir: str | Path | None = None) -> OfficialSAT:
+    """Embed `names` (default: SAT's whole vocabulary) once per modality (cached on disk) and store
+    them in `model`, which then answers `model(image, names, modality)` with no text tower."""
+    names = list(names or sat_vocabulary())
+    rows = {sat_modality(m): embed_classes(names, SATTextEncoder(model_dir, weights, m), template="{}",
+                                           cache_dir=cache_dir) for m in modalities}
+    model.set_vocabulary(names, rows)
+    return model
