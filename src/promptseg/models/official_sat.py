@@ -26,7 +26,7 @@ from ..errors import CheckpointError, ConfigError, InputError
 from ..taxonomy.sat_vocabulary import resolve_sat_term
 from .backbones.sat_unet import SAT_UNET_PRESETS, SATPlainUNet
 from .sat_query_decoder import SATQueryHead
-from .state import state_mismatch
+from .state import read_torch_file, state_mismatch
 
 SAT_VARIANTS = ("nano", "pro")
 # projection hidden width and mask-head middle width per published variant (maskformer.py tables)
@@ -219,12 +219,7 @@ def sat_to_native(state_dict: Mapping[str, Any], model: OfficialSAT) -> dict[str
 def load_official_sat(path: str | Path, variant: str | None = None, **kw) -> OfficialSAT:
     """A SAT-Nano / SAT-Pro .pth file -> OfficialSAT in eval mode (weights only; nothing unpickled)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise InputError(path, f"cannot read as a PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    ckpt = read_torch_file(path)
     try:
         sd = unwrap_sat(ckpt)
         found = detect_sat_variant(sd)

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InputError
 from ..models.official_sat import OfficialSAT, sat_modality, sat_settings, unwrap_sat
-from ..models.state import state_mismatch
+from ..models.state import read_torch_file, state_mismatch
 from ..taxonomy.sat_vocabulary import sat_vocabulary
 from .cache import embed_classes
 from .encoders import TextEncoder, _check_texts, _file_fingerprint
@@ -55,12 +55,7 @@ def _load_tower(folder: Path):
 
 
 def _tower_state(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise InputError(path, "no such text-encoder checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise InputError(path, f"cannot read as a PyTorch checkpoint ({type(exc).__name__})") from None
+    ckpt = read_torch_file(path, "text-encoder checkpoint")
     ignored = sat_settings()["text"]["ignored_keys"]
     return {k: v for k, v in unwrap_sat(ckpt).items() if not any(i in k for i in ignored)}
 
