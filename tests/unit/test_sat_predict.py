@@ -55,3 +55,29 @@ def test_masks_on_the_input_grid(shared_data):
         assert m.array.shape == vol.array.shape
         assert np.allclose(m.affine, vol.affine)
         assert set(np.unique(m.array)) <= {0, 1}
+
+
+def test_saved_model_predicts_from_the_cli(shared_data, tmp_path):
+    from promptseg.cli import main
+    from promptseg.models.official_sat import load_sat_model, save_sat_model
+
+    model = _tiny_model(crop=(128, 128, 32))
+    folder = save_sat_model(model, tmp_path / "sat_model")
+    again = load_sat_model(folder)
+    assert again.vocabulary == model.vocabulary and torch.equal(again.term_embeddings, model.term_embeddings)
+    out = tmp_path / "masks"
+    rc = main(["sat-predict", "-m", str(folder), "-i", str(shared_data / "ct_abdomen_small" / "image.nii.gz"),
+               "-o", str(out), "--prompt", "kidney_left", "--modality", "CT"])
+    assert rc == 0
+    mask = read_image(out / "kidney_left.nii.gz")
+    assert mask.array.shape == read_image(shared_data / "ct_abdomen_small" / "image.nii.gz").array.shape
+
+
+def test_sat_import_refuses_other_files(tmp_path, capsys):
+    from promptseg.cli import main
+
+    f = tmp_path / "x.pth"
+    torch.save({"net": {"a": torch.zeros(1)}}, f)
+    rc = main(["sat-import", str(f), "-o", str(tmp_path / "o"), "--text-model", str(tmp_path)])
+    assert rc != 0
+    assert "not a SAT-Nano / SAT-Pro checkpoint" in capsys.readouterr().err

@@ -12,6 +12,7 @@ embeddings of its vocabulary (`term_embeddings`, per modality) and then runs wit
 """
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
 from importlib import resources
@@ -23,6 +24,7 @@ import yaml
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, InputError
+from ..io.atomic import atomic_directory
 from ..taxonomy.sat_vocabulary import resolve_sat_term
 from .backbones.sat_unet import SAT_UNET_PRESETS, SATPlainUNet
 from .sat_query_decoder import SATQueryHead
@@ -43,6 +45,9 @@ class OfficialSAT(nn.Module):
                  hidden: int | None = None, mask_mid: int | None = None, dim: int = 768,
                  layers: int = 6, heads: int = 8, ffn: int = 2048):
         super().__init__()
+        self.spec = {"variant": variant, "crop": list(crop), "patch": patch, "features": list(features) if features else None,
+                     "convs": convs, "hidden": hidden, "mask_mid": mask_mid, "dim": dim, "layers": layers,
+                     "heads": heads, "ffn": ffn}
         if variant not in SAT_VARIANTS:
             raise ConfigError(f"unknown SAT variant {variant!r}; choose one of {SAT_VARIANTS}")
         self.variant = variant
@@ -232,4 +237,49 @@ def load_official_sat(path: str | Path, variant: str | None = None, **kw) -> Off
             raise CheckpointError(f"SAT weights left keys unset/unused: {unset} {result.unexpected_keys}")
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+    return model.eval()
+
+
+SAT_WEIGHTS, SAT_META = "sat.safetensors", "sat.json"
+
+
+def is_sat_file(path: str | Path) -> bool:
+    """Whether a .pth file holds a SAT model (read once more by the loader; cheap next to building)."""
+    try:
+        sd = unwrap_sat(read_torch_file(path))
+    except (CheckpointError, InputError):
+        return False
+    return "backbone.encoder.stages.0.0.convs.0.conv.weight" in sd
+
+
+def save_sat_model(model: OfficialSAT, folder: str | Path) -> Path:
+    """Weights (with the carried vocabulary embeddings) + a JSON of shape and vocabulary, written atomically."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    meta = {"format": "promptseg-sat", "spec": model.spec, "vocabulary": model.vocabulary, "modalities": model.modalities}
+    with atomic_directory(folder) as work:
+        save_file(state, str(work / SAT_WEIGHTS))
+        (work / SAT_META).write_text(json.dumps(meta, indent=1))
+    return folder
+
+
+def load_sat_model(folder: str | Path) -> OfficialSAT:
+    """A folder written by `save_sat_model` -> OfficialSAT in eval mode (no text tower needed)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / SAT_META).is_file() or not (folder / SAT_WEIGHTS).is_file():
+        raise InputError(folder, f"not an imported SAT model (needs {SAT_META} and {SAT_WEIGHTS})")
+    meta = json.loads((folder / SAT_META).read_text())
+    model = OfficialSAT(**meta["spec"])
+    state = load_file(str(folder / SAT_WEIGHTS))
+    state["_extra_state"] = {"vocabulary": meta["vocabulary"], "modalities": meta["modalities"]}
+    problem = state_mismatch({k: v for k, v in model.state_dict().items() if k not in ("_extra_state", "term_embeddings")},
+                             {k: v for k, v in state.items() if k not in ("_extra_state", "term_embeddings")}, limit=20)
+    if problem:
+        raise CheckpointError(f"{folder}: weights do not fit SAT-{model.variant}: {problem}")
+    model.load_state_dict(state)
     return model.eval()
