@@ -27,10 +27,10 @@ import torch
 import yaml
 
 from ..config import resolve_config
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError
 from ..taxonomy import UNIVERSAL_CLASSES
 from .build import build_model
-from .state import state_mismatch
+from .state import read_torch_file, state_mismatch
 
 BACKBONES = ("unet", "swinunetr")
 
@@ -193,13 +193,7 @@ def build_official_model(backbone: str, state_dict: Mapping[str, Any] | None = N
 def _read_official(path: str | Path, backbone: str | None = None):
     """(model, backbone name) from an official .pth file (weights only; no code is unpickled)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise InputError(path, f"cannot read as a PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    sd = unwrap(ckpt)
+    sd = unwrap(read_torch_file(path))
     try:
         backbone = backbone or detect_backbone(sd)
         return build_official_model(backbone, sd), backbone

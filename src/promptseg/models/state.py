@@ -1,7 +1,12 @@
 """State dicts compared by key and shape: every mismatch listed in one line, not torch's traceback."""
 from __future__ import annotations
 
-from typing import Mapping
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ..errors import InputError
 
 
 def _shape(value) -> tuple[int, ...]:
@@ -21,3 +26,15 @@ def state_mismatch(expected: Mapping, given: Mapping, limit: int | None = None) 
             shown = names if limit is None else names[:limit]
             parts.append(f"{kind} {len(names)}: {', '.join(shown)}{' ...' if len(shown) < len(names) else ''}")
     return "; ".join(parts) or None
+
+
+def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
+    """A published `.pth` file's content, weights only (no code is unpickled); a missing or
+    unreadable file is a one-line InputError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"no such {what} file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise InputError(path, f"cannot read as a PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
