@@ -116,6 +116,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.threads = set_threads(self.settings["threads"]) if self.device.type == "cpu" else torch.get_num_threads()
         self.model = model.to(self.device).eval()
+        self._compiled: dict = {}  # compiled window graphs (CPU runtime), reused across volumes
         self.modality = modality or (ckpt.modality if ckpt is not None else None) or self.plan.modality
         self.progress = progress
         self.taxonomy = model.taxonomy
@@ -177,7 +178,8 @@ class Predictor:
         s = self.settings
         raw, probs = sliding_window_masks(self.model, tensor, pb, thresholds, window=window, overlap=s["overlap"],
                                           mode=s["mode"], sw_batch_size=int(s["sw_batch_size"]), device=self.device,
-                                          precision=self._precision(), head_chunk=s["head_chunk"], **kw)
+                                          precision=self._precision(), head_chunk=s["head_chunk"],
+                                          runtime=s["runtime"], compiled=self._compiled, **kw)
         if any(pad):
             cut = (slice(None),) + tuple(slice(0, n) for n in shape)
             raw, probs = np.ascontiguousarray(raw[cut]), np.ascontiguousarray(probs[cut])
@@ -254,6 +256,7 @@ class Predictor:
                 notes.append("roi: a class reached the edge of the located region; region grown and run again")
                 region = grown
         stats.update(windows=run, windows_full=st["windows_full"], window=st["window"], precision=st["precision"],
+                     runtime=st["runtime"],
                      region=None if region is None else tuple((r.start, r.stop) for r in region))
         return raw, probs
 

@@ -15,6 +15,7 @@ import torch
 
 from ..models.conditioners.base import PromptBatch
 from ..runtime import autocast_dtype
+from .cpu_runtime import PreparedForward, compile_for_cpu, resolve_runtime
 
 
 def size_multiple(model) -> tuple[int, int, int]:
@@ -130,21 +131,51 @@ class WindowRunner:
 
     A model with the segmenter's `prepare` / `forward_prepared` gets the prompts prepared once
     per volume (the conditioner's per-volume work, and its fast head with `head_chunk`
-    class-voxels per chunk); any other model is called as `model(x, prompts)`.
+    class-voxels per chunk); any other model is called as `model(x, prompts)`. On a CPU,
+    `runtime` (see cpu_runtime.py; 'auto' = OpenVINO when installed) compiles that prepared
+    forward on the first window batch of each shape; float32 or bfloat16 only (float16 runs in
+    torch). `cache` (a dict kept by the caller, e.g. the Predictor) keeps the compiled graphs
+    across volumes, keyed by the prompts, window batch shape, precision and the weights' version
+    counters (so a model trained further is compiled again).
     """
 
     def __init__(self, model, prompt_batch: PromptBatch, dtype: torch.dtype | None = None,
-                 head_chunk: int | None = 131072):
+                 head_chunk: int | None = 131072, runtime: str = "torch", cache: dict | None = None):
         self.model = model
         self.prompt_batch = prompt_batch
         self.dtype = dtype
         self.prepared = None
+        self.runtime = runtime
+        self.cache = {} if cache is None else cache
         self._batches: dict[int, PromptBatch] = {}
         if callable(getattr(model, "forward_prepared", None)):
             self.prepared = model.prepare(prompt_batch, head_chunk=int(head_chunk) if head_chunk else 0)
 
+    def engine(self, device: torch.device) -> str:
+        """The runtime that runs the windows on `device` ('torch' unless a compiled one applies)."""
+        if self.prepared is None or self.dtype not in (None, torch.bfloat16):
+            return "torch"
+        return resolve_runtime(self.runtime, device)
+
+    def _compiled(self, x: torch.Tensor):
+        """The compiled forward for `x`'s shape, or None where PyTorch runs the windows."""
+        if self.engine(x.device) == "torch":
+            return None
+        precision = "bfloat16" if self.dtype is torch.bfloat16 else "float32"
+        pb = self.prompt_batch
+        version = sum(int(p._version) for p in self.model.parameters())
+        key = (id(self.model), version, tuple(pb.classes), tuple(pb.indices), tuple(pb.modality or ()),
+               tuple(pb.datasets or ()), tuple(x.shape), self.runtime, precision)
+        if key not in self.cache:
+            self.cache[key] = compile_for_cpu(PreparedForward(self.model, self.prepared), x.float(),
+                                              precision=precision, runtime=self.runtime)
+        return self.cache[key]
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
+        compiled = self._compiled(x)
+        if compiled is not None:
+            return compiled(x)
         autocast = (torch.autocast(x.device.type, dtype=self.dtype) if self.dtype is not None
                     else contextlib.nullcontext())
         with torch.inference_mode(), autocast:
@@ -198,6 +229,8 @@ def sliding_window_masks(
     region: Sequence[slice] | None = None,
     progress: bool = False,
     stats: dict | None = None,
+    runtime: str = "torch",
+    compiled: dict | None = None,
 ):
     """Per-class bool masks and uint16 probabilities [K, X, Y, Z] (numpy, CPU) for `image` [1, C, ...].
 
@@ -207,7 +240,8 @@ def sliding_window_masks(
     resampling float32 probabilities; uint8's 4e-3 steps moved boundaries of flat fields). `region` (slices of the image) runs only the windows that overlap it;
     inside it the logits are exactly those of the full run (every window covering a voxel there
     is run), outside it everything is background. `stats` (a dict) receives the windows run,
-    the windows of the full grid and the network seconds.
+    the windows of the full grid, the network seconds (compilation included) and the runtime.
+    `runtime` / `compiled`: the CPU engine and the caller's cache of compiled graphs (`WindowRunner`).
     """
     import time
 
@@ -223,7 +257,7 @@ def sliding_window_masks(
         raise ValueError(f"{len(thresholds)} thresholds for {k} prompts")
     device = _run_device(model, image, device)
     dtype = autocast_dtype(precision, device)
-    runner = WindowRunner(model, prompt_batch, dtype, head_chunk)
+    runner = WindowRunner(model, prompt_batch, dtype, head_chunk, runtime=runtime, cache=compiled)
     shape = tuple(int(s) for s in image.shape[2:])
     roi = fit_window(window, shape, size_multiple(model))
     pad, padded, starts = window_grid(shape, roi, overlap)
@@ -322,5 +356,6 @@ def sliding_window_masks(
         probs *= keep
     if stats is not None:
         stats.update(windows=len(starts), windows_full=n_full, window=tuple(roi),
-                     network_s=time.perf_counter() - t0, precision=str(dtype or torch.float32).replace("torch.", ""))
+                     network_s=time.perf_counter() - t0, precision=str(dtype or torch.float32).replace("torch.", ""),
+                     runtime=runner.engine(device))
     return masks, probs
