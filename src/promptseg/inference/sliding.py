@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from typing import Sequence
 
 import torch
@@ -147,6 +148,7 @@ class WindowRunner:
         self.prepared = None
         self.runtime = runtime
         self.cache = {} if cache is None else cache
+        self.compile_s = 0.0  # seconds spent compiling (counted inside the network time)
         self._batches: dict[int, PromptBatch] = {}
         if callable(getattr(model, "forward_prepared", None)):
             self.prepared = model.prepare(prompt_batch, head_chunk=int(head_chunk) if head_chunk else 0)
@@ -167,8 +169,10 @@ class WindowRunner:
         key = (id(self.model), version, tuple(pb.classes), tuple(pb.indices), tuple(pb.modality or ()),
                tuple(pb.datasets or ()), tuple(x.shape), self.runtime, precision)
         if key not in self.cache:
+            t0 = time.perf_counter()
             self.cache[key] = compile_for_cpu(PreparedForward(self.model, self.prepared), x.float(),
                                               precision=precision, runtime=self.runtime)
+            self.compile_s += time.perf_counter() - t0
         return self.cache[key]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -243,8 +247,6 @@ def sliding_window_masks(
     the windows of the full grid, the network seconds (compilation included) and the runtime.
     `runtime` / `compiled`: the CPU engine and the caller's cache of compiled graphs (`WindowRunner`).
     """
-    import time
-
     import numpy as np
     import torch.nn.functional as F
     from monai.data.utils import compute_importance_map
@@ -357,5 +359,5 @@ def sliding_window_masks(
     if stats is not None:
         stats.update(windows=len(starts), windows_full=n_full, window=tuple(roi),
                      network_s=time.perf_counter() - t0, precision=str(dtype or torch.float32).replace("torch.", ""),
-                     runtime=runner.engine(device))
+                     runtime=runner.engine(device), compile_s=runner.compile_s)
     return masks, probs
