@@ -82,3 +82,24 @@ def test_auto_runtime_is_openvino_on_the_cpu(model, volume):
 def test_unknown_runtime_is_a_one_line_config_error(model):
     with pytest.raises(ConfigError, match="inference.runtime must be one of"):
         Predictor(model, plan=PLAN, inference={"runtime": "tensorrt"}, device="cpu", progress=False)
+
+
+def test_auto_compiles_only_where_it_pays(model, monkeypatch):
+    """runtime 'auto': a volume of few, fast windows stays in PyTorch (compiling would cost more);
+    once the eager estimate reaches AUTO_COMPILE_S the graph is compiled and reused."""
+    if not available("openvino"):
+        pytest.skip("openvino is not installed")
+    from promptseg.inference.sliding import WindowRunner
+
+    pb = model.prompt_batch(CLASSES[:2], batch_size=1)
+    x = torch.rand(2, 1, 32, 32, 32)
+    few = WindowRunner(model, pb, runtime="auto", batches=1)
+    ref = few(x)
+    few(x)
+    assert few.ran == {"torch"} and few.compile_s == 0.0
+    monkeypatch.setattr(WindowRunner, "AUTO_COMPILE_S", 0.0)
+    many = WindowRunner(model, pb, runtime="auto", batches=10)
+    assert torch.equal(many(x), ref)  # the timed first batch is eager
+    out = many(x)
+    assert many.ran == {"torch", "openvino"} and many.compile_s > 0
+    assert (out - ref).abs().max().item() < 1e-4
