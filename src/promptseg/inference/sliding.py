@@ -187,6 +187,8 @@ class WindowRunner:
         if key not in self.cache:
             if self._worth is None or not self._worth or (self.runtime == "auto" and not first):
                 return None
+            for old in [k for k in self.cache if k[:2] != key[:2]]:  # graphs of older weights
+                del self.cache[old]
             t0 = time.perf_counter()
             self.cache[key] = compile_for_cpu(PreparedForward(self.model, self.prepared), x.float(),
                                               precision=precision, runtime=self.runtime)
