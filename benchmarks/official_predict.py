@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image", default=str(IMAGE))
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--runtime", default=None, choices=["auto", "openvino", "onnxruntime", "torch"],
+                    help="engine of the CPU windows (default: predict's, auto = OpenVINO when installed)")
     ap.add_argument("--work", default=None, help="work folder (default: a temporary one)")
     args = ap.parse_args(argv)
 
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                         "--device", args.device, "--quiet")
         if args.threads:
             cmd += ["--threads", str(args.threads)]
+        if args.runtime:
+            cmd += ["--runtime", args.runtime]
         wall, rss, out = run_timed(cmd)
         summary = next((line for line in out.splitlines() if "[" in line and "network" in line), "")
         stages = dict(re.findall(r"(\w+) ([\d.]+)s", summary.split("[", 1)[-1]))
@@ -83,14 +87,16 @@ def main(argv: list[str] | None = None) -> int:
 
     dev = torch.cuda.get_device_name(0) if args.device != "cpu" and torch.cuda.is_available() else \
         f"CPU, {os.cpu_count()} cores"
-    print(f"\nimage: {args.image}\ndevice: {dev}; load average {os.getloadavg()[0]:.1f}")
-    print("| backbone | predict process s | peak RSS MB | network s | read+preprocess s | post+invert+write s |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"\nimage: {args.image}\ndevice: {dev}; runtime {args.runtime or 'auto'}; load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print("| backbone | predict process s | peak RSS MB | compile s | network s | read+preprocess s | post+invert+write s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for bb, wall, rss, st in rows:
         f = {k: float(v) for k, v in st.items()}
         pre = f.get("read", 0) + f.get("preprocess", 0) + f.get("locate", 0)
         post = sum(v for k, v in f.items() if k in ("postprocess", "merge", "invert", "write"))
-        print(f"| {bb} | {wall:.1f} | {rss:.0f} | {f.get('network', float('nan')):.1f} | {pre:.1f} | {post:.1f} |")
+        print(f"| {bb} | {wall:.1f} | {rss:.0f} | {f.get('compile', 0.0):.1f} | {f.get('network', float('nan')):.1f} "
+              f"| {pre:.1f} | {post:.1f} |")
     return 0
 
 

@@ -4,6 +4,7 @@ Run (from the repository root):
     .venv/bin/python benchmarks/predict_speed.py --scale small          # minutes: verify
     .venv/bin/python benchmarks/predict_speed.py --scale clinical       # the issue's target
     options: --presets small official_unet segresnet:flare23, --skip-reference, --rows lean,fast,roi,...
+    (`lean` brings `lean-torch` along unless --no-check: its masks are compared with PyTorch float32's)
 
 Input: ../shared/data/ct_abdomen_pelvis (3 mm) resampled to a clinical grid -- 512x512x224 at
 0.78x0.78x1.5 mm, LPS, int16, air outside the scanned field -- so the content is real
@@ -19,7 +20,10 @@ Rows, each in a fresh subprocess so peak RSS does not mix:
              per-class Dice against it is printed).
   lean-bf16  lean-raw with --precision bfloat16 (faster; its Dice against the reference shows
              what it costs).
-  lean       `promptseg predict` as a user runs it (post-processing on), all classes.
+  lean       `promptseg predict` as a user runs it (post-processing on), all classes; the windows run
+             in the default CPU runtime (OpenVINO float32 when installed).
+  lean-torch / lean-raw-torch   lean / lean-raw with `runtime: torch` (eager PyTorch float32): the
+             masks the compiled runtime must equal (Dice printed), and the time before it.
   lean-1 / lean-8   the same with 1 and 8 prompts: peak RSS against the number of classes.
   fast       --fast (3 mm grid, windows scaled).
   roi        --roi with 3 prompts (Dice against `lean` for those classes).
@@ -244,6 +248,7 @@ def child_reference(args) -> dict:
     calls = [0]
     forward = lambda w: model(w, model.prompt_batch(classes, modality=["CT"] * w.shape[0]))  # noqa: E731
     precision = "float32"
+    args.runtime = args.runtime or "torch"
     if args.runtime != "torch":
         from promptseg.inference.cpu_runtime import FixedPrompts, compile_for_cpu
 
@@ -290,6 +295,8 @@ def child_lean(args) -> dict:
         inference["threads"] = args.threads
     if args.precision:
         inference["precision"] = args.precision
+    if args.runtime:
+        inference["runtime"] = args.runtime
     pred = Predictor(model, inference=inference, device="cpu", progress=False, fast=args.fast, roi=args.roi)
     sampler = RssSampler()
     sampler.start()
@@ -297,7 +304,7 @@ def child_lean(args) -> dict:
     p = res["prediction"]
     return {"timings": p.timings, "windows": p.stats.get("windows"), "windows_full": p.stats.get("windows_full"),
             "sampled_peak_mb": sampler.stop(), "classes": len(p.masks), "network_grid": list(p.stats["network_grid"]),
-            "precision": p.stats.get("precision"), "threads": p.stats.get("threads"), "notes": p.notes,
+            "precision": p.stats.get("precision"), "runtime": p.stats.get("runtime"), "threads": p.stats.get("threads"), "notes": p.notes,
             "window": list(p.stats.get("window") or [])}
 
 
@@ -313,7 +320,9 @@ def run_child(argv: list[str]) -> dict:
     ap.add_argument("--roi", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--precision", default=None)
-    ap.add_argument("--runtime", default="torch", help="reference child: torch | openvino | onnxruntime")
+    ap.add_argument("--runtime", default=None,
+                    help="reference child: torch (default) | openvino | onnxruntime; lean child: the inference "
+                         "setting (default: the checkpoint's, auto)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     result = child_reference(args) if args.child == "reference" else child_lean(args)
@@ -367,6 +376,8 @@ def main() -> int:
     ap.add_argument("--rows", default="reference,lean-raw,lean-bf16,lean,lean-1,lean-8,fast,roi",
                     help="rows for the first preset; further presets run reference,lean-raw,lean,fast")
     ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--no-check", action="store_true",
+                    help="run `lean` without the `lean-torch` row (PyTorch float32) its masks are compared with")
     ap.add_argument("--other-rows", default="reference,lean-raw,lean,fast", help="rows for further presets")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work", default=None, help="work folder (default: a temporary one)")
@@ -416,6 +427,8 @@ def main() -> int:
             "lean-raw": ["lean", "--no-postprocess"],
             "lean-bf16": ["lean", "--no-postprocess", "--precision", "bfloat16"],
             "lean": ["lean"],
+            "lean-torch": ["lean", "--runtime", "torch"],
+            "lean-raw-torch": ["lean", "--no-postprocess", "--runtime", "torch"],
             "lean-1": ["lean", "--prompts", names[5]],
             "lean-8": ["lean", "--prompts", ",".join(names[:8])],
             "fast": ["lean", "--fast"],
@@ -424,6 +437,8 @@ def main() -> int:
             "ov-bf16": ["reference", "--runtime", "openvino", "--precision", "bfloat16"],
             "ort-f32": ["reference", "--runtime", "onnxruntime"],
         }
+        if "lean" in wanted and "lean-torch" not in wanted and not args.no_check:
+            wanted.insert(wanted.index("lean"), "lean-torch")  # the float32 PyTorch masks `lean` must equal
         results = {}
         for name in wanted:
             kind, *extra = specs[name]
@@ -446,6 +461,14 @@ def main() -> int:
                 d = dice_table(ref_dir, work / f"out_{preset}_{row}", names)
                 results[row]["dice_min"] = min(d.values())
                 print(f"   per-class Dice {row} vs reference: min {min(d.values()):.4f}, mean {sum(d.values()) / len(d):.4f}")
+        for row, ref in (("lean", "lean-torch"), ("lean-raw", "lean-raw-torch")):
+            if row in results and ref in results and not results[row].get("failed") \
+                    and not results[ref].get("failed"):
+                d = dice_table(work / f"out_{preset}_{ref}" / "ct_clinical", work / f"out_{preset}_{row}" / "ct_clinical",
+                               names, ref_slug=True)
+                results[row]["dice_min"] = min([*d.values(), results[row].get("dice_min", 1.0)])
+                print(f"   per-class Dice {row} ({results[row].get('runtime')}) vs {ref}: min {min(d.values()):.4f}, "
+                      f"mean {sum(d.values()) / len(d):.4f}")
         if "roi" in results and "lean" in results and not results["roi"].get("failed"):
             d = dice_table(work / f"out_{preset}_lean" / "ct_clinical", work / f"out_{preset}_roi" / "ct_clinical",
                            ROI_PROMPTS, ref_slug=True)
@@ -459,7 +482,7 @@ def main() -> int:
     print(f"Table 1: read -> written files, scale {args.scale} (seconds; RSS in MB; load avg now "
           f"{os.getloadavg()[0]:.2f})")
     head = f"{'preset':<18}{'row':<10}{'cls':>4}{'wall':>8}{'process':>9}{'peakRSS':>9}{'windows':>9}" \
-           f"{'prec':>9}{'GFLOP/s':>9}{'%mm':>6}{'Dice>=':>8}"
+           f"{'prec':>9}{'runtime':>9}{'GFLOP/s':>9}{'%mm':>6}{'Dice>=':>8}"
     print(head)
     print("-" * len(head))
     for preset, name, r in all_rows:
@@ -476,7 +499,8 @@ def main() -> int:
         ref_mm = mm16 if r.get("precision") == "bfloat16" else mm32
         dmin = r.get("dice_min")
         print(f"{preset:<18}{name:<10}{r['classes']:>4}{r['pipeline_s']:>8.1f}{r['process_s']:>9.1f}"
-              f"{r['peak_rss_mb']:>9.0f}{wins:>9}{str(r.get('precision') or '')[:8]:>9}{gfs:>9.1f}"
+              f"{r['peak_rss_mb']:>9.0f}{wins:>9}{str(r.get('precision') or '')[:8]:>9}{str(r.get('runtime') or '')[:8]:>9}"
+              f"{gfs:>9.1f}"
               f"{100 * gfs / ref_mm:>5.0f}%{'' if dmin is None else f'{dmin:.4f}':>8}")
     print()
     print("Table 2: seconds per stage")
@@ -491,7 +515,8 @@ def main() -> int:
     print("wall = read -> written files (the issue's target: <= 60 s, <= 4096 MB on 2 cores); process = python "
           "start, imports and checkpoint load included; windows = windows evaluated; GFLOP/s = counted window "
           "FLOPs x windows / network seconds; %mm = of this machine's matmul rate in the row's precision; "
-          "Dice>= = lowest per-class Dice against the reference (lean-raw) or against `lean` (roi).")
+          "Dice>= = lowest per-class Dice against the reference (lean-raw; and lean-raw-torch), against lean-torch "
+          "(lean: the same path in eager PyTorch float32) or against `lean` (roi).")
     print(f"results: {work / 'results.jsonl'}")
     return 0
 

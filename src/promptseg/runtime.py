@@ -19,6 +19,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _ALIASES = {"float32": "fp32", "32": "fp32", "bfloat16": "bf16", "float16": "fp16", "16": "fp16", "half": "fp16"}
 #: autocast dtype of each precision (None: plain float32).
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: engines that can run the inference windows on a CPU (see inference/cpu_runtime.py); "auto" =
+#: the fastest installed one whose float32 logits equal PyTorch's (OpenVINO), else torch.
+CPU_RUNTIMES = ("auto", "openvino", "onnxruntime", "torch")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -77,6 +80,14 @@ def precision_name(precision: str | None, setting: str = "precision") -> str:
         raise ConfigError(f"{setting} must be one of {', '.join(PRECISIONS)} "
                           f"(or float32, bfloat16, float16), got {precision!r}")
     return p
+
+
+def runtime_name(runtime: str | None, setting: str = "runtime") -> str:
+    """Canonical name of a CPU runtime setting; a one-line `ConfigError` naming `setting` otherwise."""
+    r = "auto" if runtime is None else str(runtime).lower()
+    if r not in CPU_RUNTIMES:
+        raise ConfigError(f"{setting} must be one of {', '.join(CPU_RUNTIMES)}, got {runtime!r}")
+    return r
 
 
 def resolve_precision(precision: str | None, device: torch.device | str, *, training: bool = False,

@@ -10,8 +10,10 @@ image -> logits for one list of classes and one window batch size.
 out). runtime "auto" picks OpenVINO when it is installed and the input is on the CPU, else plain
 PyTorch (the fallback, and always the path on a GPU). Precision float32 by default; "bfloat16" is
 opt-in (OpenVINO's inference precision hint; ONNX Runtime has no bf16 CPU kernels and refuses).
-A smaller batch than the example's (the last windows of a volume) is zero-padded to the
-compiled batch; another spatial size is compiled on first use and cached.
+Each input shape (batch included) is compiled on first use and cached: a short last batch is
+not zero-padded, because models that normalise with batch statistics at inference (the official
+U-Net's ContBatchNorm) would then see other statistics. The prediction path (`WindowRunner` in
+sliding.py) compiles `PreparedForward` -- the segmenter with one volume's prompts prepared.
 """
 from __future__ import annotations
 
@@ -26,8 +28,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.conditioners.base import PromptBatch
-
-RUNTIMES = ("auto", "openvino", "onnxruntime", "torch")
+from ..runtime import runtime_name
 PRECISIONS = {"float32": "f32", "fp32": "f32", "bfloat16": "bf16", "bf16": "bf16"}
 
 
@@ -50,6 +51,18 @@ class FixedPrompts(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.segmenter(x, self.prompts, modality=self.modality).float()
+
+
+class PreparedForward(nn.Module):
+    """`segmenter.forward_prepared(x, prepared)` as a module (prompts prepared once, for export)."""
+
+    def __init__(self, segmenter: nn.Module, prepared):
+        super().__init__()
+        self.segmenter = segmenter
+        self.prepared = prepared
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.segmenter.forward_prepared(x, self.prepared).float()
 
 
 def _threads(threads: int | None) -> int:
@@ -93,32 +106,23 @@ _BUILDERS = {"openvino": _openvino, "onnxruntime": _onnxruntime}
 
 
 class CompiledWindows:
-    """Callable over window batches: pads a short batch, compiles each new spatial size once."""
+    """Callable over window batches: compiles each new input shape once (batch size included)."""
 
     def __init__(self, module: nn.Module, example: torch.Tensor, runtime: str, precision: str, threads: int):
         self.module, self.runtime, self.precision, self.threads = module, runtime, precision, threads
-        self.batch = int(example.shape[0])
         self._runs: dict[tuple[int, ...], Callable] = {}
         self._compiled(example)
 
     def _compiled(self, example: torch.Tensor) -> Callable:
-        key = tuple(example.shape[1:])
+        key = tuple(example.shape)
         if key not in self._runs:
             self._runs[key] = _BUILDERS[self.runtime](self.module, example.float().cpu(), self.precision, self.threads)
         return self._runs[key]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        example = torch.zeros((self.batch, *x.shape[1:]), dtype=torch.float32)
-        run = self._compiled(example)
-        arr = x.detach().float().cpu().numpy()
-        outs = []
-        for s in range(0, arr.shape[0], self.batch):
-            part = arr[s:s + self.batch]
-            n = part.shape[0]
-            if n < self.batch:
-                part = np.concatenate([part, np.zeros((self.batch - n, *part.shape[1:]), part.dtype)])
-            outs.append(np.asarray(run(np.ascontiguousarray(part)), dtype=np.float32)[:n])
-        return torch.from_numpy(np.concatenate(outs))
+        x = x.detach().float().cpu()
+        run = self._compiled(x)
+        return torch.from_numpy(np.asarray(run(np.ascontiguousarray(x.numpy())), dtype=np.float32))
 
 
 def _torch_callable(module: nn.Module, precision: str, device: torch.device) -> Callable:
@@ -133,9 +137,7 @@ def _torch_callable(module: nn.Module, precision: str, device: torch.device) -> 
 
 def resolve_runtime(runtime: str, device: torch.device) -> str:
     """The runtime that will run: 'auto' -> OpenVINO on a CPU when installed, else torch."""
-    runtime = str(runtime).lower()
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"unknown CPU runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    runtime = runtime_name(runtime)
     if device.type != "cpu":
         return "torch"
     if runtime == "auto":

@@ -1,0 +1,105 @@
+"""`promptseg predict` with a compiled CPU runtime gives PyTorch's float32 masks on a real CT.
+
+The windows of the lean path run through OpenVINO (the CPU default, `runtime: auto`) or ONNX
+Runtime after the prompts are prepared once; the masks must equal those of eager PyTorch
+(lowest per-class Dice >= 0.999). Random weights whose heads vary with the image (as in
+test_lean_vs_reference.py): the check is numerical, not anatomical.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from promptseg.errors import ConfigError
+from promptseg.inference import Predictor
+from promptseg.inference.cpu_runtime import available
+from promptseg.io import read_image
+from promptseg.models.build import build_model
+
+CLASSES = ["spleen", "right kidney", "left kidney", "liver", "stomach", "aorta", "pancreas", "liver tumor"]
+PLAN = {"name": "universal_ct", "spacing": [4.5, 4.5, 6.0]}
+INFERENCE = {"window": [32, 32, 16], "overlap": 0.5, "mode": "gaussian", "sw_batch_size": 2, "threads": 1}
+
+
+def dice(a, b) -> float:
+    a, b = np.asarray(getattr(a, "array", a)) > 0, np.asarray(getattr(b, "array", b)) > 0
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
+
+
+@pytest.fixture(scope="module")
+def volume(shared_data):
+    return read_image(shared_data / "ct_abdomen_small" / "image.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(5)
+    m = build_model({"backbone": {"name": "segresnet", "preset": "flare23"}, "conditioner": {"name": "universal"}},
+                    CLASSES, embeddings=torch.nn.functional.normalize(torch.randn(len(CLASSES), 384), dim=1))
+    with torch.no_grad():  # untrained heads give near-constant logits: make them vary with the image
+        for mlp in m.conditioner.controllers:
+            mlp[-1].weight.mul_(20.0)
+    return m.eval()
+
+
+def predict(model, volume, **kw):
+    p = Predictor(model, plan=PLAN, inference={**INFERENCE, **kw}, device="cpu", progress=False)
+    return p, p.predict_volume(volume)
+
+
+@pytest.fixture(scope="module")
+def torch_masks(model, volume):
+    _, pred = predict(model, volume, runtime="torch")
+    assert pred.stats["runtime"] == "torch"
+    return pred
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+def test_compiled_runtime_gives_the_float32_masks(model, volume, torch_masks, runtime):
+    if not available(runtime):
+        pytest.skip(f"{runtime} is not installed")
+    predictor, pred = predict(model, volume, runtime=runtime)
+    assert pred.stats["runtime"] == runtime and predictor._compiled  # the windows really ran compiled
+    d = {c: dice(torch_masks.masks[c], pred.masks[c]) for c in CLASSES}
+    assert sum(int(np.asarray(torch_masks.masks[c].array).astype(bool).sum()) for c in CLASSES) > 0  # something to compare
+    print(f"{runtime} vs torch: lowest per-class Dice {min(d.values()):.5f}")
+    assert min(d.values()) >= 0.999, d
+    # a second volume reuses the compiled graphs (no new entries for the same prompts and shapes)
+    n = len(predictor._compiled)
+    predictor.predict_volume(volume)
+    assert len(predictor._compiled) == n
+
+
+def test_auto_runtime_is_openvino_on_the_cpu(model, volume):
+    if not available("openvino"):
+        pytest.skip("openvino is not installed")
+    p = Predictor(model, plan=PLAN, inference=INFERENCE, device="cpu", progress=False)
+    assert p.settings["runtime"] == "auto"
+
+
+def test_unknown_runtime_is_a_one_line_config_error(model):
+    with pytest.raises(ConfigError, match="inference.runtime must be one of"):
+        Predictor(model, plan=PLAN, inference={"runtime": "tensorrt"}, device="cpu", progress=False)
+
+
+def test_auto_compiles_only_where_it_pays(model, monkeypatch):
+    """runtime 'auto': a volume of few, fast windows stays in PyTorch (compiling would cost more);
+    once the eager estimate reaches AUTO_COMPILE_S the graph is compiled and reused."""
+    if not available("openvino"):
+        pytest.skip("openvino is not installed")
+    from promptseg.inference.sliding import WindowRunner
+
+    pb = model.prompt_batch(CLASSES[:2], batch_size=1)
+    x = torch.rand(2, 1, 32, 32, 32)
+    few = WindowRunner(model, pb, runtime="auto", batches=1)
+    ref = few(x)
+    few(x)
+    assert few.ran == {"torch"} and few.compile_s == 0.0
+    monkeypatch.setattr(WindowRunner, "AUTO_COMPILE_S", 0.0)
+    many = WindowRunner(model, pb, runtime="auto", batches=10)
+    assert torch.equal(many(x), ref)  # the timed first batch is eager
+    out = many(x)
+    assert many.ran == {"torch", "openvino"} and many.compile_s > 0
+    assert (out - ref).abs().max().item() < 1e-4
