@@ -225,6 +225,11 @@ class Trainer:
         else:
             self.sampler.rng = np.random.default_rng(distributed.rank_seed(int(self.config["seed"]) + self.step, self.rank))
 
+    def _meta(self) -> dict[str, Any]:
+        """What checkpoints record besides the config: datasets and the modalities trained on
+        (the predictor's default modality when a model knows only one)."""
+        return {"datasets": self.dataset_names, "modalities": sorted({c.modality for c in self.cases})}
+
     def _save(self, final: bool = False) -> None:
         from . import distributed
 
@@ -243,7 +248,7 @@ class Trainer:
             "torch_rng": {r: t for r, (_, _, t) in enumerate(rngs)},
             "amp": self.amp.state_dict(),
         }
-        extra = {"datasets": self.dataset_names}
+        extra = self._meta()
         save_checkpoint(self.model, self.out / "last", self.config, self.step, training_state=state, extra=extra)
         if final:
             save_checkpoint(self.model, self.out / "model", self.config, self.step, extra=extra)
@@ -308,7 +313,7 @@ class Trainer:
         if result["mean"] == result["mean"] and (self.best is None or result["mean"] > self.best):
             self.best = result["mean"]
             save_checkpoint(self.model, self.out / "best", self.config, self.step,
-                            extra={"datasets": self.dataset_names, "validation": result})
+                            extra={**self._meta(), "validation": result})
         return result
 
     def run(self, max_steps: int | None = None) -> Path:
