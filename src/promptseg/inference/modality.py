@@ -42,9 +42,10 @@ def choose_modality(given: str | None, path: str | Path | None, known: Sequence[
     if given:
         return check_modality(given, known)
     tagged = dicom_modality(path)
-    if tagged is not None:
-        return check_modality(tagged, known)
-    if len(trained) == 1:
+    if tagged is not None and tagged in known:
+        return tagged
+    if len(trained) == 1:  # a tag the model has no plan for: as before, the model's own modality
         return check_modality(trained[0], known)
-    raise InputError(path, f"modality unknown (no DICOM Modality tag) and this model was trained on "
-                                      f"{', '.join(trained)}: give --modality {'|'.join(trained)}")
+    why = f"DICOM Modality {tagged} has no plan in this model" if tagged else "no DICOM Modality tag"
+    raise InputError(path, f"modality unknown ({why}) and this model was trained on {', '.join(trained)}: "
+                           f"give --modality {'|'.join(trained)}")

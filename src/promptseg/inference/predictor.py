@@ -109,7 +109,8 @@ class Predictor:
         self.plans = {m: get_plan(p) for m, p in ckpt.plans.items()} if ckpt is not None and ckpt.plans else {}
         if given_plan or plan.modality not in self.plans:
             self.plans[plan.modality] = plan
-        self.trained = ckpt.modalities if ckpt is not None else [plan.modality]
+        # modalities to assume for an input that does not say (a given plan: its own)
+        self.trained = ckpt.modalities if ckpt is not None and not given_plan else [plan.modality]
         self.given_modality = modality
         merged = {**(run_config.get("inference") or {}), **(inference or {})}
         self.settings = inference_settings(merged)
