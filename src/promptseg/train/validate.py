@@ -39,7 +39,7 @@ def case_dice(model, case, window: Sequence[int], overlap: float = 0.25, device=
     classes = [n for n in case.classes if n in model.class_names]
     if not classes:
         return {}
-    image = torch.from_numpy(np.ascontiguousarray(case.image, dtype=np.float32))[None]
+    image = torch.from_numpy(np.array(case.image, dtype=np.float32))[None]  # a copy: the cache is read-only
     prompts = model.prompt_batch(classes, modality=case.modality, datasets=[case.dataset], batch_size=1)
     logits = sliding_window_logits(model, image, prompts, window=window, overlap=overlap, sw_batch_size=1,
                                    device=device, out_device="cpu", precision="float32")
