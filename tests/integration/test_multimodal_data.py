@@ -163,7 +163,7 @@ def test_train_one_run_over_ct_mr_pet(shared_data, tmp_path, monkeypatch):
     seen = []
     real = trainer_module.training_classes
 
-    def spy(classes, batch, max_queries, rng):
+    def spy(classes, batch, max_queries, rng, conditioner=None):
         seen.append(list(batch.modality))
         return real(classes, batch, max_queries, rng)
 
