@@ -72,11 +72,28 @@ DEFAULT_TRAIN: dict[str, Any] = {
     "loader_workers": 0,       # background processes that sample + augment (0 = in the loop)
 }
 
+#: Validation on held-out cases during training (train/validate.py): `datasets` are entries like
+#: `datasets:`; `holdout` (patient ids) or `fraction` (of the patients, drawn with `seed`) takes a
+#: patient-wise split of the training datasets whose names match `split_datasets` (globs), the
+#: patient being the case id or the first group of the regex `patient`. `every` 0 = off.
+DEFAULT_VALIDATION: dict[str, Any] = {
+    "every": 0,
+    "datasets": [],
+    "holdout": [],
+    "fraction": 0.0,
+    "split_datasets": ["*"],
+    "patient": None,
+    "seed": 0,
+    "window": None,      # sliding window (default: train.patch_size)
+    "overlap": 0.25,
+}
+
 DEFAULTS: dict[str, Any] = {
     "name": "run",
     "output": "runs/run",
     "seed": 0,
     "modality": "CT",
+    "data_root": None,  # relative dataset paths resolve here (itself relative to the YAML); `train --data`
     "datasets": [],
     "classes": None,
     "taxonomy": None,  # a YAML of the user's own classes, added to the packaged registry
@@ -86,6 +103,7 @@ DEFAULTS: dict[str, Any] = {
     "conditioner": {"name": "universal", "text_encoder": "minilm", "template": DEFAULT_TEMPLATE},
     "train": DEFAULT_TRAIN,
     "inference": DEFAULT_INFERENCE,
+    "validation": DEFAULT_VALIDATION,
     "cache_dir": None,
 }
 
@@ -104,7 +122,7 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
 }
 
 #: Sections that merge key by key with their defaults (others replace the default whole).
-SECTIONS_MERGED = ("train", "inference")
+SECTIONS_MERGED = ("train", "inference", "validation")
 #: Keys a dataset entry may have.
 DATASET_KEYS = PATTERN_KEYS  # a plain folder needs only `path`; pattern entries describe their files
 #: Sections that must be a mapping with a 'name' (the rest are the class's own arguments,
@@ -159,6 +177,23 @@ def _check_train(t: dict[str, Any]) -> None:
         raise ConfigError(f"train.loader_workers must be an integer >= 0, got {w!r}")
 
 
+def _check_validation(v: dict[str, Any]) -> None:
+    if isinstance(v["every"], bool) or not isinstance(v["every"], int) or v["every"] < 0:
+        raise ConfigError(f"validation.every must be an integer >= 0 (steps; 0 = off), got {v['every']!r}")
+    if not isinstance(v["fraction"], (int, float)) or not 0 <= float(v["fraction"]) < 1:
+        raise ConfigError(f"validation.fraction must be in [0, 1), got {v['fraction']!r}")
+    for key in ("holdout", "split_datasets"):
+        if not isinstance(v[key], list) or not all(isinstance(x, str) for x in v[key]):
+            raise ConfigError(f"validation.{key} must be a list of names, got {v[key]!r}")
+    if v["holdout"] and v["fraction"]:
+        raise ConfigError("validation: give `holdout` (patient ids) or `fraction`, not both")
+    if v["every"] and not (v["datasets"] or v["holdout"] or v["fraction"]):
+        raise ConfigError("validation.every is set but there is nothing to validate on: give `datasets`, "
+                          "`holdout` or `fraction`")
+    if not 0 <= float(v["overlap"]) < 1:
+        raise ConfigError(f"validation.overlap must be in [0, 1), got {v['overlap']!r}")
+
+
 def _check_sections(cfg: dict[str, Any]) -> None:
     for key in NAMED_SECTIONS:
         sec = cfg[key]
@@ -174,8 +209,22 @@ def _check_sections(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"'seed' must be an integer, got {cfg['seed']!r}")
 
 
-def resolve_config(raw: dict[str, Any], base_dir: Path | None = None) -> dict[str, Any]:
-    """Defaults + raw, with paths made absolute against `base_dir` and values checked at every level."""
+def _dataset_entries(given, absolute, where: str) -> list[dict[str, Any]]:
+    if not isinstance(given or [], list):
+        raise ConfigError(f"'{where}' must be a list, got {given!r}")
+    out = []
+    for d in given or []:
+        entry = {"path": d} if isinstance(d, str) else d
+        if not isinstance(entry, dict) or "path" not in entry:
+            raise ConfigError(f"{where} entry {d!r} needs a 'path'")
+        check_keys(entry, DATASET_KEYS, f"{where}[].")
+        out.append({**entry, "path": absolute(entry["path"])})
+    return out
+
+
+def resolve_config(raw: dict[str, Any], base_dir: Path | None = None, data_root: str | Path | None = None) -> dict[str, Any]:
+    """Defaults + raw, with paths made absolute against `base_dir` and values checked at every level;
+    dataset paths resolve against `data_root` (given, else the config's, else `base_dir`)."""
     if not isinstance(raw, dict):
         raise ConfigError("a run config must be a mapping")
     check_keys(raw, DEFAULTS, "")
@@ -190,18 +239,21 @@ def resolve_config(raw: dict[str, Any], base_dir: Path | None = None) -> dict[st
     for key in ("cache_dir", "taxonomy"):
         if cfg.get(key):
             cfg[key] = absolute(cfg[key])
-    if not isinstance(cfg["datasets"] or [], list):
-        raise ConfigError(f"'datasets' must be a list, got {cfg['datasets']!r}")
-    datasets = []
-    for d in cfg["datasets"] or []:
-        entry = {"path": d} if isinstance(d, str) else d
-        if not isinstance(entry, dict) or "path" not in entry:
-            raise ConfigError(f"dataset entry {d!r} needs a 'path'")
-        check_keys(entry, DATASET_KEYS, "datasets[].")
-        datasets.append({**entry, "path": absolute(entry["path"])})
-    cfg["datasets"] = datasets
+    if data_root is not None:
+        cfg["data_root"] = str(Path(data_root).expanduser().resolve())
+    elif cfg["data_root"]:
+        cfg["data_root"] = absolute(cfg["data_root"])
+    data = Path(cfg["data_root"]) if cfg["data_root"] else base
+
+    def data_path(p):
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() else (data / q).resolve())
+
+    cfg["datasets"] = _dataset_entries(cfg["datasets"], data_path, "datasets")
+    cfg["validation"]["datasets"] = _dataset_entries(cfg["validation"]["datasets"], data_path, "validation.datasets")
     _check_sections(cfg)
     _check_train(cfg["train"])
+    _check_validation(cfg["validation"])
     if not isinstance(cfg["plans"], dict):
         raise ConfigError(f"'plans' must be a mapping modality -> plan, got {cfg['plans']!r}")
     # the full plan of each modality the run names (its `plan`'s and those in `plans:`); the
@@ -306,10 +358,11 @@ def read_run_yaml(path: str | Path) -> tuple[dict[str, Any], Path]:
     return raw, p.parent
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """The resolved run config of a YAML file; errors name the file."""
+def load_config(path: str | Path, data_root: str | Path | None = None) -> dict[str, Any]:
+    """The resolved run config of a YAML file (`data_root`: where its relative dataset paths
+    resolve, overriding the YAML's); errors name the file."""
     raw, base = read_run_yaml(path)
     try:
-        return resolve_config(raw, base)
+        return resolve_config(raw, base, data_root)
     except ConfigError as exc:
         raise ConfigError(f"{Path(path)}: {exc}") from None

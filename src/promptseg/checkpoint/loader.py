@@ -42,6 +42,15 @@ class Checkpoint:
         return self.config.get("modality")
 
     @property
+    def modalities(self) -> list[str]:
+        """Modalities the model was trained on (recorded by the trainer; older checkpoints: the
+        run's `modality`, or the only plan's)."""
+        recorded = self.meta.get("modalities")
+        if recorded:
+            return [str(m).upper() for m in recorded]
+        return [str(self.modality or "CT").upper()]
+
+    @property
     def step(self) -> int | None:
         return self.meta.get("step")
 

@@ -60,6 +60,7 @@ def predict_image(image, model, prompts: Sequence[str] | str | None = None, *, o
     predictor = Predictor(model, plan=plan, inference=settings, device=device, progress=progress,
                           modality=modality, fast=fast, roi=roi)
     predictor.queries(prompts)  # a bad prompt fails before the image is read
+    predictor.use_modality_of(source or getattr(image, "path", None))
     volume = as_volume(image)
     prediction = predictor.predict_volume(volume, prompts)
     if outputs is not None:

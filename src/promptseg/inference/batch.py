@@ -55,7 +55,8 @@ def predict(model_or_checkpoint, inputs, out_dir, prompts: Sequence[str] | None 
             postprocess: bool | None = None, write_masks: bool = True, progress: bool = True,
             plan=None, inference: Mapping[str, Any] | None = None, on_case: Callable | None = None,
             fast: bool = False, roi: bool = False, statistics: bool = False, preview: bool = False,
-            output_types: Sequence[str] = ("nifti",), on_failure: Callable | None = None) -> list[dict[str, Any]]:
+            output_types: Sequence[str] = ("nifti",), on_failure: Callable | None = None,
+            modality: str | None = None) -> list[dict[str, Any]]:
     """Predict every input (file, DICOM folder or folder of images) into `out_dir`.
 
     `model_or_checkpoint`: a model or a checkpoint path. `out_dir`: a folder, or for one input a
@@ -63,7 +64,8 @@ def predict(model_or_checkpoint, inputs, out_dir, prompts: Sequence[str] | None 
     prints its summary there), `on_failure(case, reason)` after each failed case. `fast`: 3 mm
     grid; `roi`: full resolution only where the prompts' classes are (see `Predictor`).
     `statistics` / `preview`: statistics.json / preview.png in each case's folder;
-    `output_types`: any of nifti, dicom-seg, rtstruct. Returns one result dict per case; raises
+    `output_types`: any of nifti, dicom-seg, rtstruct. `modality`: CT, MR or PET for every input
+    (default per input: its DICOM Modality tag, else the checkpoint's only one). Returns one result dict per case; raises
     `BatchError` (after all cases ran) when some failed.
     """
     from tqdm import tqdm
@@ -77,7 +79,7 @@ def predict(model_or_checkpoint, inputs, out_dir, prompts: Sequence[str] | None 
     if postprocess is not None:
         settings["postprocess"] = bool(postprocess)
     predictor = Predictor(model, plan=plan, inference=settings, device=device, progress=progress and len(files) == 1,
-                          fast=fast, roi=roi)
+                          fast=fast, roi=roi, modality=modality)
     predictor.queries(prompts)  # a bad prompt fails before any work
     results: list[dict[str, Any]] = []
     failures: list[tuple[str, str]] = []

@@ -45,7 +45,7 @@ def _predict(args) -> int:
             postprocess=False if args.no_postprocess else None, write_masks=not args.no_masks,
             progress=not args.quiet, inference=inference, on_case=report, fast=args.fast, roi=args.roi,
             statistics=args.statistics, preview=args.preview, output_types=args.output_type or ["nifti"],
-            on_failure=failed,
+            on_failure=failed, modality=args.modality,
         )
     except BatchError as exc:
         print(f"{len(exc.results)} case(s) written to {args.output}; {len(exc.failures)} failed:", file=sys.stderr)
@@ -69,6 +69,10 @@ def register(sub) -> None:
     p.add_argument("--prompt", action="extend", nargs="+", default=None, metavar="NAME",
                    help="class(es) to segment: --prompt liver spleen, or repeat the flag; quote names with spaces "
                         "(\"liver tumor\"); default: every class the checkpoint knows")
+    p.add_argument("--modality", default=None, type=str.upper, choices=["CT", "MR", "PET"],
+                   help="what the inputs are, so each is preprocessed with that modality's plan (default: the "
+                        "DICOM Modality tag, else the checkpoint's only modality; a multi-modal model needs it "
+                        "for NIfTI/NRRD inputs)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-postprocess", action="store_true", help="skip the anatomical post-processing")
     p.add_argument("--no-masks", action="store_true", help="write only the merged label map")

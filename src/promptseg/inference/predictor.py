@@ -39,6 +39,7 @@ from ..masks import bbox, body_mask
 from ..runtime import resolve_device, set_threads
 from .confidence import mask_confidence
 from .inputs import plan_outputs
+from .modality import check_modality, choose_modality
 from .postprocess import load_rules, postprocess
 from .prediction import PackedMasks, Prediction
 from .settings import check_coarse, inference_settings, min_window, scaled_plan
@@ -98,29 +99,50 @@ class Predictor:
         ckpt = model if isinstance(model, Checkpoint) else None
         model = ckpt.model if ckpt is not None else model
         run_config = ckpt.config if ckpt is not None else {}
+        if plan is None and run_config.get("plan") is None:
+            raise ConfigError("no preprocessing plan: a bare model has none; pass plan= or a Checkpoint")
+        given_plan = plan is not None
         if plan is None:
             plan = run_config.get("plan")
-            if plan is None:
-                raise ConfigError("no preprocessing plan: a bare model has none; pass plan= or a Checkpoint")
-        self.plan = get_plan(plan)
+        plan = get_plan(plan)
+        # modality -> plan: the checkpoint's own (one per modality it keeps); `plan=` replaces its modality's
+        self.plans = {m: get_plan(p) for m, p in ckpt.plans.items()} if ckpt is not None and ckpt.plans else {}
+        if given_plan or plan.modality not in self.plans:
+            self.plans[plan.modality] = plan
+        # modalities to assume for an input that does not say (a given plan: its own)
+        self.trained = ckpt.modalities if ckpt is not None and not given_plan else [plan.modality]
+        self.given_modality = modality
         merged = {**(run_config.get("inference") or {}), **(inference or {})}
         self.settings = inference_settings(merged)
         self.fast = bool(fast)
         self.roi = bool(roi)
-        if self.roi:
-            check_coarse(self.plan, "roi")  # before any image is read
-        if self.fast:
-            self.plan, win = scaled_plan(self.plan, self.settings["window"], self.settings["fast_spacing"], "fast")
-            self.settings["window"] = min_window(win, model)
+        self.model = model
+        self._model_window = list(self.settings["window"])
+        first = modality or (self.trained[0] if len(self.trained) == 1 else None) or plan.modality
+        self.use_modality(check_modality(first, list(self.plans)))
         self.rules = load_rules(self.settings.get("rules"))
         self.device = resolve_device(device)
         self.threads = set_threads(self.settings["threads"]) if self.device.type == "cpu" else torch.get_num_threads()
         self.model = model.to(self.device).eval()
         self._compiled: dict = {}  # compiled window graphs (CPU runtime), reused across volumes
-        self.modality = modality or (ckpt.modality if ckpt is not None else None) or self.plan.modality
         self.progress = progress
         self.taxonomy = model.taxonomy
         import monai.inferers  # noqa: F401  -- slow first import belongs to set-up, not to "network" time
+
+    def use_modality(self, modality: str) -> None:
+        """Preprocess (and prompt) as `modality`: its plan, scaled for fast mode."""
+        self.modality = modality
+        self.plan = self.plans[modality]
+        if self.roi:
+            check_coarse(self.plan, "roi")  # before any image is read
+        if self.fast:
+            self.plan, win = scaled_plan(self.plan, self._model_window, self.settings["fast_spacing"], "fast")
+            self.settings["window"] = min_window(win, self.model)
+
+    def use_modality_of(self, path: str | Path | None) -> str:
+        """Set the modality of the input at `path` (`--modality`, DICOM tag, the only trained one)."""
+        self.use_modality(choose_modality(self.given_modality, path, list(self.plans), self.trained))
+        return self.modality
 
     # -- prompts ---------------------------------------------------------------------------------
     def queries(self, prompts: Sequence[str] | str | None = None) -> list[Query]:
@@ -338,6 +360,7 @@ class Predictor:
                      output_types: Sequence[str] = ("nifti",)) -> dict[str, Any]:
         """Read, predict and write one case to the paths of `plan` (an `inputs.CaseOutputs`)."""
         self.queries(prompts)  # fail on a bad prompt before reading a large image
+        self.use_modality_of(path)
         t0 = time.perf_counter()
         volume = read_image(path)
         read_s = time.perf_counter() - t0

@@ -57,9 +57,14 @@ def text_settings(cfg: dict[str, Any]) -> tuple[str, str]:
 
 
 def class_embeddings(cfg: dict[str, Any], class_names: Sequence[str]) -> torch.Tensor:
+    """[K, E] from the one `template`, or [K, M, E] with `templates` (modality -> template)."""
     from ..text import embed_classes
 
     encoder, template = text_settings(cfg)
+    templates = cfg.get("templates")
+    if isinstance(templates, dict) and templates:
+        rows = [embed_classes(list(class_names), encoder=encoder, template=t) for t in templates.values()]
+        return torch.stack(rows, dim=1)
     return embed_classes(list(class_names), encoder=encoder, template=template)
 
 
@@ -69,7 +74,7 @@ def build_conditioner(cfg: dict[str, Any], class_names: Sequence[str], embedding
     cls = _load(CONDITIONERS, "conditioner", name)
     if getattr(cls, "needs_text", False) and embeddings is None:
         embeddings = class_embeddings(cfg, class_names)
-    for key in ("text_encoder", "template"):
+    for key in ("text_encoder", "template", "templates"):
         if not getattr(cls, "needs_text", False):
             cfg.pop(key, None)
     try:

@@ -6,7 +6,7 @@ def _train(args) -> int:
     from ..config import load_config
     from .trainer import train
 
-    config = load_config(args.config)
+    config = load_config(args.config, data_root=args.data)
     if args.steps is not None:
         config["train"]["steps"] = args.steps
     if args.output:
@@ -27,5 +27,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--steps", type=int, default=None, help="override train.steps")
     p.add_argument("--output", default=None, help="override the run's output folder")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="folder the run's relative dataset paths resolve in (overrides the YAML's data_root)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)

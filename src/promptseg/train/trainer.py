@@ -24,6 +24,7 @@ from ..io.atomic import atomic_write
 from ..runtime import resolve_device
 from ..taxonomy import Taxonomy, default_taxonomy, load_taxonomy
 from .losses import masked_bce_dice
+from .validate import split_cases, validate
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -34,14 +35,18 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def load_datasets(config: dict[str, Any]):
+def load_entries(entries: list[dict[str, Any]]):
+    """Dataset manifests of resolved dataset entries (folders or pattern entries)."""
     from ..data.manifest import load_dataset
     from ..data.patterns import datasets_from_entry, is_pattern_entry
 
+    return [m for d in entries for m in (datasets_from_entry(d) if is_pattern_entry(d) else [load_dataset(d["path"])])]
+
+
+def load_datasets(config: dict[str, Any]):
     if not config["datasets"]:
         raise ConfigError("the run lists no datasets")
-    return [m for d in config["datasets"]
-            for m in (datasets_from_entry(d) if is_pattern_entry(d) else [load_dataset(d["path"])])]
+    return load_entries(config["datasets"])
 
 
 def class_list(config: dict[str, Any], datasets, taxonomy: Taxonomy | None = None) -> list[str]:
@@ -123,6 +128,12 @@ class Trainer:
         self.classes = class_list(config, datasets, self.taxonomy)
         with distributed.local_main_first(self.dist):  # one process per node fills the cache
             self.cases = prepare_cases(config, datasets, self.progress)
+            # patient-wise hold-out (+ validation datasets): never sampled for training
+            self.cases, self.val_cases = split_cases(
+                config, self.cases, lambda entries: prepare_cases(config, load_entries(entries), False))
+        if not self.cases:
+            raise ConfigError("validation holds out every case: nothing is left to train on")
+        self.best = None  # best validation mean so far (read back from best/ on resume)
         self.model = self.build_model(in_channels=self.cases[0].image.shape[0]).to(self.device)
         if self.channels_last:
             amp.to_channels_last(self.model)
@@ -193,6 +204,9 @@ class Trainer:
             self._restore_random(state)
             if self.progress:
                 print(f"resuming {self.out} at step {self.step} (from {ckpt.name})")
+            best = latest(self.out / "best")
+            if best is not None:
+                self.best = read_meta(best).get("validation", {}).get("mean")
         if self.rank == 0:
             truncate_log(self.out / "log.jsonl", self.step)
 
@@ -213,6 +227,11 @@ class Trainer:
         else:
             self.sampler.rng = np.random.default_rng(distributed.rank_seed(int(self.config["seed"]) + self.step, self.rank))
 
+    def _meta(self) -> dict[str, Any]:
+        """What checkpoints record besides the config: datasets and the modalities trained on
+        (the predictor's default modality when a model knows only one)."""
+        return {"datasets": self.dataset_names, "modalities": sorted({c.modality for c in self.cases})}
+
     def _save(self, final: bool = False) -> None:
         from . import distributed
 
@@ -231,7 +250,7 @@ class Trainer:
             "torch_rng": {r: t for r, (_, _, t) in enumerate(rngs)},
             "amp": self.amp.state_dict(),
         }
-        extra = {"datasets": self.dataset_names}
+        extra = self._meta()
         save_checkpoint(self.model, self.out / "last", self.config, self.step, training_state=state, extra=extra)
         if final:
             save_checkpoint(self.model, self.out / "model", self.config, self.step, extra=extra)
@@ -281,6 +300,24 @@ class Trainer:
         logs["lr"] = self.scheduler.get_last_lr()[0]
         return logs
 
+    def validate(self) -> dict[str, Any] | None:
+        """Dice on the held-out cases (rank 0), logged; a better mean than before saves `best/`."""
+        v = self.config.get("validation") or {}
+        if not self.val_cases or self.rank != 0:
+            return None
+        window = v.get("window") or self.config["train"]["patch_size"]
+        result = validate(self.model, self.val_cases, window, float(v.get("overlap", 0.25)), self.device)
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, "validation": result}) + "\n")
+        if self.progress:
+            print(f"step {self.step}: validation Dice {result['mean']:.3f} "
+                  + " ".join(f"{k}={d:.3f}" for k, d in result["dice"].items()))
+        if result["mean"] == result["mean"] and (self.best is None or result["mean"] > self.best):
+            self.best = result["mean"]
+            save_checkpoint(self.model, self.out / "best", self.config, self.step,
+                            extra={**self._meta(), "validation": result})
+        return result
+
     def run(self, max_steps: int | None = None) -> Path:
         from tqdm import tqdm
 
@@ -297,6 +334,9 @@ class Trainer:
             if self.rank == 0:
                 with open(log_path, "a") as f:
                     f.write(json.dumps({"step": self.step, **logs, "seconds": round(time.time() - started, 2)}) + "\n")
+            every = int((self.config.get("validation") or {}).get("every") or 0)
+            if every and (self.step % every == 0 or self.step == stop):
+                self.validate()
             if self.step % int(t["checkpoint_every"]) == 0 and self.step < total:
                 self._save()
         bar.close()

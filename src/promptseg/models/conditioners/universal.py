@@ -118,12 +118,18 @@ class DynamicHeadConditioner(Conditioner):
         ctx[BOTTLENECK_KEY] = feat
         return feat
 
-    def controller_params(self, image: torch.Tensor, indices: list[int]) -> torch.Tensor:
+    def sample_codes(self, indices: torch.Tensor, prompts: PromptBatch | None, batch_size: int) -> torch.Tensor:
+        """[K, hidden] codes shared by the batch, or [B, K, hidden] when they depend on the sample
+        (the Universal Model's per-modality text template)."""
+        return self.task_codes(indices)
+
+    def controller_params(self, image: torch.Tensor, indices: list[int], prompts: PromptBatch | None = None) -> torch.Tensor:
         """theta [B, K, 153] from the pooled image feature [B, hidden] and the class codes."""
         idx = torch.as_tensor(indices, dtype=torch.long, device=image.device)
-        codes = self.task_codes(idx).to(image.dtype)                          # [K, hidden]
         b, k = image.shape[0], len(indices)
-        cond = torch.cat([image[:, None, :].expand(b, k, -1), codes[None].expand(b, k, -1)], dim=-1)
+        codes = self.sample_codes(idx, prompts, b).to(image.dtype)            # [K or B, K, hidden]
+        codes = codes.expand(b, k, -1) if codes.dim() == 3 else codes[None].expand(b, k, -1)
+        cond = torch.cat([image[:, None, :].expand(b, k, -1), codes], dim=-1)
         if self.head == "shared":
             w = self.controller.weight.flatten(1)
             return F.linear(cond, w, self.controller.bias)
@@ -160,7 +166,7 @@ class DynamicHeadConditioner(Conditioner):
         indices = self.resolve_indices(ctx.prompts)
         bottleneck = ctx.data.get(BOTTLENECK_KEY, encoder_feats[-1])
         image = self.gap(bottleneck).flatten(1)                               # [B, hidden]
-        params = self.controller_params(image, indices)                      # [B, K, P]
+        params = self.controller_params(image, indices, ctx.prompts)          # [B, K, P]
         return self.dynamic_head(self.precls(decoder_out), params)
 
     # -- inference fast path ----------------------------------------------------------------------
@@ -183,7 +189,7 @@ class DynamicHeadConditioner(Conditioner):
             return self.predict(decoder_out, encoder_feats, ctx)
         indices, chunk = head
         bottleneck = ctx.data.get(BOTTLENECK_KEY, encoder_feats[-1])
-        params = self.controller_params(self.gap(bottleneck).flatten(1), indices)
+        params = self.controller_params(self.gap(bottleneck).flatten(1), indices, ctx.prompts)
         feats = self.precls(decoder_out)
         b, c = feats.shape[:2]
         flat = feats.reshape(b, c, -1)
@@ -221,7 +227,11 @@ class DynamicHeadConditioner(Conditioner):
 
 
 class UniversalConditioner(DynamicHeadConditioner):
-    """The Universal Model: class codes from (cached) text embeddings through Linear + ReLU."""
+    """The Universal Model: class codes from (cached) text embeddings through Linear + ReLU.
+
+    With `templates` (modality -> prompt template, e.g. MR: "A magnetic resonance image of a {}.")
+    the embeddings are [K, M, E], one row per class and template, and each sample's codes come
+    from its own modality's row; one `template` gives [K, E] for every sample."""
 
     needs_text = True
 
@@ -234,29 +244,57 @@ class UniversalConditioner(DynamicHeadConditioner):
         hidden: int = 256,
         text_encoder: str | None = None,
         template: str | None = None,
+        templates: dict[str, str] | None = None,
         **kwargs,
     ):
         super().__init__(class_names, head=head, hidden=hidden, **kwargs)
         # Which encoder/template made the embeddings (recorded so new classes are embedded alike).
         self.text_encoder = text_encoder
         self.template = template
-        k = len(self.class_names)
+        if templates is not None and (not isinstance(templates, dict) or not templates):
+            raise ConfigError(f"universal: templates must map a modality to a prompt template, got {templates!r}")
+        self.templates = {str(m).upper(): t for m, t in (templates or {}).items()}
+        self.modalities = list(self.templates)
+        k, rows = len(self.class_names), ([len(self.templates)] if self.templates else [])
         if embeddings is None:
             if text_dim is None:
                 raise ConfigError("UniversalConditioner needs embeddings [K, E] or text_dim (to load a checkpoint)")
-            embeddings = torch.zeros(k, text_dim)
+            embeddings = torch.zeros(k, *rows, text_dim)
         embeddings = torch.as_tensor(embeddings).detach().float()
-        if embeddings.dim() != 2 or embeddings.shape[0] != k:
-            raise ConfigError(f"embeddings must be [{k}, E] for {k} classes, got {tuple(embeddings.shape)}")
-        if text_dim is not None and embeddings.shape[1] != text_dim:
-            raise ConfigError(f"embeddings have dimension {embeddings.shape[1]}, text_dim says {text_dim}")
-        self.text_dim = int(embeddings.shape[1])
+        if embeddings.dim() != 2 + len(rows) or tuple(embeddings.shape[:-1]) != (k, *rows):
+            want = ", ".join(str(n) for n in (k, *rows, "E"))
+            raise ConfigError(f"embeddings must be [{want}] for {k} classes{' x templates' if rows else ''}, "
+                              f"got {tuple(embeddings.shape)}")
+        if text_dim is not None and embeddings.shape[-1] != text_dim:
+            raise ConfigError(f"embeddings have dimension {embeddings.shape[-1]}, text_dim says {text_dim}")
+        self.text_dim = int(embeddings.shape[-1])
         # A buffer: stored in the state dict so checkpoints carry their class embeddings.
         self.register_buffer("embeddings", embeddings.clone())
         self.text_proj = nn.Linear(self.text_dim, hidden)
 
     def task_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        """[K, hidden], or [K, M, hidden] with one code per template."""
         return F.relu(self.text_proj(self.embeddings[indices]))
+
+    def modality_rows(self, modality, batch_size: int) -> list[int]:
+        """Template row of each sample's modality (the first template's when none is given)."""
+        mods = list(modality) if modality is not None else [self.modalities[0]] * batch_size
+        rows = []
+        for m in mods:
+            key = str(m).upper()
+            if key not in self.templates:
+                raise PromptError(f"universal: no text template for modality {m!r}; this model has "
+                                  f"{', '.join(self.modalities)}")
+            rows.append(self.modalities.index(key))
+        return rows
+
+    def sample_codes(self, indices: torch.Tensor, prompts: PromptBatch | None, batch_size: int) -> torch.Tensor:
+        codes = self.task_codes(indices)
+        if not self.templates:
+            return codes
+        rows = torch.as_tensor(self.modality_rows(prompts.modality if prompts else None, batch_size),
+                               dtype=torch.long, device=codes.device)
+        return codes[:, rows].transpose(0, 1)                                  # [B, K, hidden]
 
     def class_parameters(self) -> dict[str, list[ClassPart]]:
         """The controller MLP (head='mlp') and the text embedding row of each class."""
@@ -272,7 +310,8 @@ class UniversalConditioner(DynamicHeadConditioner):
         if embeddings is None:
             raise ConfigError("UniversalConditioner.add_classes needs the new classes' text embeddings")
         emb = torch.as_tensor(embeddings).detach().to(self.embeddings)
-        if emb.shape != (len(names), self.text_dim):
-            raise ConfigError(f"new embeddings must be [{len(names)}, {self.text_dim}], got {tuple(emb.shape)}")
+        want = (len(names), *self.embeddings.shape[1:])
+        if tuple(emb.shape) != want:
+            raise ConfigError(f"new embeddings must be {list(want)}, got {tuple(emb.shape)}")
         self.embeddings = torch.cat([self.embeddings, emb], dim=0)
         self._grow_heads(names)

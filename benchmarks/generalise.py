@@ -1,0 +1,92 @@
+"""Does a model segment patients it never saw? Dice per modality and class on held-out sarcoma patients.
+
+Predicts each held-out patient's CT, MR-T1 and PET of ../shared/data/sts_sarcoma (the patients of
+the checkpoint's `validation.holdout`, or `--patients`) through the predictor (input grid, the
+modality's own plan, post-processing as `promptseg predict`) and prints a table: Dice of the
+tumour per modality, mean and min over patients. Several checkpoints (`--model NAME=PATH`, e.g.
+one per conditioner) give one column each.
+
+Run:  .venv/bin/python benchmarks/generalise.py --model universal=runs/multimodal/best
+      .venv/bin/python benchmarks/generalise.py --model universal=runs/u/best --model hermes=runs/h/best
+A figure printed as "-" means the model does not know that class.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+MODALITY_FILES = {"CT": "CT", "MR": "MR_T1", "PET": "PET"}
+CLASS = "soft tissue sarcoma"
+
+
+def held_out(ckpt, given: list[str] | None) -> list[str]:
+    """Patients to score: `--patients`, else the run's patient-wise hold-out."""
+    if given:
+        return given
+    patients = ((ckpt.config.get("validation") or {}).get("holdout")) or []
+    if not patients:
+        sys.exit(f"{ckpt.path}: the run held out no patients by id; give --patients STS_xxx ...")
+    return list(patients)
+
+
+def score(ckpt, data: Path, patients: list[str], threads: int) -> dict[str, list[float]]:
+    """Modality -> tumour Dice of each held-out patient that has that modality."""
+    from promptseg.evaluation.metrics import dice
+    from promptseg.inference.api import predict_image
+    from promptseg.io.readers import read_image, read_label
+
+    out: dict[str, list[float]] = {m: [] for m in MODALITY_FILES}
+    if CLASS not in ckpt.classes:
+        return out
+    for p in patients:
+        for mod, stem in MODALITY_FILES.items():
+            image, mask = data / p / f"{stem}_image.nii.gz", data / p / f"{stem}_mask.nii.gz"
+            if not image.is_file():
+                continue
+            pred = predict_image(str(image), ckpt, [CLASS], modality=mod, inference={"threads": threads})
+            gt = read_label(mask, reference=read_image(image)).array > 0
+            out[mod].append(dice(pred.masks[CLASS].array > 0, gt, empty_score=math.nan))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from promptseg.checkpoint import open_checkpoint
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", action="append", required=True, metavar="NAME=PATH",
+                    help="checkpoint (folder or run folder); repeat for one column per model / conditioner")
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+                    help="folder holding sts_sarcoma (default: ../shared/data beside the clone)")
+    ap.add_argument("--patients", nargs="+", default=None, help="patients to score (default: the run's hold-out)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    data = Path(args.data) / "sts_sarcoma"
+    if not data.is_dir():
+        sys.exit(f"{data}: not found (give --data DIR holding sts_sarcoma)")
+    columns = {}
+    for spec in args.model:
+        name, _, path = spec.rpartition("=")
+        ckpt = open_checkpoint(path)
+        name = name or ckpt.config.get("conditioner", {}).get("name", path)
+        patients = held_out(ckpt, args.patients)
+        columns[name] = (score(ckpt, data, patients, args.threads), patients, ckpt.step)
+    print(f"\ngeneralise: '{CLASS}' Dice on held-out sarcoma patients (input grid, predictor path)")
+    for name, (_, patients, step) in columns.items():
+        print(f"  {name}: step {step}, patients {', '.join(patients)}")
+    head = f"{'modality':<9}{'class':<22}" + "".join(f"{n + ' mean':>16}{'min':>7}{'n':>4}" for n in columns)
+    print(head + "\n" + "-" * len(head))
+    for mod in MODALITY_FILES:
+        row = f"{mod:<9}{CLASS:<22}"
+        for scores, _, _ in columns.values():
+            v = [s for s in scores[mod] if not math.isnan(s)]
+            row += f"{np.mean(v):>16.3f}{min(v):>7.3f}{len(v):>4}" if v else f"{'-':>16}{'-':>7}{0:>4}"
+        print(row)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Validation during training on real sarcoma PET: held-out patients are never trained on, Dice per
+modality/class lands in log.jsonl, and the best step is kept in best/ beside last/."""
+from __future__ import annotations
+
+import json
+
+from promptseg.checkpoint import open_checkpoint
+from promptseg.config import resolve_config
+from promptseg.train.trainer import Trainer
+
+HELD = ["STS_002", "STS_008"]
+
+
+def test_validation_logs_dice_and_keeps_best(shared_data, tmp_path):
+    raw = {"output": str(tmp_path / "run"), "modality": "PET",
+           "datasets": [{"path": "sts_sarcoma", "name": "sts_PET", "image": "{case}/PET_image.nii.gz",
+                         "label": "{case}/PET_mask.nii.gz", "labels": {1: "soft tissue sarcoma"}, "modality": "PET"}],
+           "plan": {"name": "universal_pet", "spacing": [6.0, 6.0, 6.0]},
+           "conditioner": {"name": "universal", "text_encoder": "onehot"},
+           "train": {"steps": 2, "patch_size": [32, 32, 32], "checkpoint_every": 1, "warmup_steps": 0},
+           "validation": {"every": 1, "holdout": HELD, "window": [32, 32, 32]}}
+    config = resolve_config(raw, tmp_path, data_root=shared_data)
+    trainer = Trainer(config, device="cpu", progress=False)
+    assert sorted({c.id for c in trainer.val_cases}) == HELD
+    assert not {c.id for c in trainer.cases} & set(HELD) and len(trainer.cases) == 33
+    assert not {c.id for group in trainer.sampler.by_dataset for c in group} & set(HELD)
+    trainer.run()
+    lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    vals = [x for x in lines if "validation" in x]
+    assert [v["step"] for v in vals] == [1, 2]
+    for v in vals:
+        assert set(v["validation"]["dice"]) == {"PET/soft tissue sarcoma"} and v["validation"]["cases"] == 2
+        assert 0.0 <= v["validation"]["dice"]["PET/soft tissue sarcoma"] <= 1.0
+    best = open_checkpoint(tmp_path / "run" / "best")
+    assert best.meta["validation"]["mean"] == max(v["validation"]["mean"] for v in vals)
+    assert best.modalities == ["PET"] and (tmp_path / "run" / "last").is_dir()
