@@ -72,3 +72,41 @@ def test_optimizers_and_ema():
     ema.update_parameters(net)  # n=1: decay min(0.9, 2/11)
     d = 2 / 11
     assert torch.allclose(ema.module.weight, torch.full_like(net.weight, d * 1.0 + (1 - d) * 3.0))
+
+
+def test_trainer_uses_the_recipe_saves_the_average_and_resumes_it(tmp_path):
+    """A run with the SGD recipe, EMA and poly schedule: the config records the recipe, the saved
+    model is the weight average (not the last weights), and a resumed run restores the average."""
+    import json
+
+    from promptseg.checkpoint import load_training_state, read_meta, read_weights
+    from promptseg.data.phantoms import make_phantom_datasets
+    from promptseg.train.trainer import Trainer
+
+    data = make_phantom_datasets(tmp_path / "data", seed=0, n_train=(0, 0, 1, 0), n_test=0, shape=(36, 36, 36))
+    raw = {"output": "run", "datasets": [str(data["PhantomC_organs"])], "plan": {"name": "universal_ct", "spacing": None},
+           "backbone": {"name": "unet", "preset": "small", "widths": [4, 8]},
+           "conditioner": {"name": "onehot", "head": "shared", "hidden": 16},
+           "train": {"steps": 3, "batch_size": 1, "patch_size": [32, 32, 32], "checkpoint_every": 2, "num_threads": 1,
+                     "recipe": "uniseg", "ema": 0.5}}
+    n = torch.get_num_threads()
+    try:
+        first = Trainer(resolve_config(raw, tmp_path), device="cpu", progress=False)
+        assert isinstance(first.optimizer, torch.optim.SGD) and first.ema is not None
+        first.run(max_steps=2)
+        resumed = Trainer(resolve_config(raw, tmp_path), device="cpu", progress=False)
+        assert resumed.step == 2
+        for a, b in zip(first.ema.parameters(), resumed.ema.parameters()):
+            assert torch.equal(a, b)
+        out = resumed.run()
+    finally:
+        torch.set_num_threads(n)
+    t = json.loads((out / "checkpoint.json").read_text())["config"]["train"]
+    assert (t["optimizer"], t["schedule"], t["recipe"], t["ema"]) == ("sgd", "poly", "uniseg", 0.5)
+    saved = read_weights(out, read_meta(out))
+    ema = {k: v for k, v in zip(dict(resumed.model.named_parameters()), resumed.ema.parameters())}
+    raw_weights = dict(resumed.model.named_parameters())
+    name = next(iter(ema))
+    assert torch.equal(saved[name], ema[name].detach().cpu())
+    assert not torch.equal(saved[name], raw_weights[name].detach().cpu())
+    assert load_training_state(out.parent / "last")["ema"] is not None
