@@ -34,6 +34,8 @@ def test_run_yaml_overrides_any_recipe_key_and_can_borrow_a_recipe():
 
 def test_unknown_method_trains_with_the_default_recipe():
     assert method_recipe("a-new-method")["optimizer"] == recipes()["default"]["optimizer"]
+    with pytest.raises(ConfigError, match="no recipe 'nnunet'"):
+        apply_recipe(_cfg("universal", recipe="nnunet"))
 
 
 @pytest.mark.parametrize("bad", [{"optimizer": "adam"}, {"schedule": "step"}, {"ema": 1.5}, {"warmup_steps": 1.5},

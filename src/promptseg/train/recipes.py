@@ -62,6 +62,8 @@ def apply_recipe(config: Mapping[str, Any]) -> dict[str, Any]:
     cfg = copy.deepcopy(dict(config))
     t = cfg["train"]
     name = t.get("recipe") or cfg["conditioner"]["name"]
+    if t.get("recipe") and name not in recipes():
+        raise ConfigError(f"train.recipe: no recipe {name!r}; known: {', '.join(sorted(recipes()))}")
     base = method_recipe(name)
     for key in RECIPE_KEYS:
         if t.get(key) is None:
