@@ -151,3 +151,13 @@ def test_seeds_give_mean_and_sd_and_flags_are_marked():
     assert cells[5] == "0.000 ± 0.000 (dead, blind 1/2)"  # a 0 Dice never stands unexplained
     assert "spleen: dead, blind 1/2" in cells[-1]
     assert "| sat | 0.50 / 3.0 | 0.01 / -9.0 |" in text  # the diagnostics table
+
+
+def test_learn_real_ct_trains_with_the_suites_learn_recipe(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(bench, "real_ct_suite", lambda *a, **k: "suite")
+    monkeypatch.setattr(bench, "train_and_score", lambda suite, method, run_dir, **k: seen.update(k["train"]))
+    bench.learn_real_ct(tmp_path)
+    assert seen == {"recipe": bench.suite_settings("real-ct")["learn_recipe"]}
+    bench.learn_real_ct(tmp_path, train={"recipe": "universal", "lr": 0.1})
+    assert seen == {"recipe": "universal", "lr": 0.1}

@@ -485,9 +485,12 @@ def learn_real_ct(out: str | Path, steps: int | None = None, method: str = "univ
                   train: Mapping[str, Any] | None = None) -> MethodResult:
     """Train on the real-CT suite's partial datasets and score the training scan itself (issue 3):
     can the method learn real anatomy from partial labels at native 3 mm? Same datasets and run
-    YAML as the real-CT compare suite; `steps`/`train` shorten it (the integration test)."""
+    YAML as the real-CT compare suite, but trained with the suite's `learn_recipe` (the short-budget
+    recipe its 1,500-step bar was set with) unless `train` names another; `steps`/`train` shorten it
+    (the integration test)."""
     s = suite_settings("real-ct")
     suite = real_ct_suite(Path(out).resolve(), data_dir, test_scan=s["train_scan"])
+    train = {"recipe": s.get("learn_recipe"), **dict(train or {})}
     return train_and_score(suite, method, Path(out).resolve() / method, steps=steps, device=device,
                            progress=progress, train=train)
 
