@@ -3,7 +3,8 @@ apart from a class that is merely hard, so a 0 Dice is explained, never silently
 
 - prompt share: of class k's logit variance over voxels, the part that differs from the mean
   logit map over all prompts (z_k - mean_j z_j, each centred). A model whose output ignores the
-  prompt gives the same map for every class: share ~ 0 ("blind").
+  prompt gives the same map for every class: share ~ 0 ("blind"). It exceeds 1 where the class's
+  map runs against the mean map (it lights up where the other classes are dark).
 - positive logit: the mean logit on the class's reference voxels. Below the decision logit
   (0 = probability 0.5) the model calls the class's own voxels background on average ("dead").
 """
