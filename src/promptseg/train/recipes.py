@@ -123,7 +123,7 @@ def build_ema(model: torch.nn.Module, t: Mapping[str, Any]) -> torch.optim.swa_u
     from torch.optim.swa_utils import AveragedModel
 
     def average(avg: torch.Tensor, new: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        d = ema_decay(decay, int(n))
-        return avg * d + new * (1.0 - d)
+        # avg + (new - avg)(1 - d): a weight that did not move (frozen, masked old rows) stays bit-exact
+        return avg + (new - avg) * (1.0 - ema_decay(decay, int(n)))
 
     return AveragedModel(model, avg_fn=average, use_buffers=True)
