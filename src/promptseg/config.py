@@ -51,19 +51,13 @@ DEFAULT_TRAIN: dict[str, Any] = {
     "steps": 1000,
     "batch_size": 2,
     "patch_size": [96, 96, 96],
-    "lr": 1e-4,
-    "weight_decay": 1e-5,
-    "warmup_steps": 50,
     "accumulate": 1,
-    "clip_grad": 12.0,
     "fg_ratio": 0.6667,
-    "dataset_sampling": "uniform",
     "rot90_prob": 0.1,
     "intensity_shift_prob": 0.2,
     "checkpoint_every": 200,
     "num_threads": None,
     "aux_loss_weight": None,
-    "max_queries": 32,
     "workers": 1,
     "precision": "auto",       # auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16 / fp16
     "channels_last": "auto",   # auto: on CUDA only
@@ -87,6 +81,15 @@ DEFAULT_VALIDATION: dict[str, Any] = {
     "window": None,      # sliding window (default: train.patch_size)
     "overlap": 0.25,
 }
+#: Training-recipe keys of the `train:` section. None (the default) = the value of the run's
+#: method recipe (models/conditioners/recipes.yaml, applied by train/recipes.py); `recipe` names
+#: another method whose recipe to use. A run YAML sets any of them to override its recipe.
+RECIPE_KEYS = ("recipe", "optimizer", "lr", "weight_decay", "momentum", "warmup_steps", "schedule",
+               "schedule_power", "final_lr_ratio", "ema", "clip_grad", "dataset_sampling", "max_queries")
+OPTIMIZERS = ("adamw", "sgd", "lamb")
+SCHEDULES = ("cosine", "poly", "exponential", "constant")
+DATASET_SAMPLING = ("uniform", "sqrt", "proportional")
+DEFAULT_TRAIN.update({k: None for k in RECIPE_KEYS})
 
 DEFAULTS: dict[str, Any] = {
     "name": "run",
@@ -156,21 +159,55 @@ def _positive_int(value, what: str) -> None:
         raise ConfigError(f"{what} must be a positive integer, got {value!r}")
 
 
-def _check_train(t: dict[str, Any]) -> None:
-    for key in ("steps", "batch_size", "accumulate", "checkpoint_every", "max_queries", "workers"):
+def _number(value, what: str, low: float = 0.0, high: float | None = None, open_low: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        v = float(value)
+        ok = (v > low if open_low else v >= low) and (high is None or v < high)
+    if not ok:
+        bounds = f"{'>' if open_low else '>='} {low:g}" + (f" and < {high:g}" if high is not None else "")
+        raise ConfigError(f"{what} must be a number {bounds}, got {value!r}")
+
+
+def check_recipe(t: Mapping[str, Any], where: str = "train.") -> None:
+    """The recipe keys of a train section (or a recipes.yaml entry); None = not set here."""
+    def given(key):
+        return t.get(key) is not None
+
+    if given("recipe") and not isinstance(t["recipe"], str):
+        raise ConfigError(f"{where}recipe must be a method name, got {t['recipe']!r}")
+    for key, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("dataset_sampling", DATASET_SAMPLING)):
+        if given(key) and t[key] not in allowed:
+            raise ConfigError(f"{where}{key} must be one of {', '.join(allowed)}, got {t[key]!r}")
+    for key in ("lr", "weight_decay", "clip_grad"):
+        if given(key):
+            _number(t[key], where + key)
+    if given("schedule_power"):
+        _number(t["schedule_power"], where + "schedule_power", open_low=True)
+    for key in ("momentum", "ema"):
+        if given(key):
+            _number(t[key], where + key, high=1.0)
+    if given("final_lr_ratio"):
+        _number(t["final_lr_ratio"], where + "final_lr_ratio", open_low=True, high=1.0 + 1e-12)
+    if given("max_queries"):
+        _positive_int(t["max_queries"], where + "max_queries")
+    w = t.get("warmup_steps")
+    if w is not None and not ((isinstance(w, int) and not isinstance(w, bool) and w >= 0)
+                              or (isinstance(w, float) and 0 <= w < 1)):
+        raise ConfigError(f"{where}warmup_steps must be an integer >= 0 (steps) or a fraction in [0, 1) "
+                          f"of the run's steps, got {w!r}")
+
+
+def check_train(t: Mapping[str, Any]) -> None:
+    """A train section's values (recipe keys may still be None: the method's recipe fills them)."""
+    for key in ("steps", "batch_size", "accumulate", "checkpoint_every", "workers"):
         _positive_int(t[key], f"train.{key}")
     if not isinstance(t["patch_size"], (list, tuple)) or len(t["patch_size"]) != 3:
         raise ConfigError(f"train.patch_size needs 3 numbers, got {t['patch_size']!r}")
-    if t["dataset_sampling"] not in ("uniform", "sqrt", "proportional"):
-        raise ConfigError(f"train.dataset_sampling must be uniform, sqrt or proportional, got {t['dataset_sampling']!r}")
     for key in ("fg_ratio", "rot90_prob", "intensity_shift_prob"):
         if not isinstance(t[key], (int, float)) or not 0 <= float(t[key]) <= 1:
             raise ConfigError(f"train.{key} must be a probability in [0, 1], got {t[key]!r}")
-    for key in ("lr", "weight_decay"):
-        if not isinstance(t[key], (int, float)) or float(t[key]) < 0:
-            raise ConfigError(f"train.{key} must be a number >= 0, got {t[key]!r}")
-    if isinstance(t["warmup_steps"], bool) or not isinstance(t["warmup_steps"], int) or t["warmup_steps"] < 0:
-        raise ConfigError(f"train.warmup_steps must be an integer >= 0, got {t['warmup_steps']!r}")
+    check_recipe(t)
     augment_params(t["augment"])
     w = t["loader_workers"]
     if isinstance(w, bool) or not isinstance(w, int) or w < 0:
@@ -252,7 +289,7 @@ def resolve_config(raw: dict[str, Any], base_dir: Path | None = None, data_root:
     cfg["datasets"] = _dataset_entries(cfg["datasets"], data_path, "datasets")
     cfg["validation"]["datasets"] = _dataset_entries(cfg["validation"]["datasets"], data_path, "validation.datasets")
     _check_sections(cfg)
-    _check_train(cfg["train"])
+    check_train(cfg["train"])
     _check_validation(cfg["validation"])
     if not isinstance(cfg["plans"], dict):
         raise ConfigError(f"'plans' must be a mapping modality -> plan, got {cfg['plans']!r}")

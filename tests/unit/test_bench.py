@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
+from promptseg.evaluation.prompt_diagnostics import ClassDiagnostics
+
 from promptseg.workflows import bench
 from promptseg.errors import ConfigError, InputError
 from promptseg.io import read_image, read_label, write_image
@@ -104,11 +106,11 @@ def test_table_has_every_class_and_the_note():
     assert "not generalisation" in text and "`promptseg bench compare --suite t`" in text
     header = next(line for line in lines if line.startswith("| method"))
     assert [c.strip() for c in header.strip("|").split("|")] == \
-        ["method", "params (M)", "s/step", "s/volume", "liver", "spleen", "mean Dice"]
+        ["method", "params (M)", "s/step", "s/volume", "liver", "spleen", "mean Dice", "flags"]
     uni = next(line for line in lines if line.startswith("| universal"))
-    assert [c.strip() for c in uni.strip("|").split("|")] == ["universal", "2.93", "0.93", "1.20", "0.900", "0.800", "0.850"]
+    assert [c.strip() for c in uni.strip("|").split("|")] == ["universal", "2.93", "0.93", "1.20", "0.900", "0.800", "0.850", "-"]
     sat = next(line for line in lines if line.startswith("| sat"))
-    assert sat.split("|")[-3].strip() == "-" and sat.split("|")[-2].strip() == "0.700"  # NaN skipped in the mean
+    assert sat.split("|")[-4].strip() == "-" and sat.split("|")[-3].strip() == "0.700"  # NaN skipped in the mean
 
 
 def test_resume_reuses_a_finished_method_only_for_the_same_yaml(scan, tmp_path, monkeypatch):
@@ -122,11 +124,40 @@ def test_resume_reuses_a_finished_method_only_for_the_same_yaml(scan, tmp_path, 
     monkeypatch.setattr(bench, "train_run", fake_train)
     monkeypatch.setattr(bench, "score_checkpoint", lambda *a, **k: bench.ScoreResult(
         {"liver": 0.9, "spleen": math.nan}, {"c1": {"liver": 0.9, "spleen": math.nan}}, 1.5, 1000))
+    monkeypatch.setattr(bench, "checkpoint_diagnostics", lambda *a, **k: {
+        "liver": ClassDiagnostics(0.4, 2.0), "spleen": ClassDiagnostics(0.01, -3.0, ["blind", "dead"])})
     first = bench.train_and_score(suite, "onehot", tmp_path / "onehot", reuse=True)
     again = bench.train_and_score(suite, "onehot", tmp_path / "onehot", reuse=True)
     assert len(calls) == 1
     assert again.dice["liver"] == 0.9 and math.isnan(again.dice["spleen"]) and again.params == 1000
     assert again.mean_dice == first.mean_dice == 0.9
+    assert again.diagnostics["spleen"]["flags"] == ["blind", "dead"] == first.diagnostics["spleen"]["flags"]
     bench.train_and_score(suite, "onehot", tmp_path / "onehot", steps=5, reuse=True)  # another YAML
     bench.train_and_score(suite, "onehot", tmp_path / "onehot", steps=5, reuse=False)  # not asked to reuse
     assert len(calls) == 3
+
+
+def test_seeds_give_mean_and_sd_and_flags_are_marked():
+    suite = bench.Suite("t", "my suite", "note", [], [], {})
+    diag = {"liver": {"prompt_share": 0.5, "positive_logit": 3.0, "flags": []},
+            "spleen": {"prompt_share": 0.01, "positive_logit": -9.0, "flags": ["blind", "dead"]}}
+    rows = [bench.MethodResult("sat", 10**6, 5, 0.5, 1.0, 1.0, {"liver": d, "spleen": 0.0}, seed=i,
+                               diagnostics=diag if i else {**diag, "spleen": {**diag["spleen"], "flags": ["dead"]}})
+            for i, d in enumerate((0.8, 0.9))]
+    text = bench.format_table(suite, rows)
+    sat = next(line for line in text.splitlines() if line.startswith("| sat"))
+    cells = [c.strip() for c in sat.strip("|").split("|")]
+    assert cells[4] == "0.850 ± 0.071"
+    assert cells[5] == "0.000 ± 0.000 (dead, blind 1/2)"  # a 0 Dice never stands unexplained
+    assert "spleen: dead, blind 1/2" in cells[-1]
+    assert "| sat | 0.50 / 3.0 | 0.01 / -9.0 |" in text  # the diagnostics table
+
+
+def test_learn_real_ct_trains_with_the_suites_learn_recipe(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(bench, "real_ct_suite", lambda *a, **k: "suite")
+    monkeypatch.setattr(bench, "train_and_score", lambda suite, method, run_dir, **k: seen.update(k["train"]))
+    bench.learn_real_ct(tmp_path)
+    assert seen == {"recipe": bench.suite_settings("real-ct")["learn_recipe"]}
+    bench.learn_real_ct(tmp_path, train={"recipe": "universal", "lr": 0.1})
+    assert seen == {"recipe": "universal", "lr": 0.1}

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from promptseg.data.sampling import Batch
-from promptseg.train.trainer import training_classes, warmup_cosine
+from promptseg.train.trainer import training_classes
 
 
 def _batch(annotated, present):
@@ -27,10 +27,3 @@ def test_cap_keeps_positives_first():
     present = [[1, 1, 0, 0, 0, 0, 0, 0, 0, 0]]
     got = training_classes(classes, _batch(ann, present), 3, np.random.default_rng(0))
     assert len(got) <= 3 and {"c0", "c1"} <= set(got)
-
-
-def test_warmup_cosine_shape():
-    assert warmup_cosine(0, 10, 100) == 0.1
-    assert warmup_cosine(9, 10, 100) == 1.0
-    assert abs(warmup_cosine(100, 10, 100)) < 1e-12
-    assert 0.4 < warmup_cosine(55, 10, 100) < 0.6

@@ -63,6 +63,7 @@ from ..config import (
     resolve_config,
     section,
 )
+from .recipes import build_optimizer
 from .trainer import Trainer, class_list, load_datasets
 
 #: Parts of a run that are the model's architecture: they come from the checkpoint.
@@ -341,7 +342,7 @@ class ExtensionTrainer(Trainer):
         return model
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        """AdamW; grown tensors (old rows masked) get no weight decay so their old rows stay exact."""
+        """The recipe's optimiser; grown tensors (old rows masked) get no weight decay so their old rows stay exact."""
         t = self.config["train"]
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if not named:
@@ -351,7 +352,7 @@ class ExtensionTrainer(Trainer):
         groups = [{"params": decay, "weight_decay": float(t["weight_decay"])}]
         if fixed:
             groups.append({"params": fixed, "weight_decay": 0.0})
-        return torch.optim.AdamW(groups, lr=float(t["lr"]))
+        return build_optimizer(groups, t)
 
     def train_mode(self) -> None:
         super().train_mode()

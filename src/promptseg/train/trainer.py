@@ -1,12 +1,13 @@
 """Training loop for every method: datasets -> cache -> patches -> masked loss -> checkpoints.
 
-One loop serves all conditioners (only the YAML's `conditioner:` differs). It resumes from the
-last checkpoint after a kill, and runs unchanged under torchrun (DDP) -- see `distributed.py`.
+One loop serves all conditioners (only the YAML's `conditioner:` differs); each trains with its
+method's recipe (optimiser, schedule, EMA, clipping, sampling: `recipes.py`) unless the YAML
+overrides it. It resumes from the last checkpoint after a kill, and runs unchanged under torchrun
+(DDP) -- see `distributed.py`.
 """
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -24,15 +25,8 @@ from ..io.atomic import atomic_write
 from ..runtime import resolve_device
 from ..taxonomy import Taxonomy, default_taxonomy, load_taxonomy
 from .losses import masked_bce_dice
+from .recipes import apply_recipe, build_ema, build_optimizer, build_scheduler
 from .validate import split_cases, validate
-
-
-def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """LR multiplier: linear warm-up, then cosine decay to 0 at `total`."""
-    if step < warmup:
-        return (step + 1) / max(1, warmup)
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def load_entries(entries: list[dict[str, Any]]):
@@ -103,7 +97,7 @@ class Trainer:
         from ..data.sampling import PatchSampler
         from . import amp, distributed
 
-        self.config = config
+        self.config = config = apply_recipe(config)
         self.dist = distributed.setup(device)
         self.device = self.dist.device if self.dist.enabled else resolve_device(device)
         self.rank = self.dist.rank
@@ -140,10 +134,8 @@ class Trainer:
         if self.dist.enabled:  # same initial weights everywhere, then rank-distinct torch randomness
             torch.manual_seed(distributed.rank_seed(seed, self.rank))
         self.optimizer = self.build_optimizer()
-        total = int(t["steps"])
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: warmup_cosine(s, int(t["warmup_steps"]), total)
-        )
+        self.scheduler = build_scheduler(self.optimizer, t)
+        self.ema = build_ema(self.model, t)
         self.sampler = PatchSampler(
             self.cases,
             self.classes,
@@ -173,10 +165,8 @@ class Trainer:
         return build_model(self.config, self.classes, in_channels=in_channels, taxonomy=self.taxonomy)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        """AdamW over the parameters that require gradients (all of them in plain training)."""
-        t = self.config["train"]
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
+        """The recipe's optimiser over the parameters that require gradients (all in plain training)."""
+        return build_optimizer([p for p in self.model.parameters() if p.requires_grad], self.config["train"])
 
     def train_mode(self) -> None:
         """Put the network in training mode before each step."""
@@ -200,6 +190,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.amp.load_state_dict(state.get("amp"))
+            if self.ema is not None and state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
             self.step = int(state.get("step", meta.get("step", 0)))
             self._restore_random(state)
             if self.progress:
@@ -249,11 +241,14 @@ class Trainer:
             "query_rng": {r: q for r, (_, q, _) in enumerate(rngs)},
             "torch_rng": {r: t for r, (_, _, t) in enumerate(rngs)},
             "amp": self.amp.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
         extra = self._meta()
         save_checkpoint(self.model, self.out / "last", self.config, self.step, training_state=state, extra=extra)
         if final:
-            save_checkpoint(self.model, self.out / "model", self.config, self.step, extra=extra)
+            # the weight average is the model (the recipe's EMA), the raw weights only resume
+            final = self.ema.module if self.ema is not None else self.model
+            save_checkpoint(final, self.out / "model", self.config, self.step, extra=extra)
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step (with gradient accumulation); returns the logged figures."""
@@ -265,7 +260,7 @@ class Trainer:
         self.train_mode()
         for micro in range(accumulate):
             batch = self.prepare_batch(next(self.batches) if self.batches is not None else self.sampler.sample())
-            names = training_classes(self.classes, batch, int(t.get("max_queries") or 32), self.query_rng,
+            names = training_classes(self.classes, batch, int(t["max_queries"]), self.query_rng,
                                      self.model.conditioner)
             idx = [self.classes.index(n) for n in names]
             prompts = self.model.prompt_batch(names, modality=batch.modality, datasets=batch.datasets,
@@ -296,6 +291,8 @@ class Trainer:
             logs["loss_scale"] = self.amp.scale()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.step += 1
         logs["lr"] = self.scheduler.get_last_lr()[0]
         return logs

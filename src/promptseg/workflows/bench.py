@@ -10,8 +10,15 @@ code users run. Two suites:
 - real-ct: one real scan's labels split into 3 partial datasets (`split_partial_datasets`, shared
   with benchmarks/learn_real_ct.py) -> the same patient's larger field of view.
 
-Outputs under OUT/<suite>/: data/, cache/, <method>/{run.yaml, run/, predictions/},
-results.json and table.md (the printed table, with the command that made it).
+Each method trains with its own recipe (models/conditioners/recipes.yaml: optimiser, lr, schedule,
+EMA, sampling), the suite fixing only the budget (steps, batch, patch). After scoring, the raw
+logits on the scored cases give each class's prompt share and mean positive logit
+(`bench_diagnostics.py`), so a task-blind model or a dead class is flagged in the table, never a
+silent 0. `--seeds N` repeats every method with seeds s, s+1, ... and reports mean +- sd.
+
+Outputs under OUT/<suite>/: data/, cache/, <method>/{run.yaml, run/, predictions/} (with
+several seeds: <method>/seed<i>/...), results.json and table.md (the printed table, with the
+command that made it).
 """
 from __future__ import annotations
 
@@ -36,6 +43,8 @@ from ..evaluation.evaluate import json_safe
 from ..io.atomic import atomic_directory, atomic_write, refuse_foreign
 from ..io.formats import WRITABLE, case_id, channel_file, image_ending
 from ..io.labeltable import load_table, parse_label_mapping, read_label_json
+from .bench_diagnostics import checkpoint_diagnostics
+from .bench_report import finite_mean, fmt, format_table
 
 SUITES = ("phantom", "real-ct")
 SPLIT_TAG = "promptseg partial split"  # dataset.json description prefix: ours, safe to overwrite
@@ -249,15 +258,19 @@ def build_suite(name: str, work: str | Path, data_dir: str | Path | None = None)
 
 # --- one method: train, predict, score ------------------------------------------------------------
 def write_run_yaml(suite: Suite, method: str, run_dir: str | Path, steps: int | None = None,
-                   conditioner: Mapping[str, Any] | None = None, train: Mapping[str, Any] | None = None) -> Path:
+                   conditioner: Mapping[str, Any] | None = None, train: Mapping[str, Any] | None = None,
+                   seed_offset: int = 0) -> Path:
     """RUN_DIR/run.yaml: the suite's run body + this method's `conditioner:` (nothing else differs;
-    `train` overrides train settings for every method alike, e.g. a shorter test run)."""
+    `train` overrides train settings for every method alike, e.g. a shorter test run;
+    `seed_offset` is added to the suite's seed for repeated runs)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     raw = {"name": f"bench-{suite.name}", "output": "run", **json.loads(json.dumps(suite.run)),
            "datasets": [str(p) for p in suite.datasets],
            "conditioner": dict(conditioner) if conditioner is not None else conditioner_config(method)}
     raw.setdefault("train", {}).update(dict(train or {}))
+    if seed_offset:
+        raw["seed"] = int(raw.get("seed", 0)) + int(seed_offset)
     if steps is not None:
         if int(steps) < 1:
             raise ConfigError(f"--steps must be a positive integer, got {steps}")
@@ -339,18 +352,13 @@ def score_checkpoint(checkpoint: str | Path, cases: Sequence[TestCase], out_dir:
             scores[name] = dice(mask, ref.mask(name, whole)) if ref.can_score(name) else math.nan
         per_case[case.name] = scores
     names = list(dict.fromkeys(n for s in per_case.values() for n in s))
-    mean = {n: _nanmean([s.get(n, math.nan) for s in per_case.values()]) for n in names}
+    mean = {n: finite_mean([s.get(n, math.nan) for s in per_case.values()]) for n in names}
     return ScoreResult(mean, per_case, float(np.mean(seconds)), params)
 
 
 def _nans(scores: Mapping[str, float | None]) -> dict[str, float]:
     """JSON null (how NaN is stored) back to NaN."""
     return {k: math.nan if v is None else float(v) for k, v in scores.items()}
-
-
-def _nanmean(values) -> float:
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    return float(np.mean(vals)) if vals else math.nan
 
 
 @dataclass
@@ -365,22 +373,26 @@ class MethodResult:
     per_case: dict[str, dict[str, float]] = field(default_factory=dict)
     run_yaml: str = ""
     checkpoint: str = ""
+    seed: int = 0
+    diagnostics: dict[str, dict[str, Any]] = field(default_factory=dict)  # class -> share, logit, flags
 
     @property
     def mean_dice(self) -> float:
-        return _nanmean(self.dice.values())
+        return finite_mean(self.dice.values())
 
 
 def train_and_score(suite: Suite, method: str, run_dir: str | Path, steps: int | None = None, device: str = "auto",
                     progress: bool = True, conditioner: Mapping[str, Any] | None = None,
-                    train: Mapping[str, Any] | None = None, reuse: bool = False) -> MethodResult:
-    """One method end to end: run.yaml -> `promptseg train` -> predict the suite's test cases -> Dice.
+                    train: Mapping[str, Any] | None = None, reuse: bool = False, seed_offset: int = 0) -> MethodResult:
+    """One method end to end: run.yaml -> `promptseg train` -> predict the suite's test cases -> Dice,
+    then the prompt diagnostics of the trained model on the same cases.
 
     RUN_DIR/result.json records the outcome together with the run YAML it came from; `reuse`
     returns it instead of training again when that YAML is unchanged (a bench killed half-way).
     """
     run_dir = Path(run_dir)
-    yml = write_run_yaml(suite, method, run_dir, steps=steps, conditioner=conditioner, train=train)
+    yml = write_run_yaml(suite, method, run_dir, steps=steps, conditioner=conditioner, train=train,
+                         seed_offset=seed_offset)
     record = run_dir / "result.json"
     if reuse and record.is_file():
         try:
@@ -400,18 +412,16 @@ def train_and_score(suite: Suite, method: str, run_dir: str | Path, steps: int |
     if pred_dir.exists():
         shutil.rmtree(pred_dir)
     sc = score_checkpoint(tr.checkpoint, suite.test_cases, pred_dir, device=device)
+    diag = checkpoint_diagnostics(tr.checkpoint, suite.test_cases, bench_settings().get("diagnostics"), device=device)
     result = MethodResult(method, sc.params, tr.steps, tr.seconds_per_step, sc.seconds_per_volume, tr.seconds / 60.0,
-                          sc.dice, sc.per_case, str(yml), str(tr.checkpoint))
+                          sc.dice, sc.per_case, str(yml), str(tr.checkpoint), int(suite.run.get("seed", 0)) + seed_offset,
+                          {c: asdict(d) for c, d in diag.items()})
     doc = {**asdict(result), "mean_dice": result.mean_dice, "run_yaml_text": yml.read_text()}
     atomic_write(record, json.dumps(json_safe(doc), indent=1) + "\n")
     return result
 
 
 # --- the comparison ---------------------------------------------------------------------------------
-def _fmt(v: float, digits: int = 3) -> str:
-    return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
-
-
 def machine_line(device: str = "auto") -> str:
     """Where the timings come from: device, torch threads, load average (a busy box inflates them)."""
     import torch
@@ -424,35 +434,16 @@ def machine_line(device: str = "auto") -> str:
     return f"Timings: {name}; load average {load} on {os.cpu_count()} CPUs when written."
 
 
-def format_table(suite: Suite, rows: Sequence[MethodResult], command: str = "", machine: str = "") -> str:
-    """Markdown: title, note, command, then method | params (M) | s/step | s/volume | Dice... | mean."""
-    classes = list(dict.fromkeys(c for r in rows for c in r.dice))
-    head = ["method", "params (M)", "s/step", "s/volume", *classes, "mean Dice"]
-    lines = [f"### {suite.title}", "", suite.note, ""]
-    if rows:
-        r0 = rows[0]
-        lines += [f"Same seed, step budget ({r0.steps} steps) and run YAML for every method; only `conditioner:` "
-                  f"differs. Dice per class on the scored set; timings on this machine.", ""]
-    if command:
-        lines += [f"Command: `{command}`", ""]
-    if machine:
-        lines += [machine, ""]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
-    for r in rows:
-        cells = [r.method, f"{r.params / 1e6:.2f}", _fmt(r.seconds_per_step, 2), _fmt(r.seconds_per_volume, 2),
-                 *(_fmt(r.dice.get(c, math.nan)) for c in classes), _fmt(r.mean_dice)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def compare(suite: str, methods: Sequence[str] | None = None, steps: int | None = None, out: str | Path = "bench_out",
             device: str = "auto", data_dir: str | Path | None = None, progress: bool = True,
-            threads: int | None = None, command: str = "", resume: bool = False) -> dict[str, Any]:
-    """Train and score every method on one suite; print and write the table. Returns results.json's content.
+            threads: int | None = None, command: str = "", resume: bool = False, seeds: int = 1) -> dict[str, Any]:
+    """Train and score every method on one suite (`seeds` times each, seeds s, s+1, ...); print and
+    write the table. Returns results.json's content.
 
-    `resume` keeps the methods an earlier, interrupted call already finished with the same run YAML.
+    `resume` keeps the runs an earlier, interrupted call already finished with the same run YAML.
     """
+    if isinstance(seeds, bool) or int(seeds) < 1:
+        raise ConfigError(f"--seeds must be a positive integer, got {seeds}")
     if threads:
         import torch
 
@@ -466,16 +457,20 @@ def compare(suite: str, methods: Sequence[str] | None = None, steps: int | None 
     rows: list[MethodResult] = []
     table = format_table(s, rows, command, machine_line(device))
     for m in methods:
-        print(f"[bench {suite}] {m}: training {steps or s.run['train']['steps']} steps", file=sys.stderr, flush=True)
-        r = train_and_score(s, m, work / m, steps=steps, device=device, progress=progress, reuse=resume)
-        print(f"[bench {suite}] {m}: mean Dice {_fmt(r.mean_dice)}, {r.seconds_per_step:.2f} s/step, "
-              f"{r.seconds_per_volume:.2f} s/volume", file=sys.stderr, flush=True)
-        rows.append(r)
+        for i in range(int(seeds)):
+            print(f"[bench {suite}] {m} (seed {i + 1}/{seeds}): training {steps or s.run['train']['steps']} steps",
+                  file=sys.stderr, flush=True)
+            run_dir = work / m if int(seeds) == 1 else work / m / f"seed{i}"
+            r = train_and_score(s, m, run_dir, steps=steps, device=device, progress=progress, reuse=resume, seed_offset=i)
+            flags = {c: d["flags"] for c, d in r.diagnostics.items() if d["flags"]}
+            print(f"[bench {suite}] {m}: mean Dice {fmt(r.mean_dice)}, {r.seconds_per_step:.2f} s/step, "
+                  f"{r.seconds_per_volume:.2f} s/volume; flagged: {flags or 'none'}", file=sys.stderr, flush=True)
+            rows.append(r)
         table = format_table(s, rows, command, machine_line(device))  # rewritten per method: a killed run keeps its rows
         atomic_write(work / "table.md", table)
     result = {
         "suite": suite, "title": s.title, "note": s.note, "command": command, "device": device,
-        "threads": threads, "minutes": (time.time() - t0) / 60.0, "machine": machine_line(device),
+        "threads": threads, "seeds": int(seeds), "minutes": (time.time() - t0) / 60.0, "machine": machine_line(device),
         "datasets": [str(p) for p in s.datasets], "test_cases": [str(c.image) for c in s.test_cases],
         "methods": [{**asdict(r), "mean_dice": r.mean_dice} for r in rows],
     }
@@ -490,9 +485,12 @@ def learn_real_ct(out: str | Path, steps: int | None = None, method: str = "univ
                   train: Mapping[str, Any] | None = None) -> MethodResult:
     """Train on the real-CT suite's partial datasets and score the training scan itself (issue 3):
     can the method learn real anatomy from partial labels at native 3 mm? Same datasets and run
-    YAML as the real-CT compare suite; `steps`/`train` shorten it (the integration test)."""
+    YAML as the real-CT compare suite, but trained with the suite's `learn_recipe` (the short-budget
+    recipe its 1,500-step bar was set with) unless `train` names another; `steps`/`train` shorten it
+    (the integration test)."""
     s = suite_settings("real-ct")
     suite = real_ct_suite(Path(out).resolve(), data_dir, test_scan=s["train_scan"])
+    train = {"recipe": s.get("learn_recipe"), **dict(train or {})}
     return train_and_score(suite, method, Path(out).resolve() / method, steps=steps, device=device,
                            progress=progress, train=train)
 
@@ -512,6 +510,8 @@ def _echo_argv(args) -> list[str]:
         out += ["--data", args.data]
     if args.threads:
         out += ["--threads", str(args.threads)]
+    if args.seeds != 1:
+        out += ["--seeds", str(args.seeds)]
     return out
 
 
@@ -524,6 +524,7 @@ def add_compare_arguments(p) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--data", default=None, help="folder of the real scans (default: ../shared/data beside the clone)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per method (seeds s, s+1, ...): the table shows mean ± sd")
     p.add_argument("--resume", action="store_true",
                    help="keep methods an interrupted run already finished (same run YAML); train the rest")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -534,7 +535,7 @@ def run_compare_args(args) -> int:
     command = "promptseg bench compare " + " ".join(shlex.quote(a) for a in _echo_argv(args))
     compare(args.suite, methods=args.methods, steps=args.steps, out=args.out, device=args.device,
             data_dir=args.data, progress=not args.quiet, threads=args.threads, command=command,
-            resume=args.resume)
+            resume=args.resume, seeds=args.seeds)
     return 0
 
 

@@ -1,0 +1,85 @@
+"""Is the prompt doing anything? Per-class figures that tell a task-blind model and a dead class
+apart from a class that is merely hard, so a 0 Dice is explained, never silently scored.
+
+- prompt share: of class k's logit variance over voxels, the part that differs from the mean
+  logit map over all prompts (z_k - mean_j z_j, each centred). A model whose output ignores the
+  prompt gives the same map for every class: share ~ 0 ("blind"). It exceeds 1 where the class's
+  map runs against the mean map (it lights up where the other classes are dark).
+- positive logit: the mean logit on the class's reference voxels. Below the decision logit
+  (0 = probability 0.5) the model calls the class's own voxels background on average ("dead").
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+BLIND = "blind"
+DEAD = "dead"
+
+
+@dataclass
+class ClassDiagnostics:
+    """Figures of one class, pooled over cases (NaN: not measurable, e.g. one prompt only)."""
+
+    prompt_share: float = math.nan
+    positive_logit: float = math.nan
+    flags: list[str] = field(default_factory=list)
+
+
+def prompt_shares(logits: torch.Tensor) -> list[float]:
+    """Per class, the share of its logit variance the prompt explains; logits [K, *spatial]."""
+    z = logits.detach().double().flatten(1)
+    if z.shape[0] < 2:
+        return [math.nan] * z.shape[0]
+    z = z - z.mean(dim=1, keepdim=True)            # per-class constant offsets say nothing spatial
+    own = (z - z.mean(dim=0, keepdim=True)).pow(2).mean(dim=1)
+    total = z.pow(2).mean(dim=1)
+    return [float(o / t) if t > 0 else math.nan for o, t in zip(own.tolist(), total.tolist())]
+
+
+def positive_logits(logits: torch.Tensor, masks: Sequence[np.ndarray | None]) -> list[tuple[float, int]]:
+    """Per class, (sum of logits on its reference voxels, voxel count); a None mask counts 0."""
+    out = []
+    for k, m in enumerate(masks):
+        if m is None or not np.any(m):
+            out.append((0.0, 0))
+            continue
+        sel = torch.as_tensor(np.asarray(m, dtype=bool))
+        out.append((float(logits[k][sel].double().sum()), int(sel.sum())))
+    return out
+
+
+def diagnose(per_case: Sequence[tuple[torch.Tensor, Sequence[np.ndarray | None]]], classes: Sequence[str],
+             blind_share: float = 0.05, dead_logit: float = 0.0) -> dict[str, ClassDiagnostics]:
+    """Class -> figures over cases: prompt share averaged over cases, positive logit pooled over
+    all reference voxels; flagged `blind` below `blind_share`, `dead` below `dead_logit`."""
+    shares: dict[str, list[float]] = {c: [] for c in classes}
+    sums = {c: [0.0, 0] for c in classes}
+    for logits, masks in per_case:
+        if logits.shape[0] != len(classes) or len(masks) != len(classes):
+            raise ValueError(f"{logits.shape[0]} logit maps and {len(masks)} masks for {len(classes)} classes")
+        for c, s in zip(classes, prompt_shares(logits)):
+            if math.isfinite(s):
+                shares[c].append(s)
+        for c, (total, n) in zip(classes, positive_logits(logits, masks)):
+            sums[c][0] += total
+            sums[c][1] += n
+    out = {}
+    for c in classes:
+        d = ClassDiagnostics(float(np.mean(shares[c])) if shares[c] else math.nan,
+                             sums[c][0] / sums[c][1] if sums[c][1] else math.nan)
+        if math.isfinite(d.prompt_share) and d.prompt_share < blind_share:
+            d.flags.append(BLIND)
+        if math.isfinite(d.positive_logit) and d.positive_logit < dead_logit:
+            d.flags.append(DEAD)
+        out[c] = d
+    return out
+
+
+def flagged(diagnostics: Mapping[str, ClassDiagnostics]) -> dict[str, list[str]]:
+    """Only the classes with a flag: class -> flags."""
+    return {c: list(d.flags) for c, d in diagnostics.items() if d.flags}

@@ -1,0 +1,129 @@
+"""Each method trained the way its paper trains it: recipes as data, applied to a run's `train:`.
+
+The recipes (optimiser, lr, warm-up, schedule, EMA, gradient clipping, dataset sampling, query
+cap) live in models/conditioners/recipes.yaml, next to the methods they belong to. The trainer
+asks for the recipe of the run's conditioner by its registry name, so this module knows no
+method: a new conditioner without an entry trains with the `default` recipe. Keys the run YAML
+sets win over the recipe (config.RECIPE_KEYS; None there = "the recipe's").
+"""
+from __future__ import annotations
+
+import copy
+import math
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Iterable, Mapping
+
+import torch
+import yaml
+
+from ..config import RECIPE_KEYS, check_recipe, check_train
+from ..errors import ConfigError
+
+RECIPE_FILE = "recipes.yaml"
+RECIPE_PACKAGE = "promptseg.models.conditioners"
+
+
+@lru_cache(maxsize=1)
+def _recipes_text() -> str:
+    return resources.files(RECIPE_PACKAGE).joinpath(RECIPE_FILE).read_text()
+
+
+def recipes() -> dict[str, dict[str, Any]]:
+    """Every recipe of recipes.yaml (a fresh copy), each checked; `default` included."""
+    doc = yaml.safe_load(_recipes_text()) or {}
+    where = f"{RECIPE_PACKAGE}/{RECIPE_FILE}"
+    if not isinstance(doc, dict) or not isinstance(doc.get("default"), dict):
+        raise ConfigError(f"{where}: needs a mapping with a 'default' recipe")
+    for name, entry in doc.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: recipe {name!r} must be a mapping")
+        unknown = sorted(set(entry) - (set(RECIPE_KEYS) - {"recipe"}))
+        if unknown:
+            raise ConfigError(f"{where}: recipe {name!r} has unknown key(s) {', '.join(unknown)}")
+        check_recipe(entry, f"{where}: {name}.")
+    return doc
+
+
+def method_recipe(name: str) -> dict[str, Any]:
+    """The recipe of method `name` over the default one (a method without an entry: the default)."""
+    table = recipes()
+    return {**table["default"], **(table.get(name) or {}), "recipe": name}
+
+
+def warmup_steps(value: int | float, steps: int) -> int:
+    """Warm-up length in steps: an integer as is, a fraction of the run's steps rounded."""
+    return int(value) if isinstance(value, int) else int(round(float(value) * steps))
+
+
+def apply_recipe(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config with every recipe key of `train:` filled: the run's own value where set, else the
+    recipe of `train.recipe` or of the run's conditioner. Warm-up fractions become steps."""
+    cfg = copy.deepcopy(dict(config))
+    t = cfg["train"]
+    name = t.get("recipe") or cfg["conditioner"]["name"]
+    if t.get("recipe") and name not in recipes():
+        raise ConfigError(f"train.recipe: no recipe {name!r}; known: {', '.join(sorted(recipes()))}")
+    base = method_recipe(name)
+    for key in RECIPE_KEYS:
+        if t.get(key) is None:
+            t[key] = base[key]
+    t["warmup_steps"] = warmup_steps(t["warmup_steps"], int(t["steps"]))
+    check_train(t)
+    return cfg
+
+
+def build_optimizer(params: Iterable, t: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """The recipe's optimiser over `params` (tensors or parameter groups)."""
+    lr, wd, name = float(t["lr"]), float(t["weight_decay"]), t["optimizer"]
+    momentum = float(t["momentum"])
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=(momentum, 0.999))
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=momentum, nesterov=momentum > 0)
+    if name == "lamb":
+        import torch_optimizer  # LAMB (You et al. 2020): only the runs that ask for it need the package
+
+        return torch_optimizer.Lamb(params, lr=lr, weight_decay=wd, betas=(momentum, 0.999))
+    raise ConfigError(f"train.optimizer must be adamw, sgd or lamb, got {name!r}")
+
+
+def lr_multiplier(step: int, t: Mapping[str, Any]) -> float:
+    """LR factor at `step`: linear warm-up, then the recipe's decay over the remaining steps."""
+    warm, total = int(t["warmup_steps"]), int(t["steps"])
+    if step < warm:
+        return (step + 1) / max(1, warm)
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    schedule = t["schedule"]
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "poly":
+        return (1.0 - progress) ** float(t["schedule_power"])
+    if schedule == "exponential":
+        return float(t["final_lr_ratio"]) ** progress
+    return 1.0
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, t: Mapping[str, Any]) -> torch.optim.lr_scheduler.LambdaLR:
+    settings = {k: t[k] for k in ("warmup_steps", "steps", "schedule", "schedule_power", "final_lr_ratio")}
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, settings))
+
+
+def ema_decay(decay: float, updates: int) -> float:
+    """The EMA's decay after `updates` averages: ramped up as (1 + n) / (10 + n) until it reaches
+    the recipe's, so a short run's average is not dominated by its first, untrained weights."""
+    return min(float(decay), (1.0 + updates) / (10.0 + updates))
+
+
+def build_ema(model: torch.nn.Module, t: Mapping[str, Any]) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of the weights (and buffers) when the recipe asks for one."""
+    decay = float(t.get("ema") or 0.0)
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel
+
+    def average(avg: torch.Tensor, new: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        # avg + (new - avg)(1 - d): a weight that did not move (frozen, masked old rows) stays bit-exact
+        return avg + (new - avg) * (1.0 - ema_decay(decay, int(n)))
+
+    return AveragedModel(model, avg_fn=average, use_buffers=True)

@@ -1,0 +1,54 @@
+"""The bench's prompt diagnostics: a trained checkpoint's raw logits on the scored cases.
+
+Why apart from scoring: Dice comes from the masks `predict` writes (what users get); the
+diagnostics need the logits before any threshold, in the network's own grid, with the reference
+labels brought into that grid by the same preprocessing record. Figures and flags are defined in
+evaluation/prompt_diagnostics.py.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..checkpoint import open_checkpoint
+from ..evaluation.labelmap import LabelMap
+from ..evaluation.prompt_diagnostics import ClassDiagnostics, diagnose
+from ..inference import sliding_window_logits
+from ..io import read_image, read_label
+from ..preprocess import apply_to_label, get_plan, preprocess_image
+from ..runtime import resolve_device
+
+
+def case_logits(ckpt, image_path: Path, label_path: Path, labels: Mapping[str, tuple[int, ...]],
+                classes: Sequence[str], device: str = "auto") -> tuple[torch.Tensor, list[np.ndarray | None]]:
+    """Logits [K, *grid] of `classes` on one case and each class's reference mask in that grid
+    (None where the reference does not name the class)."""
+    modality = ckpt.modality or "CT"
+    plan = get_plan(ckpt.plans.get(str(modality).upper()) or ckpt.config["plan"])
+    image = read_image(image_path)
+    pre = preprocess_image(image, plan)
+    label = apply_to_label(read_label(label_path, reference=image), pre.record)
+    model = ckpt.model.to(resolve_device(device)).eval()
+    s = ckpt.config.get("inference") or {}
+    pb = model.prompt_batch(list(classes), modality=modality, batch_size=1)
+    logits = sliding_window_logits(model, torch.from_numpy(pre.array)[None, None], pb,
+                                   window=s.get("window", (96, 96, 96)), overlap=float(s.get("overlap", 0.5)),
+                                   mode=s.get("mode", "gaussian"), sw_batch_size=int(s.get("sw_batch_size", 2)),
+                                   out_device="cpu", precision="float32")[0]
+    ref = LabelMap(label, dict(labels), pre.volume.spacing, model.taxonomy, path=label_path)
+    whole = tuple(slice(0, n) for n in label.shape)
+    masks = [ref.mask(c, whole) if ref.can_score(c) else None for c in classes]
+    return logits.float(), masks
+
+
+def checkpoint_diagnostics(checkpoint: str | Path, cases: Sequence[Any], settings: Mapping[str, Any] | None = None,
+                           device: str = "auto") -> dict[str, ClassDiagnostics]:
+    """Class -> prompt share, mean positive logit and flags of a checkpoint over the test cases
+    (`cases`: the bench's TestCase objects; `settings`: bench.yaml's `diagnostics:` thresholds)."""
+    ckpt = open_checkpoint(checkpoint, device="cpu")
+    classes = list(ckpt.model.class_names)
+    per_case = [case_logits(ckpt, c.image, c.label, c.labels, classes, device) for c in cases]
+    return diagnose(per_case, classes, **dict(settings or {}))

@@ -1,0 +1,114 @@
+"""Training recipes: each method's from recipes.yaml, the run YAML overriding any key."""
+import pytest
+import torch
+
+from promptseg.config import resolve_config
+from promptseg.errors import ConfigError
+from promptseg.train.recipes import apply_recipe, build_ema, build_optimizer, lr_multiplier, method_recipe, recipes
+
+
+def _cfg(conditioner="universal", **train):
+    return resolve_config({"conditioner": {"name": conditioner}, "train": {"steps": 200, **train}})
+
+
+def test_every_method_has_its_papers_recipe():
+    table = recipes()
+    assert {"default", "universal", "uniseg", "hermes", "sat"} <= set(table)
+    u = apply_recipe(_cfg("universal"))["train"]
+    assert (u["optimizer"], u["lr"], u["schedule"]) == ("adamw", 4e-4, "cosine")
+    s = apply_recipe(_cfg("uniseg"))["train"]
+    assert (s["optimizer"], s["lr"], s["momentum"], s["schedule"]) == ("sgd", 1e-2, 0.99, "poly")
+    h = apply_recipe(_cfg("hermes"))["train"]
+    assert h["optimizer"] == "lamb" and h["ema"] > 0 and h["clip_grad"] > 0 and h["warmup_steps"] == 20
+    sat = apply_recipe(_cfg("sat"))["train"]
+    assert (sat["optimizer"], sat["lr"], sat["dataset_sampling"]) == ("adamw", 1e-4, "sqrt")
+
+
+def test_run_yaml_overrides_any_recipe_key_and_can_borrow_a_recipe():
+    t = apply_recipe(_cfg("uniseg", lr=0.003, optimizer="adamw", warmup_steps=7))["train"]
+    assert (t["lr"], t["optimizer"], t["warmup_steps"]) == (0.003, "adamw", 7)
+    assert t["schedule"] == "poly"  # not overridden: still the method's
+    t = apply_recipe(_cfg("universal", recipe="sat"))["train"]
+    assert (t["lr"], t["dataset_sampling"], t["recipe"]) == (1e-4, "sqrt", "sat")
+
+
+def test_unknown_method_trains_with_the_default_recipe():
+    assert method_recipe("a-new-method")["optimizer"] == recipes()["default"]["optimizer"]
+    with pytest.raises(ConfigError, match="no recipe 'nnunet'"):
+        apply_recipe(_cfg("universal", recipe="nnunet"))
+
+
+@pytest.mark.parametrize("bad", [{"optimizer": "adam"}, {"schedule": "step"}, {"ema": 1.5}, {"warmup_steps": 1.5},
+                                 {"lr": -1}, {"dataset_sampling": "random"}, {"max_queries": 0}])
+def test_bad_recipe_values_are_one_line_errors(bad):
+    with pytest.raises(ConfigError, match="train\\."):
+        _cfg("universal", **bad)
+
+
+def test_schedules():
+    base = {"warmup_steps": 10, "steps": 110, "schedule_power": 0.9, "final_lr_ratio": 0.01}
+    cos = {**base, "schedule": "cosine"}
+    assert lr_multiplier(0, cos) == 0.1 and lr_multiplier(9, cos) == 1.0
+    assert abs(lr_multiplier(110, cos)) < 1e-12 and 0.4 < lr_multiplier(60, cos) < 0.6
+    poly = {**base, "schedule": "poly"}
+    assert lr_multiplier(60, poly) == pytest.approx(0.5 ** 0.9)
+    exp = {**base, "schedule": "exponential"}
+    assert lr_multiplier(110, exp) == pytest.approx(0.01) and lr_multiplier(60, exp) == pytest.approx(0.1)
+
+
+def test_optimizers_and_ema():
+    p = torch.nn.Parameter(torch.ones(3))
+    t = apply_recipe(_cfg("uniseg"))["train"]
+    opt = build_optimizer([p], t)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.99
+    lamb = build_optimizer([p], apply_recipe(_cfg("hermes"))["train"])
+    assert type(lamb).__name__ == "Lamb"
+    net = torch.nn.Linear(2, 1)
+    ema = build_ema(net, {"ema": 0.9})
+    assert build_ema(net, {"ema": 0}) is None
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema.update_parameters(net)  # the first average is a copy
+    with torch.no_grad():
+        net.weight.fill_(3.0)
+    ema.update_parameters(net)  # n=1: decay min(0.9, 2/11)
+    d = 2 / 11
+    assert torch.allclose(ema.module.weight, torch.full_like(net.weight, d * 1.0 + (1 - d) * 3.0))
+
+
+def test_trainer_uses_the_recipe_saves_the_average_and_resumes_it(tmp_path):
+    """A run with the SGD recipe, EMA and poly schedule: the config records the recipe, the saved
+    model is the weight average (not the last weights), and a resumed run restores the average."""
+    import json
+
+    from promptseg.checkpoint import load_training_state, read_meta, read_weights
+    from promptseg.data.phantoms import make_phantom_datasets
+    from promptseg.train.trainer import Trainer
+
+    data = make_phantom_datasets(tmp_path / "data", seed=0, n_train=(0, 0, 1, 0), n_test=0, shape=(36, 36, 36))
+    raw = {"output": "run", "datasets": [str(data["PhantomC_organs"])], "plan": {"name": "universal_ct", "spacing": None},
+           "backbone": {"name": "unet", "preset": "small", "widths": [4, 8]},
+           "conditioner": {"name": "onehot", "head": "shared", "hidden": 16},
+           "train": {"steps": 3, "batch_size": 1, "patch_size": [32, 32, 32], "checkpoint_every": 2, "num_threads": 1,
+                     "recipe": "uniseg", "ema": 0.5}}
+    n = torch.get_num_threads()
+    try:
+        first = Trainer(resolve_config(raw, tmp_path), device="cpu", progress=False)
+        assert isinstance(first.optimizer, torch.optim.SGD) and first.ema is not None
+        first.run(max_steps=2)
+        resumed = Trainer(resolve_config(raw, tmp_path), device="cpu", progress=False)
+        assert resumed.step == 2
+        for a, b in zip(first.ema.parameters(), resumed.ema.parameters()):
+            assert torch.equal(a, b)
+        out = resumed.run()
+    finally:
+        torch.set_num_threads(n)
+    t = json.loads((out / "checkpoint.json").read_text())["config"]["train"]
+    assert (t["optimizer"], t["schedule"], t["recipe"], t["ema"]) == ("sgd", "poly", "uniseg", 0.5)
+    saved = read_weights(out, read_meta(out))
+    ema = {k: v for k, v in zip(dict(resumed.model.named_parameters()), resumed.ema.parameters())}
+    raw_weights = dict(resumed.model.named_parameters())
+    name = next(iter(ema))
+    assert torch.equal(saved[name], ema[name].detach().cpu())
+    assert not torch.equal(saved[name], raw_weights[name].detach().cpu())
+    assert load_training_state(out.parent / "last")["ema"] is not None
