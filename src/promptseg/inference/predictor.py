@@ -42,7 +42,8 @@ from .inputs import plan_outputs
 from .postprocess import load_rules, postprocess
 from .prediction import PackedMasks, Prediction
 from .settings import check_coarse, inference_settings, min_window, scaled_plan
-from .sliding import size_multiple, sliding_window_masks
+from .lean_masks import sliding_window_masks
+from .windows import size_multiple
 from .upsample import invert_classes
 from .writing import write_case
 
