@@ -20,7 +20,7 @@ from .windows import WindowRunner, fit_window, run_device, size_multiple
 def sliding_window_logits(
     model,
     image: torch.Tensor,
-    prompt_batch: PromptBatch | Sequence[str],
+    prompt_batch: PromptBatch | Sequence[str] | str,
     window: Sequence[int] | int = (96, 96, 96),
     overlap: float = 0.5,
     mode: str = "gaussian",
@@ -48,7 +48,7 @@ def sliding_window_logits(
     device = run_device(model, image, device)
     out_device = torch.device(out_device) if out_device is not None else device
     if not isinstance(prompt_batch, PromptBatch):
-        prompt_batch = model.prompt_batch(list(prompt_batch), batch_size=1)
+        prompt_batch = model.prompt_batch(prompt_batch, batch_size=1)
     roi = fit_window(window, image.shape[2:], size_multiple(model))
     if precision is not None:
         dtype = autocast_dtype(precision, device)
