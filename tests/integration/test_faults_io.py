@@ -94,6 +94,8 @@ def _edit_text_header(path, old: str, new: str) -> None:
     (".nrrd", False, "sizes: {}", "file holds"),
     (".mha", True, "DimSize = {}", "cannot expand"),
     (".mhd", False, "DimSize = {}", "file holds"),
+    (".nhdr", False, "sizes: {}", "file holds"),  # detached data: measured in its data file
+    (".nhdr", True, "sizes: {}", "cannot expand"),
 ])
 def test_sitk_header_claiming_54_tb(tmp_path, nrrd_image, ending, compress, field, expect, refused):
     p = tmp_path / f"img{ending}"
