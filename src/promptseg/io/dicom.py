@@ -38,7 +38,8 @@ def read_dicom_series(folder: str | Path) -> Volume:
         raise InputError(p, f"corrupt DICOM series ({one_line(exc, p)})") from None
     # slices are checked against their own pixel bytes (dicom_checks); the stack must fit in memory
     # (GDCM widens rescaled values to at least 4 bytes)
-    check_memory(p, tuple(first.GetSize()[:2]) + (len(files),), max(pixel_bytes(first.GetPixelID()), 4))
+    size = tuple(first.GetSize()) + (1,)  # (columns, rows, frames of a multi-frame file)
+    check_memory(p, (size[0], size[1], size[2] * len(files)), max(pixel_bytes(first.GetPixelID()), 4))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:

@@ -6,6 +6,8 @@ NRRD, MetaImage and DICOM series go through SimpleITK.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +51,8 @@ def _read_nifti(p: Path) -> Volume:
     import nibabel as nib
 
     try:
-        img = nib.load(str(p), mmap=False)
+        with _quiet_header_fixes():
+            img = nib.load(str(p), mmap=False)
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise InputError(p, f"not a NIfTI file (nibabel sees {type(img).__name__})")
         dtype = img.get_data_dtype()
@@ -73,6 +76,20 @@ def _read_nifti(p: Path) -> Volume:
     check_geometry(p, vol.spacing, vol.direction)
     vol.array = check_voxels(p, vol.array)
     return vol
+
+
+@contextlib.contextmanager
+def _quiet_header_fixes():
+    """nibabel logs the header fixes it makes (e.g. 'setting 0 dims to 1'); `_check_nifti_header`
+    judges the raw header itself and refuses in one line, so that second line is held back."""
+    from nibabel.imageglobals import logger
+
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _check_nifti_header(p: Path, img) -> None:
