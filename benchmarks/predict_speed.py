@@ -221,7 +221,7 @@ def child_reference(args) -> dict:
     import torch
     from monai.inferers import sliding_window_inference
 
-    from promptseg.inference.sliding import fit_window, size_multiple
+    from promptseg.inference.windows import fit_window, size_multiple
     from promptseg.runtime import set_threads
     from promptseg.io import read_image, write_image
     from promptseg.preprocess import get_plan, invert, preprocess_image

@@ -25,3 +25,22 @@ def _isolated_cache(tmp_path_factory):
     if "PROMPTSEG_CACHE" not in os.environ:
         os.environ["PROMPTSEG_CACHE"] = str(tmp_path_factory.mktemp("promptseg_cache"))
     yield
+
+
+def _one_line_error(read, path, *needles) -> str:
+    """`read(path)` must raise an InputError of one line naming `path` and each needle."""
+    from promptseg.errors import InputError
+
+    with pytest.raises(InputError) as err:
+        read(path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg, msg
+    for n in needles:
+        assert n in msg, msg
+    return msg
+
+
+@pytest.fixture(scope="session")
+def one_line_error():
+    """The fault tests' check: a reader refuses a bad file in one line naming it and the problem."""
+    return _one_line_error

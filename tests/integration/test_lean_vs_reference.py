@@ -54,7 +54,7 @@ def model():
 def reference(model, volume):
     from monai.inferers import sliding_window_inference
 
-    from promptseg.inference.sliding import fit_window, size_multiple
+    from promptseg.inference.windows import fit_window, size_multiple
     from promptseg.preprocess import get_plan, invert, preprocess_image
 
     pre = preprocess_image(volume, get_plan(PLAN))
@@ -118,7 +118,8 @@ def test_roi_equals_full_for_asked_classes(model, volume, lean):
 def test_region_windows_give_the_full_run_inside_the_region(model):
     """--roi's guarantee: running only the windows that overlap a region reproduces the full
     run's masks and probabilities inside it (same windows, same weights; float rounding aside)."""
-    from promptseg.inference.sliding import sliding_window_logits, sliding_window_masks
+    from promptseg.inference.lean_masks import sliding_window_masks
+    from promptseg.inference.sliding import sliding_window_logits
 
     torch.manual_seed(0)
     image = torch.rand(1, 1, 56, 40, 24)

@@ -89,7 +89,7 @@ def test_auto_compiles_only_where_it_pays(model, monkeypatch):
     once the eager estimate reaches AUTO_COMPILE_S the graph is compiled and reused."""
     if not available("openvino"):
         pytest.skip("openvino is not installed")
-    from promptseg.inference.sliding import WindowRunner
+    from promptseg.inference.windows import WindowRunner
 
     pb = model.prompt_batch(CLASSES[:2], batch_size=1)
     x = torch.rand(2, 1, 32, 32, 32)

@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from promptseg.inference.sliding import fit_window, sliding_window_logits
+from promptseg.inference.sliding import sliding_window_logits
+from promptseg.inference.windows import fit_window
 from promptseg.models.conditioners.base import PromptBatch
 
 

@@ -12,7 +12,9 @@ from .inputs import case_name, collect_inputs, slug
 from .prediction import Prediction
 from .predictor import Predictor
 from ..runtime import resolve_device, set_threads
-from .sliding import fit_window, sliding_window_logits, sliding_window_masks
+from .lean_masks import sliding_window_masks
+from .sliding import sliding_window_logits
+from .windows import fit_window
 from .upsample import invert_classes
 
 __all__ = [

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .sliding import PROB_SCALE
+from .lean_masks import PROB_SCALE
 
 
 def mask_confidence(probs: np.ndarray, masks: Sequence[np.ndarray]) -> list[float]:

@@ -1,7 +1,7 @@
 """Run the per-window network through a compiled CPU runtime (OpenVINO, ONNX Runtime) or PyTorch.
 
 Why: eager PyTorch runs these small 3D convnets far below a CPU's capacity (issue 20 measured the
-small U-Net + Universal head on one 96^3 window, batch 2, 2 threads: 1.34 s eager float32, 0.34 s
+small U-Net + per-class dynamic head on one 96^3 window, batch 2, 2 threads: 1.34 s eager float32, 0.34 s
 in OpenVINO float32 with max |d| 1.7e-6). Everything prompt-dependent (text codes, class
 indices, priors) is fixed before conversion (`FixedPrompts`), so the compiled graph is
 image -> logits for one list of classes and one window batch size.

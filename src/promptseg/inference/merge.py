@@ -1,9 +1,10 @@
 """Merge per-class masks (which may overlap) into one label map.
 
 Why an order: classes are independent sigmoids, so a voxel can be liver *and* liver tumour *and*
-hepatic vessel. The Universal Model writes organs first, then vessels, then lesions, each layer
-overwriting the one below (a tumour inside the liver shows as tumour); where two classes of the
-same layer overlap (liver vs. stomach at their boundary) the voxel goes to the higher probability.
+hepatic vessel. The reference post-processing (SPEC.md, "Merge to one label map") writes organs
+first, then vessels, then lesions, each layer overwriting the one below (a tumour inside the
+liver shows as tumour); where two classes of the same layer overlap (liver vs. stomach at their
+boundary) the voxel goes to the higher probability.
 Done one class at a time with a running "best probability" array, so memory stays at two
 volumes whatever the number of classes.
 """

@@ -1,7 +1,7 @@
 """Post-processing of per-class binary masks, with rules read from the taxonomy.
 
 Why: a sigmoid per class leaves speckle, organs on the wrong side and tumours outside any organ.
-The Universal Model's code fixes these with a few anatomical rules; here every rule is driven by
+The reference code (SPEC.md, post-processing) fixes these with a few anatomical rules; here every rule is driven by
 the class facts in the taxonomy (single_instance, laterality/group, parent, kind) plus the small
 table in `postprocess_rules.yaml`, so a new class gets the right treatment without code.
 

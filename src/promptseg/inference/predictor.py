@@ -12,7 +12,7 @@ So nothing float ever exists at the input's full resolution, and the per-class m
 classes cost one bit per voxel each until a mask is asked for. Reading inputs and writing outputs
 live in `inputs`, `writing` and `batch`.
 
-Speed: the prompt-dependent parts are prepared once per volume, the Universal Model's head runs
+Speed: the prompt-dependent parts are prepared once per volume, the conditioner's class head runs
 in chunks, torch uses the cores this process may use, and `precision="bfloat16"` (opt-in: it moves
 boundaries of weakly confident classes) runs the windows under bfloat16 autocast. `fast=True` runs
 the same network on a 3 mm grid (windows scaled to cover the same millimetres); `roi=True` runs the
@@ -43,7 +43,8 @@ from .modality import check_modality, choose_modality
 from .postprocess import load_rules, postprocess
 from .prediction import PackedMasks, Prediction
 from .settings import check_coarse, inference_settings, min_window, scaled_plan
-from .sliding import size_multiple, sliding_window_masks
+from .lean_masks import sliding_window_masks
+from .windows import size_multiple
 from .upsample import invert_classes
 from .writing import write_case
 
@@ -85,7 +86,7 @@ def _grow_region(raw: np.ndarray, region, shape, margin) -> tuple[slice, ...] | 
 
 
 class Predictor:
-    """Runs a `UniversalSegmenter` on whole images.
+    """Runs a segmenter (backbone + conditioner) on whole images.
 
     `model` is a `Checkpoint` (plan, inference settings and modality default to its own) or a bare
     model (then `plan` is needed); `device="auto"` picks

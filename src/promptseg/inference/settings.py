@@ -12,7 +12,7 @@ from typing import Any
 from ..config import inference_settings as config_inference_settings
 from ..errors import ConfigError
 from ..preprocess import get_plan
-from .sliding import size_multiple
+from .windows import size_multiple
 
 def inference_settings(inference: Mapping[str, Any] | None) -> dict[str, Any]:
     """`promptseg.config.inference_settings`, with OMP_NUM_THREADS as the thread count when none is

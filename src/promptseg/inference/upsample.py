@@ -28,7 +28,7 @@ from ..masks import bbox
 from ..preprocess.geometry import nearest_indices, reorient
 from ..taxonomy.query import Query
 from .merge import label_dtype
-from .sliding import PROB_SCALE
+from .lean_masks import PROB_SCALE
 from .threads import ordered_thread_map
 
 

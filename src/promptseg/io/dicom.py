@@ -17,7 +17,8 @@ import SimpleITK as sitk
 from ..errors import InputError
 from .atomic import atomic_directory
 from .dicom_checks import check_series_folder
-from .sitk_convert import one_line, volume_from_sitk
+from .bounds import check_memory
+from .sitk_convert import one_line, pixel_bytes, volume_from_sitk
 from .volume import Volume
 
 
@@ -29,6 +30,16 @@ def read_dicom_series(folder: str | Path) -> Volume:
     if not p.is_dir():
         raise InputError(p, "DICOM series folder not found")
     files = [str(f) for f in check_series_folder(p)]
+    first = sitk.ImageFileReader()
+    first.SetFileName(files[0])
+    try:
+        first.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(p, f"corrupt DICOM series ({one_line(exc, p)})") from None
+    # slices are checked against their own pixel bytes (dicom_checks); the stack must fit in memory
+    # (GDCM widens rescaled values to at least 4 bytes)
+    size = tuple(first.GetSize()) + (1,)  # (columns, rows, frames of a multi-frame file)
+    check_memory(p, (size[0], size[1], size[2] * len(files)), max(pixel_bytes(first.GetPixelID()), 4))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:

@@ -6,14 +6,18 @@ NRRD, MetaImage and DICOM series go through SimpleITK.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
+from .bounds import check_declared_size, text_header_storage
 from .formats import FORMATS, image_ending
 from .dicom_labels import dicom_label_modality, read_dicom_label_map
-from .sitk_convert import check_dimensions, check_geometry, check_voxels, one_line, volume_from_sitk
+from .sitk_convert import (check_dimensions, check_geometry, check_header, check_voxels, one_line, pixel_bytes,
+                           volume_from_sitk)
 from .volume import Volume
 
 def image_extension(path: str | Path) -> str:
@@ -47,7 +51,8 @@ def _read_nifti(p: Path) -> Volume:
     import nibabel as nib
 
     try:
-        img = nib.load(str(p), mmap=False)
+        with _quiet_header_fixes():
+            img = nib.load(str(p), mmap=False)
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise InputError(p, f"not a NIfTI file (nibabel sees {type(img).__name__})")
         dtype = img.get_data_dtype()
@@ -55,6 +60,7 @@ def _read_nifti(p: Path) -> Volume:
                                             or dtype == np.bool_):
             raise InputError(p, f"non-numeric voxel type {dtype} (e.g. RGB or complex); expected integer or float values")
         check_dimensions(p, img.shape)
+        _check_nifti_header(p, img)
         array = np.asanyarray(img.dataobj)
         affine = img.affine
     except InputError:
@@ -72,6 +78,46 @@ def _read_nifti(p: Path) -> Volume:
     return vol
 
 
+@contextlib.contextmanager
+def _quiet_header_fixes():
+    """nibabel logs the header fixes it makes (e.g. 'setting 0 dims to 1'); `_check_nifti_header`
+    judges the raw header itself and refuses in one line, so that second line is held back."""
+    from nibabel.imageglobals import logger
+
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_nifti_header(p: Path, img) -> None:
+    """Spacing and size from the header as written, before the voxels are read.
+
+    nibabel's loader quietly turns a pixdim of 0 into 1 mm and a negative one into its absolute
+    value (it only logs a warning), so the header is re-read raw. A zero pixdim is refused even
+    beside a valid sform (readers that take spacing from pixdim, as ITK does, would disagree); a
+    negative one only where the affine comes from pixdim (no sform), since an sform overrides it.
+    """
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(p)) as f:
+        raw = type(img.header).from_fileobj(f, check=False)
+    pix = [float(v) for v in raw["pixdim"][1:1 + min(3, len(img.shape))]]
+    if not all(np.isfinite(pix)) or any(v == 0 for v in pix) or (
+            int(raw["sform_code"]) == 0 and any(v < 0 for v in pix)):
+        raise InputError(p, f"invalid voxel spacing in header (pixdim {[round(v, 6) for v in pix]}); "
+                            "spacing must be finite and > 0 mm")
+    slope, inter = img.header.get_slope_inter()
+    scaled = (slope is not None and slope != 1) or (inter is not None and inter != 0)
+    size = p.stat().st_size
+    gz = p.name.lower().endswith(".gz")
+    stored = size if gz else size - int(raw["vox_offset"])
+    check_declared_size(p, img.shape, img.get_data_dtype().itemsize, stored, "gzip" if gz else "raw",
+                        out_itemsize=8 if scaled else None)
+
+
 def _read_sitk(p: Path, fmt: str) -> Volume:
     import SimpleITK as sitk
 
@@ -81,9 +127,10 @@ def _read_sitk(p: Path, fmt: str) -> Volume:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise InputError(p, f"not a readable {fmt} file ({one_line(exc, p)})") from None
-    from .sitk_convert import check_header
-
     check_header(p, reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents(), reader.GetPixelID())
+    check_geometry(p, reader.GetSpacing()[:3], np.reshape(reader.GetDirection(), (reader.GetDimension(),) * 2)[:3, :3])
+    stored, encoding = text_header_storage(p, fmt)
+    check_declared_size(p, reader.GetSize(), pixel_bytes(reader.GetPixelID()), stored, encoding)
     try:
         image = reader.Execute()
     except RuntimeError as exc:

@@ -60,6 +60,12 @@ def check_header(path: Path, dimension: int, size, components: int, pixel_id: in
     check_dimensions(path, tuple(size), xyz_first=True)
 
 
+def pixel_bytes(pixel_id: int) -> int:
+    """Bytes per voxel of a SimpleITK pixel type (all components), from a 1-voxel image."""
+    one = sitk.Image([1, 1, 1], pixel_id)
+    return int(one.GetSizeOfPixelComponent()) * int(one.GetNumberOfComponentsPerPixel())
+
+
 def check_dimensions(path: Path, shape: tuple[int, ...], xyz_first: bool = True) -> None:
     """3D is fine; 4D only with a trailing singleton (squeezed by the caller)."""
     if len(shape) < 3:

@@ -56,11 +56,14 @@ class UniversalSegmenter(nn.Module):
 
     def prompt_batch(
         self,
-        prompts: Sequence[str] | None = None,
+        prompts: Sequence[str] | str | None = None,
         modality: Sequence[str] | str | None = None,
         datasets: Sequence[str] | None = None,
         batch_size: int = 1,
     ) -> PromptBatch:
+        """Resolve prompts (one string or a list; None = every class) into a `PromptBatch`."""
+        if isinstance(prompts, str):  # model(x, "liver"): one prompt, not five one-letter prompts
+            prompts = [prompts]
         names = [self.canonical(p) for p in (prompts if prompts is not None else self.class_names)]
         index = {n: i for i, n in enumerate(self.class_names)}
         if isinstance(modality, str):
@@ -75,7 +78,7 @@ class UniversalSegmenter(nn.Module):
     def forward(
         self,
         image: torch.Tensor,
-        prompts: Sequence[str] | PromptBatch | None = None,
+        prompts: Sequence[str] | str | PromptBatch | None = None,
         modality: Sequence[str] | str | None = None,
         datasets: Sequence[str] | None = None,
         return_context: bool = False,
@@ -90,7 +93,7 @@ class UniversalSegmenter(nn.Module):
 
     def prepare(
         self,
-        prompts: Sequence[str] | PromptBatch | None = None,
+        prompts: Sequence[str] | str | PromptBatch | None = None,
         modality: str | None = None,
         datasets: Sequence[str] | None = None,
         head_chunk: int = 0,

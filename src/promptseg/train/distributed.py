@@ -87,8 +87,8 @@ def setup(device: str | None = "auto") -> DistState:
 def wrap(model: torch.nn.Module, state: DistState, find_unused_parameters: bool = True):
     """DDP around the model when distributed.
 
-    find_unused_parameters: per-class parameters of classes not asked in a step (Universal Model
-    MLPs) are outside the autograd graph; DDP then marks them ready itself instead of waiting
+    find_unused_parameters: per-class parameters of classes not asked in a step (per-class
+    controller MLPs) are outside the autograd graph; DDP then marks them ready itself instead of waiting
     (hanging) for their gradient. A parameter unused on every rank keeps `.grad = None` (the
     optimiser skips it); one used on some rank gets the rank average like any other.
     BatchNorm layers become SyncBatchNorm on CUDA so statistics span the global batch.

@@ -56,7 +56,7 @@ def register(sub) -> None:
 
     q = sub.add_parser(
         "finetune",
-        help="fine-tune a trained universal model to a new dataset with its own classes",
+        help="fine-tune a trained model to a new dataset with its own classes",
         description="Start from a trained model (finetune.init: all, backbone or encoder) and train on the "
         "run's datasets; finetune.freeze: none, encoder or backbone.",
     )

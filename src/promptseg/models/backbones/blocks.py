@@ -108,15 +108,20 @@ def _pad(kernel: Triple) -> Triple:
     return tuple(k // 2 for k in kernel)  # type: ignore[return-value]
 
 
+def conv_norm_act(cin: int, cout: int, kernel: Triple, stride: Triple, norm: str, act: str):
+    """The (conv, norm, act) triple of every block; returned loose so each block keeps its own
+    attribute names (they are the state-dict keys of saved checkpoints)."""
+    return (nn.Conv3d(cin, cout, kernel, stride=stride, padding=_pad(kernel), bias=True),
+            make_norm(norm, cout), make_act(act, cout))
+
+
 class ConvBlock(nn.Module):
     """conv -> norm -> act (nnU-Net's ConvDropoutNormReLU without dropout; official LUConv)."""
 
     def __init__(self, cin: int, cout: int, kernel: Triple = (3, 3, 3), stride: Triple = (1, 1, 1),
                  norm: str = "instance", act: str = "leakyrelu"):
         super().__init__()
-        self.conv = nn.Conv3d(cin, cout, kernel, stride=stride, padding=_pad(kernel), bias=True)
-        self.norm = make_norm(norm, cout)
-        self.act = make_act(act, cout)
+        self.conv, self.norm, self.act = conv_norm_act(cin, cout, kernel, stride, norm, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.conv(x)))
@@ -128,12 +133,8 @@ class ResidualBlock(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: Triple = (3, 3, 3), stride: Triple = (1, 1, 1),
                  norm: str = "instance", act: str = "leakyrelu"):
         super().__init__()
-        self.conv1 = nn.Conv3d(cin, cout, kernel, stride=stride, padding=_pad(kernel), bias=True)
-        self.norm1 = make_norm(norm, cout)
-        self.act1 = make_act(act, cout)
-        self.conv2 = nn.Conv3d(cout, cout, kernel, padding=_pad(kernel), bias=True)
-        self.norm2 = make_norm(norm, cout)
-        self.act2 = make_act(act, cout)
+        self.conv1, self.norm1, self.act1 = conv_norm_act(cin, cout, kernel, stride, norm, act)
+        self.conv2, self.norm2, self.act2 = conv_norm_act(cout, cout, kernel, (1, 1, 1), norm, act)
         if cin != cout or any(s != 1 for s in stride):
             self.skip = nn.Sequential(nn.Conv3d(cin, cout, 1, stride=stride, bias=False), make_norm(norm, cout))
         else:
