@@ -61,6 +61,8 @@ class UniversalSegmenter(nn.Module):
         datasets: Sequence[str] | None = None,
         batch_size: int = 1,
     ) -> PromptBatch:
+        if isinstance(prompts, str):  # model(x, "liver"): one class by name
+            prompts = [prompts]
         names = [self.canonical(p) for p in (prompts if prompts is not None else self.class_names)]
         index = {n: i for i, n in enumerate(self.class_names)}
         if isinstance(modality, str):
@@ -75,11 +77,14 @@ class UniversalSegmenter(nn.Module):
     def forward(
         self,
         image: torch.Tensor,
-        prompts: Sequence[str] | PromptBatch | None = None,
+        prompts: str | Sequence[str] | PromptBatch | None = None,
         modality: Sequence[str] | str | None = None,
         datasets: Sequence[str] | None = None,
         return_context: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, Context]:
+        """Logits [B, K, *spatial], one map per prompt in the order asked. `prompts`: one class
+        name ("liver"), a list of names (synonyms resolve through the taxonomy) or None for every
+        class the model knows; `image` is [B, C, *spatial] in the plan's space."""
         pb = prompts if isinstance(prompts, PromptBatch) else self.prompt_batch(
             prompts, modality, datasets, batch_size=image.shape[0]
         )
@@ -90,7 +95,7 @@ class UniversalSegmenter(nn.Module):
 
     def prepare(
         self,
-        prompts: Sequence[str] | PromptBatch | None = None,
+        prompts: str | Sequence[str] | PromptBatch | None = None,
         modality: str | None = None,
         datasets: Sequence[str] | None = None,
         head_chunk: int = 0,
