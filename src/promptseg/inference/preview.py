@@ -18,12 +18,16 @@ from ..io.atomic import atomic_write
 from ..io.volume import Volume
 from ..preprocess.geometry import orientation_transform, reorient
 
-_PALETTE = (  # colour-blind friendly first, then tab20's; label value v takes _PALETTE[(v - 1) % n]
+_PALETTE = (  # colour-blind friendly first, then tab20's and tab20b's, no two alike; 33 colours,
+    # so the 32 classes of the Universal Model never share one. Label value v: _PALETTE[(v - 1) % n]
     (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
-    (204, 121, 167), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (204, 121, 167), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232),
     (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210),
+    (57, 59, 121), (107, 110, 207), (99, 121, 57), (181, 207, 107), (140, 109, 49), (231, 186, 82),
+    (132, 60, 57), (214, 97, 107), (123, 65, 115), (206, 109, 189),
 )
+assert len(set(_PALETTE)) == len(_PALETTE) >= 32
 
 
 def class_color(label_value: int) -> tuple[int, int, int]:
