@@ -9,6 +9,8 @@ def _train(args) -> int:
     config = load_config(args.config)
     if args.steps is not None:
         config["train"]["steps"] = args.steps
+    if args.threads is not None:
+        config["train"]["num_threads"] = args.threads
     if args.output:
         from pathlib import Path
 
@@ -28,4 +30,6 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="override train.steps")
     p.add_argument("--output", default=None, help="override the run's output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (overrides train.num_threads; default: OMP_NUM_THREADS when set, else all cores)")
     p.set_defaults(func=_train)
