@@ -9,34 +9,20 @@ report no error in either (skipped where dicom3tools is absent; .ci/run installs
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-import torch
+
+# this folder is on sys.path (pytest prepend mode): the dciodvfy check and the tiny checkpoint are shared
+from test_dicom_outputs import dciodvfy_errors
+from test_faults_predict import ckpt  # noqa: F401  (a fixture)
 
 from promptseg.cli import main
 from promptseg.io import read_dicom_seg, read_image, read_rtstruct
 
-CLASSES = ["liver", "spleen", "right kidney", "left kidney", "aorta"]
 PROMPTS = ["liver", "spleen", "kidney"]
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    from promptseg.checkpoint import save_checkpoint
-    from promptseg.models.build import build_model
-
-    torch.manual_seed(3)
-    model = build_model({"backbone": {"name": "unet", "preset": "small"}, "conditioner": {"name": "universal"}},
-                        CLASSES, embeddings=torch.randn(len(CLASSES), 384))
-    config = {"modality": "CT", "backbone": {"name": "unet", "preset": "small"},
-              "conditioner": {"name": "universal"}, "plan": {"name": "universal_ct", "spacing": None},
-              "inference": {"window": [64, 64, 32], "sw_batch_size": 2}}
-    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "model", config)
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +36,6 @@ def outputs(ckpt, shared_data, tmp_path_factory):
                "--output-type", "dicom-seg", "rtstruct", "nifti", "--device", "cpu", "--quiet"])
     assert rc == 0
     return series, out
-
-
-def dciodvfy_errors(path) -> list[str]:
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        pytest.skip("dciodvfy (dicom3tools) not installed; .ci/run installs it")
-    res = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
-    return [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")]
 
 
 def nifti_masks(out):
