@@ -79,7 +79,7 @@ MEANINGS = {
 
 def _comments(name: str) -> dict[str, str]:
     """key -> the comment beside its default (or the comment lines just above it) in `name = {...}`."""
-    source = Path(config.__file__).read_text()
+    source = Path(config.__file__).read_text(encoding="utf-8")
     lines = source.splitlines()
     comment_at = {tok.start[0]: tok.string.lstrip("# ").strip()
                   for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
@@ -140,7 +140,7 @@ def readme_section(text: str) -> str:
 def write_readme(path: str | Path) -> Path:
     """Replace the README's generated section with the current one."""
     path = Path(path)
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     old = readme_section(text)
     if not old:
         raise SystemExit(f"{path}: markers not found; add the lines\n{BEGIN}\n{END}")
