@@ -1,5 +1,17 @@
-"""promptseg: universal, prompt-driven 3D medical image segmentation."""
+"""promptseg: universal, prompt-driven 3D medical image segmentation.
+
+The public surface, all importable from here (the heavy ones load on first use, so that
+`import promptseg` stays quick for the CLI):
+
+    promptseg.predict(input, model, prompts)   -> Prediction (label map + per-class masks)
+    promptseg.load_checkpoint(path)            -> the model; model(x, "liver") -> logits
+    promptseg.open_checkpoint(path)            -> Checkpoint(model, config, classes, taxonomy, plans, meta)
+    promptseg.evaluate_folders(pred, gt, out)  -> EvaluationResult (what `promptseg evaluate` writes)
+    promptseg.read_image(path), promptseg.Volume, promptseg.Prediction
+"""
 from __future__ import annotations
+
+from importlib import import_module
 
 from ._version import __version__
 from .errors import CheckpointError, ConfigError, InputError, PromptsegError, TaxonomyError
@@ -13,7 +25,29 @@ __all__ = [
     "CheckpointError",
     "load_checkpoint",
     "predict",
+    "open_checkpoint",
+    "Checkpoint",
+    "Prediction",
+    "Volume",
+    "read_image",
+    "evaluate_folders",
 ]
+
+#: Public names defined elsewhere -> their module, imported when first asked for (PEP 562).
+_LAZY = {
+    "open_checkpoint": "promptseg.checkpoint",
+    "Checkpoint": "promptseg.checkpoint",
+    "Prediction": "promptseg.inference.prediction",
+    "Volume": "promptseg.io",
+    "read_image": "promptseg.io",
+    "evaluate_folders": "promptseg.evaluation",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'promptseg' has no attribute {name!r}")
 
 
 def load_checkpoint(path, device="cpu"):

@@ -20,6 +20,10 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 @dataclass
 class Volume:
+    """An image or label map with its geometry: array indexed [i, j, k], spacing (mm), origin and
+    direction in LPS world coordinates (as SimpleITK/DICOM). Every reader returns one and every
+    writer takes one, so geometry travels with the voxels."""
+
     array: np.ndarray
     spacing: tuple[float, float, float]
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)

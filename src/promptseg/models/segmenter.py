@@ -83,6 +83,9 @@ class UniversalSegmenter(nn.Module):
         datasets: Sequence[str] | None = None,
         return_context: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, Context]:
+        """Logits [B, K, *spatial], one map per prompt in the order asked. `prompts`: one class
+        name ("liver"), a list of names (synonyms resolve through the taxonomy) or None for every
+        class the model knows; `image` is [B, C, *spatial] in the plan's space."""
         pb = prompts if isinstance(prompts, PromptBatch) else self.prompt_batch(
             prompts, modality, datasets, batch_size=image.shape[0]
         )

@@ -9,6 +9,8 @@ def _train(args) -> int:
     config = load_config(args.config, data_root=args.data)
     if args.steps is not None:
         config["train"]["steps"] = args.steps
+    if args.threads is not None:
+        config["train"]["num_threads"] = args.threads
     if args.output:
         from pathlib import Path
 
@@ -30,4 +32,6 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, metavar="DIR",
                    help="folder the run's relative dataset paths resolve in (overrides the YAML's data_root)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (overrides train.num_threads; default: OMP_NUM_THREADS when set, else all cores)")
     p.set_defaults(func=_train)

@@ -1,11 +1,15 @@
 """`promptseg demo`: the whole pipeline on embedded phantoms, in minutes on a CPU.
 
 Generates partially labelled phantom datasets, trains the default model, predicts held-out fully
-labelled phantoms by text prompts, and writes masks, a PNG overlay and a metrics JSON.
+labelled phantoms by text prompts, and scores them with `promptseg evaluate`'s own code
+(`evaluation.evaluate_folders`), so the Dice the demo prints is the Dice `promptseg evaluate`
+reports on the same folders. Overlays show prediction and ground truth in radiological
+orientation with a legend (`inference.preview`).
 """
 from __future__ import annotations
 
 import json
+import math
 import time
 from importlib import resources
 from pathlib import Path
@@ -14,28 +18,47 @@ import numpy as np
 import torch
 import yaml
 
+from ..checkpoint import open_checkpoint
+from ..config import resolve_config
+from ..data.phantoms import make_phantom_datasets
+from ..evaluation import evaluate_folders
+from ..evaluation.evaluate import json_safe
+from ..inference.predictor import Predictor
+from ..inference.preview import write_preview
+from ..io import Volume, read_image, read_label
 from ..io.atomic import atomic_write
 from ..io.formats import DEFAULT_ENDING, case_id, channel_file
 from ..io.labeltable import read_label_json
+from ..taxonomy import Taxonomy
+from ..train.trainer import train
 
 
-def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    from ..evaluation.metrics import dice
+def gt_in_prediction_values(gt: Volume, gt_labels: dict[str, tuple[int, ...]], names: dict[int, str],
+                            taxonomy: Taxonomy) -> Volume:
+    """The ground truth recoded to the prediction's label values (class by class, through the
+    taxonomy), so both rows of an overlay colour a class alike; classes not predicted drop out."""
+    value_of = {taxonomy.resolve(n).name: v for v, n in names.items()}
+    src = np.asarray(gt.array)
+    out = np.zeros(src.shape, dtype=np.uint16)
+    for name, values in gt_labels.items():
+        v = value_of.get(taxonomy.resolve(name).name)
+        if v is not None:
+            out[np.isin(src, values)] = v
+    return gt.with_array(out)
 
-    return float(dice(pred, gt))
+
+def scores_from_evaluation(rows: list[dict], class_wise: list[dict]) -> tuple[dict, dict]:
+    """(per case {class: Dice}, {class: mean Dice}) from `evaluate_folders`' rows and class table."""
+    per_case: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if "dice" in r:
+            per_case.setdefault(r["case"], {})[r["class"]] = float(r["dice"])
+    return per_case, {e["class"]: float(e["dice"]["mean"]) for e in class_wise}
 
 
 def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: int = 4,
              threads: int | None = None) -> dict:
-    from ..data.phantoms import make_phantom_datasets
-    from ..inference.predictor import Predictor
-    from ..inference.preview import write_preview
-    from ..io import read_image, read_label
-    from ..taxonomy import default_taxonomy
-    from ..checkpoint import open_checkpoint
-    from ..config import resolve_config
-    from ..train.trainer import train
-
+    """Phantoms -> training -> prediction by prompt -> `evaluate_folders`; returns metrics.json's content."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -53,39 +76,27 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
 
     print("[3/4] predicting held-out phantoms by text prompt")
     checkpoint = open_checkpoint(ckpt, device="cpu")
-    model = checkpoint.model
     predictor = Predictor(checkpoint, device=device, progress=False, inference={"threads": threads} if threads else None)
     test_dir = folders["PhantomTest_full"]
-    value_to_name = {v: k for k, vals in read_label_json(test_dir / "dataset.json").items() for v in vals}
-    tax = default_taxonomy()
-    prompts = [n for n in model.class_names]
-    pred_dir = out / "predictions"
-    per_case: dict[str, dict[str, float]] = {}
-    images = sorted((test_dir / "imagesTs").glob(channel_file("*")))
-    for img_path in images:
+    gt_labels = read_label_json(test_dir / "dataset.json")
+    prompts = list(checkpoint.model.class_names)
+    pred_dir, overlay_dir = out / "predictions", out / "overlays"
+    for img_path in sorted((test_dir / "imagesTs").glob(channel_file("*"))):
         case = case_id(img_path)
         written = predictor.predict_file(img_path, pred_dir, prompts=prompts)
         image = read_image(img_path)
-        gt = read_label(test_dir / "labelsTs" / f"{case}{DEFAULT_ENDING}", reference=image).array
-        merged = read_label(written["label_map"])
-        scores = {}
-        for name in prompts:
-            info = tax.resolve(name)
-            values = [v for v, n in value_to_name.items() if tax.resolve(n).name == name
-                      or info in tax.parent_classes(tax.resolve(n))]
-            gt_mask = np.isin(gt, values)
-            mask_path = written["masks"].get(name)
-            pred_mask = read_label(mask_path).array > 0 if mask_path else np.zeros_like(gt_mask)
-            scores[name] = _dice(pred_mask, gt_mask) if gt_mask.any() or pred_mask.any() else float("nan")
-        per_case[case] = scores
-        write_preview(pred_dir / f"{case}_overlay.png", image, merged, written["prediction"].names, f"{case}: prediction")
+        names = written["prediction"].names
+        gt = read_label(test_dir / "labelsTs" / f"{case}{DEFAULT_ENDING}", reference=image)
+        write_preview(overlay_dir / f"{case}.png", image, read_label(written["label_map"]), names,
+                      f"{case}: prediction (top) and ground truth (bottom)",
+                      reference=gt_in_prediction_values(gt, gt_labels, names, checkpoint.taxonomy))
 
-    print("[4/4] Dice per class on held-out phantoms")
-    summary = {}
-    for name in prompts:
-        vals = [s[name] for s in per_case.values() if not np.isnan(s[name])]
-        summary[name] = float(np.mean(vals)) if vals else float("nan")
-        print(f"  {name:<16} {summary[name]:.3f}  (n={len(vals)})")
+    print("[4/4] scoring with `promptseg evaluate` (Dice per class on held-out phantoms)")
+    evaluation = evaluate_folders(pred_dir, test_dir / "labelsTs", out / "evaluation", progress=False)
+    per_case, summary = scores_from_evaluation(evaluation.rows, evaluation.summary["class_wise"])
+    for name, value in summary.items():
+        n = sum(1 for s in per_case.values() if math.isfinite(s.get(name, math.nan)))
+        print(f"  {name:<16} {value:.3f}  (n={n})")
     result = {
         "per_case": per_case,
         "mean_dice": summary,
@@ -93,9 +104,11 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
         "total_seconds": round(time.time() - t0, 1),
         "checkpoint": str(ckpt),
         "predictions": str(pred_dir),
+        "evaluation": str(out / "evaluation"),
+        "overlays": str(overlay_dir),
     }
-    atomic_write(out / "metrics.json", json.dumps(result, indent=1))
-    print(f"done in {result['total_seconds']:.0f} s; masks, overlays and metrics in {out}")
+    atomic_write(out / "metrics.json", json.dumps(json_safe(result), indent=1))
+    print(f"done in {result['total_seconds']:.0f} s; predictions, overlays, evaluation report and metrics in {out}")
     return result
 
 
