@@ -18,11 +18,12 @@ from ..checkpoint import latest, load_state_strict, read_meta, read_training_sta
 from ..data.augment import build_augmenter
 from ..data.loader import batch_stream
 from ..errors import CheckpointError, ConfigError
+from ..models.build import with_dataset_classes
 from ..models.conditioners.queries import training_queries
 from ..runtime import resolve_device
 from ..io.atomic import atomic_write
 from ..taxonomy import Taxonomy, default_taxonomy, load_taxonomy
-from .losses import masked_bce_dice
+from .losses import masked_bce_dice, with_deep_supervision
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -119,6 +120,7 @@ class Trainer:
         self.dataset_names = [d.name for d in datasets]
         self.taxonomy = load_taxonomy(config.get("taxonomy"))
         self.classes = class_list(config, datasets, self.taxonomy)
+        config["conditioner"] = with_dataset_classes(config["conditioner"], {d.name: d.annotated_classes for d in datasets})
         with distributed.local_main_first(self.dist):  # one process per node fills the cache
             self.cases = prepare_cases(config, datasets, self.progress)
         self.model = self.build_model(in_channels=self.cases[0].image.shape[0]).to(self.device)
@@ -257,6 +259,7 @@ class Trainer:
                 with self.amp.autocast():
                     logits, ctx = self.net(image, prompts, return_context=True)
                 loss, parts = masked_bce_dice(logits, targets, annotated)
+                loss = with_deep_supervision(loss, self.model.conditioner.deep_supervision(ctx), targets, annotated)
                 # this rank's share of the global batch's annotated pairs (1.0 alone): DDP's mean
                 # then equals the pair mean over all ranks, as one process with the whole batch
                 share = distributed.pair_weight(parts["pairs"], self.dist)
