@@ -308,3 +308,30 @@ def test_add_classes_dataset_mode_joins_the_dataset_group():
     assert g[-2] == g[0] and g[-1] == max(g)
     assert c.class_names.count("liver") == 1 and c.class_names[-1] == "liver tumor"
     assert [t for t in c.config_updates()["tasks"] if t[0] == "msd"] == [["msd", "liver"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's context: the sample's own dataset's tasks; 32-d prototypes
+# ---------------------------------------------------------------------------------------------
+TABLE = {"A": ["liver", "spleen"], "B": ["aorta", "pancreas"], "C": ["liver", "left kidney", "right kidney"]}
+
+
+def test_own_dataset_context_and_32d_prototypes(image):
+    m = make_model(seed=6, dataset_classes=TABLE).eval()
+    c = m.conditioner
+    assert c.context == "dataset" and c.prototype[-1][-1].out_features == 32
+    ctx = c.prepare(m.prompt_batch(["liver", "aorta"], datasets=["A", "B"], batch_size=2), 2)
+    names = lambda row: [c.tasks[t][1] for t, on in zip(ctx["hermes.task_idx"][row].tolist(),
+                                                          ctx["hermes.task_mask"][row].tolist()) if on]
+    assert ctx["hermes.rows"] == 1 and names(0) == ["liver", "spleen"] and names(1) == ["aorta", "pancreas"]
+    with torch.no_grad():
+        both = m(image, ["liver", "aorta"], datasets=["A", "B"])
+        alone = m(image[:1], ["liver"], datasets=["A"])
+        # aorta's token is read out for sample 0 but masked from its features: liver's map is unchanged
+        torch.testing.assert_close(both[0, 0], alone[0, 0], rtol=1e-4, atol=1e-4)
+        # without a dataset (inference) each class is answered in its default dataset's context
+        free = m(image[:1], ["liver", "aorta"])
+        torch.testing.assert_close(free[0, 0], alone[0, 0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(free[0, 1], m(image[:1], ["aorta"], datasets=["B"])[0, 0], rtol=1e-4, atol=1e-4)
+        # another dataset's context changes the features, hence liver's map (A vs C)
+        assert not torch.allclose(m(image[:1], ["liver"], datasets=["C"]), alone, atol=1e-3)

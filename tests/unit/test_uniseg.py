@@ -85,8 +85,12 @@ def test_permutation_and_subset_of_prompts(model, image):
 # ---------------------------------------------------------------------------------------------
 # MedUniSeg's modal prompt, input stems, 2D as depth-1
 # ---------------------------------------------------------------------------------------------
-def test_modal_prompt_changes_the_input_by_modality(model, image):
+def test_modal_prompt_starts_at_zero_then_changes_the_input_by_modality(image):
+    model = make_model().eval()
     c = model.conditioner
+    with torch.no_grad():
+        assert torch.count_nonzero(c.modal_prior(torch.tensor([0, 1, 2]), image.shape[2:])) == 0  # plain UniSeg
+        c.modal_prompt.normal_()                                           # as after training on 3 modalities
     pb = model.prompt_batch(["liver"], modality=["CT", "MR"], batch_size=2)
     ctx = c.prepare(pb, 2)
     with torch.no_grad():
@@ -181,8 +185,10 @@ def test_a_few_steps_reduce_bce_dice():
 
 def test_unasked_rows_get_exact_zero_gradient_and_nothing_is_unused(model, image):
     m = make_model(seed=2).train()
-    out = m(image, ["aorta", "spleen"], modality="PET")
-    out.sigmoid().mean().backward()
+    out, ctx = m(image, ["aorta", "spleen"], modality="PET", return_context=True)
+    ds = m.conditioner.deep_supervision(ctx)
+    assert [tuple(lg.shape[2:]) for _, lg in ds] == [(8, 8, 8), (16, 16, 16)] and [w for w, _ in ds] == [0.25, 0.5]
+    (out.sigmoid().mean() + sum(lg.sigmoid().mean() for _, lg in ds)).backward()
     unused = [n for n, p in m.named_parameters() if p.grad is None]
     assert not unused, unused                                             # DDP would hang on these
     tc = m.conditioner.task_channels

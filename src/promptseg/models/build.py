@@ -68,6 +68,17 @@ def class_embeddings(cfg: dict[str, Any], class_names: Sequence[str]) -> torch.T
     return embed_classes(list(class_names), encoder=encoder, template=template)
 
 
+def with_dataset_classes(cfg: dict[str, Any], table: dict[str, Sequence[str]]) -> dict[str, Any]:
+    """The `conditioner:` section plus `dataset_classes` (dataset -> classes it annotates) when the
+    conditioner's tasks are datasets (`uses_datasets`) and the section does not set it already.
+    The trainer calls this before building the model, so the table lands in the checkpoint's config."""
+    cfg = dict(cfg or {})
+    cls = _load(CONDITIONERS, "conditioner", cfg.get("name", "universal"))
+    if getattr(cls, "uses_datasets", False) and not cfg.get("dataset_classes"):
+        cfg["dataset_classes"] = {str(d): list(c) for d, c in table.items()}
+    return cfg
+
+
 def build_conditioner(cfg: dict[str, Any], class_names: Sequence[str], embeddings: torch.Tensor | None = None):
     cfg = dict(cfg or {})
     name = cfg.pop("name", "universal")

@@ -42,6 +42,22 @@ def masked_bce_dice(
     return loss, {"bce": float(bce.detach().mean()), "dice": float(dice.detach().mean()), "pairs": int(annotated.sum())}
 
 
+def with_deep_supervision(
+    loss: torch.Tensor, outputs: list[tuple[float, torch.Tensor]], targets: torch.Tensor, annotated: torch.Tensor
+) -> torch.Tensor:
+    """nnU-Net's deep supervision: (loss + sum_i w_i L_i) / (1 + sum_i w_i), L_i the masked loss
+    of a coarser output against the targets resized to it (nearest, like nnU-Net's order-0
+    down-sampling). `outputs`: the conditioner's (w_i, logits [B, K, *coarser]); none: `loss`."""
+    if not outputs:
+        return loss
+    total, weights = loss, 1.0
+    for w, logits in outputs:
+        small = F.interpolate(targets.float(), size=tuple(logits.shape[2:]), mode="nearest")
+        total = total + float(w) * masked_bce_dice(logits, small, annotated)[0]
+        weights += float(w)
+    return total / weights
+
+
 def soft_targets_loss(
     logits: torch.Tensor, soft: torch.Tensor, mask: torch.Tensor, smooth: float = 1e-5
 ) -> tuple[torch.Tensor, dict[str, float]]:

@@ -19,12 +19,13 @@ from ..checkpoint import latest, load_state_strict, read_meta, read_training_sta
 from ..data.augment import build_augmenter
 from ..data.loader import batch_stream
 from ..errors import CheckpointError, ConfigError
+from ..models.build import with_dataset_classes
 from ..models.conditioners.queries import training_queries
 from ..preprocess import modality_plans
 from ..io.atomic import atomic_write
 from ..runtime import resolve_device
 from ..taxonomy import Taxonomy, default_taxonomy, load_taxonomy
-from .losses import masked_bce_dice
+from .losses import masked_bce_dice, with_deep_supervision
 from .recipes import apply_recipe, build_ema, build_optimizer, build_scheduler
 from .validate import split_cases, validate
 
@@ -120,6 +121,7 @@ class Trainer:
                            if m in trained}  # what the checkpoint will say it knows
         self.taxonomy = load_taxonomy(config.get("taxonomy"))
         self.classes = class_list(config, datasets, self.taxonomy)
+        config["conditioner"] = with_dataset_classes(config["conditioner"], {d.name: d.annotated_classes for d in datasets})
         with distributed.local_main_first(self.dist):  # one process per node fills the cache
             self.cases = prepare_cases(config, datasets, self.progress)
             # patient-wise hold-out (+ validation datasets): never sampled for training
@@ -273,6 +275,7 @@ class Trainer:
                 with self.amp.autocast():
                     logits, ctx = self.net(image, prompts, return_context=True)
                 loss, parts = masked_bce_dice(logits, targets, annotated)
+                loss = with_deep_supervision(loss, self.model.conditioner.deep_supervision(ctx), targets, annotated)
                 # this rank's share of the global batch's annotated pairs (1.0 alone): DDP's mean
                 # then equals the pair mean over all ranks, as one process with the whole batch
                 share = distributed.pair_weight(parts["pairs"], self.dist)

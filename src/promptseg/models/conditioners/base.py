@@ -133,6 +133,12 @@ class Conditioner(nn.Module):
         """Extra training loss (e.g. Hermes' modality classifier); None if the method has none."""
         return None
 
+    def deep_supervision(self, ctx: Context) -> list[tuple[float, torch.Tensor]]:
+        """Coarser outputs of a training forward as (loss weight relative to the main output's 1,
+        logits [B, K, *coarser]), supervised with the main loss on resized targets (UniSeg's
+        nnU-Net deep supervision); empty if the method has none."""
+        return []
+
     def add_classes(
         self,
         names: Sequence[str],

@@ -9,7 +9,9 @@ What the paper and the authors' code (model/dim3/hermes_unet*.py, hermes_utils.p
   feature map go through pre-norm blocks of: priors <- features cross-attention, MLP (x4), then
   features <- priors cross-attention, MLP (x4); heads = C/32 with 32-d heads;
 - prediction: the posterior task tokens of all scales concatenated -> LayerNorm -> two MLPs ->
-  a prototype of the final decoder width; logit = <prototype, decoder feature> per voxel;
+  a 32-d prototype (the code's final decoder width, `prototype_dim`); logit = <prototype,
+  decoder feature> per voxel. A backbone whose output is not 32 channels gets a 1x1x1
+  conv-IN-LeakyReLU projection of its output to 32 (the code's last decoder block plays it);
 - auxiliary modality classifier: posterior modality tokens of all scales concatenated ->
   LayerNorm -> mean over the l tokens -> MLP -> |M| logits, cross-entropy. Weight 0.01 (the
   released config's `loss_mod_weight`; the paper says 0.001) -- `modality_loss_weight`.
@@ -29,6 +31,13 @@ Choices promptseg makes (documented because the paper/code do not face them):
   So inference without a dataset (or with an unknown one) falls back to class-level tokens.
 - Which task tokens take part in the fusion (the code pads per-sample task lists with a "null"
   token; we use an attention mask instead):
+    `context: dataset` (the default when the run gives `dataset_classes`, which the trainer fills
+    from the manifests): the paper's rule -- a sample's context is its OWN dataset's tasks. Tokens
+    of asked classes outside that dataset (another sample's classes in a mixed batch) are read out
+    but masked from the features, so they never change this sample's features. Without a dataset
+    (inference) each asked class is answered in the context of its default dataset (the first
+    that annotates it, see `datasets.DatasetTable`): the input is run once per distinct context
+    (`on_input` returns B*G samples, sample-major), as the paper evaluates per dataset.
     `context: group` (default): every task token of the *groups* of the requested tasks, whatever
     the prompts ask. A group is a dataset (dataset mode) or a block of classes added together
     (class mode: the constructor's classes are group 0, each `add_classes` call a new group).
@@ -61,7 +70,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigError, InputError
+from ..backbones.blocks import ConvBlock
 from .base import ClassPart, Conditioner, Context, PromptBatch
+from .datasets import DatasetTable
 
 #: Spellings folded onto a model's modality names when the exact name is not one of them.
 MODALITY_ALIASES = {
@@ -202,6 +213,7 @@ class HermesConditioner(Conditioner):
     """Task/modality context priors fused at several scales; prototypes from posterior task tokens."""
 
     needs_text = False
+    uses_datasets = True
 
     def __init__(
         self,
@@ -217,18 +229,26 @@ class HermesConditioner(Conditioner):
         mlp_ratio: int = 4,
         task_mode: str = "class",
         tasks: Sequence[Sequence[Any]] | dict[str, Sequence[str]] | None = None,
-        context: str = "group",
+        context: str | None = None,
         modality_loss_weight: float = 0.01,
         update_priors: bool = True,
         update_features: bool = True,
+        dataset_classes: dict[str, Sequence[str]] | None = None,
+        prototype_dim: int = 32,
     ):
         super().__init__(class_names)
         if len(set(self.class_names)) != len(self.class_names):
             raise ConfigError("hermes: class_names contains duplicates")
         if task_mode not in ("class", "dataset"):
             raise ConfigError(f"hermes: task_mode must be 'class' or 'dataset', got {task_mode!r}")
-        if context not in ("group", "prompted"):
-            raise ConfigError(f"hermes: context must be 'group' or 'prompted', got {context!r}")
+        if context is None:  # a checkpoint from before `dataset_classes` keeps the context it trained with
+            context = "dataset" if dataset_classes else "group"
+        if context not in ("dataset", "group", "prompted"):
+            raise ConfigError(f"hermes: context must be 'dataset', 'group' or 'prompted', got {context!r}")
+        if int(prototype_dim) < 1:
+            raise ConfigError(f"hermes: prototype_dim must be >= 1, got {prototype_dim!r}")
+        self.prototype_dim = int(prototype_dim)
+        self.table = DatasetTable(dataset_classes, self.class_names, "hermes")
         if len(encoder_levels) != len(encoder_blocks) or len(decoder_levels) != len(decoder_blocks):
             raise ConfigError("hermes: encoder_levels/encoder_blocks (decoder_levels/decoder_blocks) differ in length")
         if tokens_per_modality < 1 or head_dim < 1 or any(int(b) < 1 for b in [*encoder_blocks, *decoder_blocks]):
@@ -253,6 +273,7 @@ class HermesConditioner(Conditioner):
         self.encoder_fusion = nn.ModuleDict()
         self.decoder_fusion = nn.ModuleDict()
         self.prototype: nn.Module | None = None
+        self.projection: nn.Module = nn.Identity()
         self.modality_norm: nn.Module | None = None
         self.modality_head: nn.Module | None = None
         self._order: list[str] = []
@@ -281,8 +302,11 @@ class HermesConditioner(Conditioner):
         return out
 
     def config_updates(self) -> dict[str, Any]:
-        """Conditioner config entries to save after `add_classes` (dataset mode's task list)."""
-        return {"tasks": [[d, c] for d, c in self.tasks]} if self.task_mode == "dataset" else {}
+        """Conditioner config entries to save after `add_classes` (dataset table, dataset mode's tasks)."""
+        out: dict[str, Any] = {"dataset_classes": self.table.as_config()}
+        if self.task_mode == "dataset":
+            out["tasks"] = [[d, c] for d, c in self.tasks]
+        return out
 
     def task_pool_parameters(self) -> list[nn.Parameter]:
         """The task prior pools of every scale (what incremental learning trains)."""
@@ -318,7 +342,9 @@ class HermesConditioner(Conditioner):
         })
         self._order = [f"enc{lv}" for _, lv in enc] + [f"dec{lv}" for _, lv in dec]
         total = sum(enc_c[lv] for _, lv in enc) + sum(dec_c[lv] for _, lv in dec)
-        out = int(backbone.out_channels)
+        if int(backbone.out_channels) != self.prototype_dim:
+            self.projection = ConvBlock(int(backbone.out_channels), self.prototype_dim, (1, 1, 1))
+        out = self.prototype_dim
         # Code: HierarchyPriorClassifier = LayerNorm -> Mlp(total->out) -> Mlp(out->out), xavier, zero bias.
         self.prototype = nn.Sequential(nn.LayerNorm(total), _mlp(total, total, out), _mlp(out, out, out))
         for m in self.prototype.modules():
@@ -333,48 +359,89 @@ class HermesConditioner(Conditioner):
                             "decoder": [(self.decoder_levels[j], lv) for j, lv in dec]}
 
     # -- per forward ----------------------------------------------------------------------------------
+    def _task_lookup(self):
+        """(dataset, class) -> task index, and each class's default task."""
+        index = {t: i for i, t in enumerate(self.tasks)}
+        default: dict[str, int] = {}
+        for i, (_, c) in enumerate(self.tasks):
+            default.setdefault(c, i)
+        return index, default
+
+    def _rows(self, names: list[str], datasets: Sequence[str | None] | None, batch_size: int):
+        """Per sample: its context rows (each a list of (task, attends)) and, per asked class, the
+        (row, task) that answers it. `group`/`prompted`: one row per sample."""
+        index, default = self._task_lookup()
+
+        def task(d, c):
+            return index.get((d, c), default[c]) if d is not None and self.task_mode == "dataset" else default[c]
+
+        group = self.task_group.tolist()
+        rows, answers = [], []
+        for b in range(batch_size):
+            d = datasets[b] if datasets is not None else None
+            if self.context == "dataset":
+                own = self.table.index(d)
+                ctx_sets = [own] if own is not None else list(dict.fromkeys(self.table.default(c) for c in names))
+                which = [0 if own is not None else ctx_sets.index(self.table.default(c)) for c in names]
+                tasks_of = [[task(self.table.datasets[t], c) for c in self.table.classes[t]] for t in ctx_sets]
+                asked = [task(self.table.datasets[ctx_sets[w]], c) for w, c in zip(which, names)]
+            else:
+                asked = [task(d, c) for c in names]
+                if self.context == "group":
+                    wanted = {group[t] for t in asked}
+                    tasks_of = [[t for t in range(len(self.tasks)) if group[t] in wanted]]
+                else:
+                    tasks_of = [list(dict.fromkeys(asked))]
+                which = [0] * len(names)
+            rows.append(tasks_of)
+            answers.append(list(zip(which, asked)))
+        return rows, answers
+
     def prepare(self, prompts: PromptBatch, batch_size: int) -> Context:
         ctx = Context(prompts=prompts, batch_size=batch_size)
         self.check_known(prompts, "hermes")
         datasets = prompts.datasets
         if datasets is not None and len(datasets) != batch_size:
             raise InputError(None, f"hermes: {len(datasets)} dataset names given for a batch of {batch_size}")
-        index = {t: i for i, t in enumerate(self.tasks)}
-        default: dict[str, int] = {}
-        for i, (_, c) in enumerate(self.tasks):
-            default.setdefault(c, i)
-        group = self.task_group.tolist()
         names = [self.class_names[i] for i in prompts.indices]
-
-        contexts, reads = [], []
+        rows, answers = self._rows(names, datasets, batch_size)
+        g = max(len(r) for r in rows)
+        rows = [r + [r[0]] * (g - len(r)) for r in rows]  # the same count per sample (repeats unread)
+        # Each row's tokens: its context (attended by the features), then asked tasks outside it
+        # (read out only, masked from the features).
+        tokens, masks, read, row_of = [], [], [], []
         for b in range(batch_size):
-            d = datasets[b] if datasets is not None and self.task_mode == "dataset" else None
-            asked = [index.get((d, c), default[c]) if d is not None else default[c] for c in names]
-            if self.context == "group":
-                wanted = {group[t] for t in asked}
-                ctx_tasks = [t for t in range(len(self.tasks)) if group[t] in wanted]
-            else:
-                ctx_tasks = list(dict.fromkeys(asked))
-            pos = {t: p for p, t in enumerate(ctx_tasks)}
-            contexts.append(ctx_tasks)
-            reads.append([pos[t] for t in asked])
-        width = max((len(c) for c in contexts), default=0)
+            extra = [t for _, t in answers[b]]
+            for tasks in rows[b]:
+                outside = [t for t in dict.fromkeys(extra) if t not in tasks]
+                tokens.append(list(tasks) + outside)
+                masks.append([True] * len(tasks) + [False] * len(outside))
+            read.append([tokens[b * g + w].index(t) for w, t in answers[b]])
+            row_of.append([b * g + w for w, _ in answers[b]])
+        width = max(len(t) for t in tokens)
         dev = self.task_group.device
-        task_idx = torch.zeros(batch_size, width, dtype=torch.long)
-        task_mask = torch.zeros(batch_size, width, dtype=torch.bool)
-        for b, c in enumerate(contexts):
-            task_idx[b, : len(c)] = torch.tensor(c, dtype=torch.long)
-            task_mask[b, : len(c)] = True
+        task_idx = torch.zeros(batch_size * g, width, dtype=torch.long)
+        task_mask = torch.zeros(batch_size * g, width, dtype=torch.bool)
+        for r, (t, m) in enumerate(zip(tokens, masks)):
+            task_idx[r, : len(t)] = torch.tensor(t, dtype=torch.long)
+            task_mask[r, : len(m)] = torch.tensor(m, dtype=torch.bool)
         mod, given = self.modalities.indices(prompts.modality, batch_size)
+        ctx["hermes.rows"] = g
         ctx["hermes.task_idx"] = task_idx.to(dev)
         ctx["hermes.task_mask"] = task_mask.to(dev)
-        ctx["hermes.read"] = torch.tensor(reads, dtype=torch.long, device=dev).view(batch_size, len(names))
-        ctx["hermes.mod_idx"] = torch.tensor(mod, dtype=torch.long, device=dev)
-        ctx["hermes.mod_target"] = torch.tensor([m if g else -1 for m, g in zip(mod, given)], dtype=torch.long,
-                                                device=dev)
+        ctx["hermes.read"] = torch.tensor(read, dtype=torch.long, device=dev).view(batch_size, len(names))
+        ctx["hermes.row_of"] = torch.tensor(row_of, dtype=torch.long, device=dev).view(batch_size, len(names))
+        ctx["hermes.mod_idx"] = torch.tensor(mod, dtype=torch.long, device=dev).repeat_interleave(g)
+        ctx["hermes.mod_target"] = torch.tensor([m if gv else -1 for m, gv in zip(mod, given)], dtype=torch.long,
+                                                device=dev).repeat_interleave(g)
         ctx["hermes.task_post"] = {}
         ctx["hermes.mod_post"] = {}
         return ctx
+
+    def on_input(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """One copy of each sample per context it is answered in (only at dataset-free inference)."""
+        g = ctx["hermes.rows"]
+        return x if g == 1 else x.repeat_interleave(g, 0)
 
     def _fuse(self, name: str, level: PriorFusionLevel, feat: torch.Tensor, ctx: Context) -> torch.Tensor:
         feat, task_post, mod_post = level(
@@ -397,15 +464,23 @@ class HermesConditioner(Conditioner):
         missing = [n for n in self._order if n not in ctx["hermes.task_post"]]
         if self.prototype is None or missing:
             raise RuntimeError(f"hermes: fusion levels {missing or self._order} were not run (bind/backbone hooks)")
-        b = decoder_out.shape[0]
-        tokens = torch.cat([ctx["hermes.task_post"][n] for n in self._order], dim=-1)   # [B, P, sum C]
-        read = ctx["hermes.read"]
-        tokens = torch.gather(tokens, 1, read.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))  # [B, K, sum C]
-        proto = self.prototype(tokens)                                                    # [B, K, C_out]
-        logits = torch.bmm(proto.to(decoder_out.dtype), decoder_out.flatten(2))
-        mods = torch.cat([ctx["hermes.mod_post"][n] for n in self._order], dim=-1)       # [B, l, sum C]
+        read, row_of, g = ctx["hermes.read"], ctx["hermes.row_of"], ctx["hermes.rows"]
+        b, k = read.shape
+        tokens = torch.cat([ctx["hermes.task_post"][n] for n in self._order], dim=-1)   # [B*G, P, sum C]
+        p = tokens.shape[1]
+        tokens = tokens.reshape(-1, tokens.shape[-1]).index_select(0, (row_of * p + read).reshape(-1))
+        proto = self.prototype(tokens.view(b, k, -1))                                     # [B, K, D]
+        feats = self.projection(decoder_out)                                              # [B*G, D, *S]
+        flat = feats.flatten(2).view(b, g, feats.shape[1], -1).to(proto.dtype)
+        if g == 1:
+            logits = torch.bmm(proto, flat[:, 0])                                         # [B, K, V]
+        else:  # each class reads the copy of its sample run in its own context
+            every = torch.einsum("bkd,bgdv->bkgv", proto, flat)
+            which = (row_of - torch.arange(b, device=row_of.device)[:, None] * g)
+            logits = torch.gather(every, 2, which[..., None, None].expand(b, k, 1, every.shape[-1]))[:, :, 0]
+        mods = torch.cat([ctx["hermes.mod_post"][n] for n in self._order], dim=-1)       # [B*G, l, sum C]
         ctx["hermes.modality_logits"] = self.modality_head(self.modality_norm(mods).mean(dim=1))
-        return logits.view(b, read.shape[1], *decoder_out.shape[2:])
+        return logits.to(decoder_out.dtype).view(b, k, *decoder_out.shape[2:])
 
     def auxiliary_loss(self, ctx: Context) -> torch.Tensor | None:
         """Weighted modality cross-entropy over samples whose modality was given (0 if none)."""
@@ -462,6 +537,7 @@ class HermesConditioner(Conditioner):
         gid = same[0] if same else (max(groups) + 1 if groups else 0)
         self.tasks.extend(new_tasks)
         self.class_names.extend(n for n in names if n not in self.class_names)
+        self.table.add(dataset if dataset is not None else f"added-{len(self.table)}", names)
         self.task_group = torch.cat([self.task_group, self.task_group.new_full((len(names),), gid)])
         for level in self._levels():
             level.grow(len(names))

@@ -14,27 +14,35 @@ What the papers and the UniSeg code (Upstream/.../Prompt_generic_UNet.py) fix, a
   image (every channel) before the encoder. `modal_prompt: false` gives plain UniSeg;
 - input stems for 1-4 channels (MedUniSeg's four first convs; the UniSeg code has 1/2/4).
 
-Choices promptseg makes:
-- A task is one taxonomy class (binary, sigmoid) rather than one dataset with a softmax over its
-  classes, so N = len(class_names), and one shared 1-channel 1x1x1 head turns each task's decoder
-  output into its logit map. Several tasks per batch (the UniSeg code allows one per batch):
-  `on_bottleneck` returns a batch of B*K (sample-major), the backbone repeats its skips, and
-  `predict` folds [B*K, 1, ...] back to [B, K, ...]. The decoder therefore runs K times per
-  sample -- UniSeg's "inference per task"; cost grows with the number of prompts.
-- The bottleneck keeps its width: cat(F, selected channel) [C+1] -> 1x1x1 conv -> C, initialised
-  as identity on F. Composed with the backbone's first (linear) up-sampling this is exactly
-  UniSeg's C+1-channel decoder input.
+A task is a DATASET (the paper's definition), read from `dataset_classes` (dataset -> the classes
+it annotates; the trainer fills it from the manifests, see `datasets.DatasetTable`):
+- FUSE outputs N = number of datasets task channels; a sample's own dataset's channel is selected;
+- the head is a 1x1x1 conv as wide as the largest dataset's label set (M channels); class c of
+  dataset t is channel `position of c in t's label list`, so class identity lives in the head's
+  output channel, not only in the one bottleneck channel. Each channel is a sigmoid (binary) map:
+  promptseg's classes overlap (an organ includes its tumours), which a softmax over a dataset's
+  classes cannot express, so the masked BCE + Dice loss is kept (the paper: softmax, Dice + CE);
+- a class -> (task, channel) table answers a prompt by name: the sample's own dataset when it
+  annotates the class (training), else the class's default dataset (the first annotating it;
+  inference without a dataset). Distinct tasks of a sample each get one decoder pass: the
+  bottleneck returns B*G (G = most tasks any sample needs, sample-major) and the backbone repeats
+  its skips. Without a table every class is a dataset of its own (one channel, N = classes).
+- deep supervision (nnU-Net, as UniSeg trains): 1x1x1 heads on the decoder levels between the
+  coarsest and the finest, weights 1/2^i (i = 1 next to the output), given to the trainer by
+  `deep_supervision(ctx)`; off with `deep_supervision: false`.
+- the selected task channel is added to every bottleneck channel (the backbone's decoder takes C
+  channels, not C+1): the first, linear up-sampling then sees it as one more input channel with
+  the summed weights. No extra 1x1 "merge" conv (not in the paper).
+- the modal prompts (and the map's bias) start at zero, so a run starts as plain UniSeg.
 - Stems are 1x1x1 convs mapping c in `input_channels` to the backbone's `in_channels`, initialised
   to copy/average channels (identity when c equals it); the backbone's own first conv does the
-  spatial work. NOTE: `UNet.forward` checks the channel count before `on_input`, so inputs whose
-  channel count differs from the backbone's `in_channels` need that check moved after `on_input`.
-- DDP: every parameter takes part in every forward; per-class rows (FUSE output filters and
-  their norm affines), per-modality prompt rows and per-channel-count stems are selected by
-  index from one tensor each, so those not asked get an exact zero gradient (no hang with
-  find_unused_parameters=False).
-- `add_classes` appends FUSE output channels (new filters + norm affine); F_uni keeps its K
-  channels (MedUniSeg decouples K from N), old channels are untouched, and a checkpoint rebuilt
-  from (config, class_names) has the grown shapes.
+  spatial work.
+- DDP: every parameter takes part in every training forward; per-dataset rows (FUSE output
+  filters and their norm affines), per-modality prompt rows and per-channel-count stems are
+  selected by index from one tensor each, so those not asked get an exact zero gradient.
+- `add_classes` appends classes to their dataset (a new dataset: one new FUSE channel; a wider
+  label set: new head rows); F_uni keeps its K channels, old rows are untouched; save
+  `config_updates()` (the grown table) in the run config.
 """
 from __future__ import annotations
 
@@ -48,6 +56,7 @@ from torch import nn
 from ...errors import ConfigError, InputError
 from ..backbones.blocks import ConvBlock
 from .base import ClassPart, Conditioner, Context, PromptBatch, PromptError
+from .datasets import DatasetTable
 from .hermes import Modalities
 
 
@@ -96,10 +105,38 @@ class TaskChannels(nn.Module):
         return F.leaky_relu(y, 0.01)
 
 
+class ChannelHead(nn.Module):
+    """1x1x1 conv with growable output rows (the per-dataset-label channels)."""
+
+    def __init__(self, cin: int, n_out: int):
+        super().__init__()
+        conv = nn.Conv3d(cin, n_out, kernel_size=1)
+        self.weight = nn.Parameter(conv.weight.detach().flatten(1).clone())
+        self.bias = nn.Parameter(conv.bias.detach().clone())
+
+    def grow(self, n_new: int) -> None:
+        new = ChannelHead(self.weight.shape[1], n_new).to(self.weight)
+        self.weight = nn.Parameter(torch.cat([self.weight.detach(), new.weight.detach()]), requires_grad=self.weight.requires_grad)
+        self.bias = nn.Parameter(torch.cat([self.bias.detach(), new.bias.detach()]), requires_grad=self.bias.requires_grad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv3d(x, self.weight[..., None, None, None].to(x.dtype), self.bias.to(x.dtype))
+
+
+def gather_channels(out: torch.Tensor, rows: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+    """[B*G, M, *S] head outputs -> [B, K, *S]: entry (b, k) is channel channels[b, k] of row rows[b, k]."""
+    m = out.shape[1]
+    flat = out.reshape(out.shape[0] * m, *out.shape[2:])
+    pick = (rows * m + channels).reshape(-1)
+    return flat.index_select(0, pick).view(*rows.shape, *out.shape[2:])
+
+
 class UniSegConditioner(Conditioner):
-    """Universal task prompt fused at the bottleneck (UniSeg), plus MedUniSeg's modal prompt."""
+    """Universal task prompt fused at the bottleneck (UniSeg), plus MedUniSeg's modal prompt.
+    A task is a dataset; its classes are channels of one head (see the module docstring)."""
 
     needs_text = False
+    uses_datasets = True
 
     def __init__(
         self,
@@ -115,15 +152,19 @@ class UniSegConditioner(Conditioner):
         modal_grid: Sequence[int] = (6, 6, 4),
         modal_grid_2d: Sequence[int] = (12, 12),
         input_channels: Sequence[int] = (1, 2, 3, 4),
+        dataset_classes: dict[str, Sequence[str]] | None = None,
+        deep_supervision: bool = True,
     ):
         super().__init__(class_names)
         if len(set(self.class_names)) != len(self.class_names):
             raise ConfigError("uniseg: class_names contains duplicates")
         if int(prompt_channels) < 1 or int(fuse_blocks) < 2 or int(fuse_reduction) < 1:
             raise ConfigError("uniseg: prompt_channels >= 1, fuse_blocks >= 2 and fuse_reduction >= 1 are needed")
+        self.table = DatasetTable(dataset_classes, self.class_names, "uniseg")
         self.prompt_channels = int(prompt_channels)
         self.prompt_grid = _positive_ints(prompt_grid, 3, "prompt_grid")
         self.fuse_blocks, self.fuse_reduction = int(fuse_blocks), int(fuse_reduction)
+        self.use_deep_supervision = bool(deep_supervision)
         self.input_channels = sorted({int(c) for c in input_channels})
         if any(c < 1 for c in self.input_channels):
             raise ConfigError(f"uniseg: input_channels must be positive, got {list(input_channels)}")
@@ -136,35 +177,38 @@ class UniSegConditioner(Conditioner):
         # Code: nn.Parameter(torch.randn(1, K, D/16, H/32, W/32)).
         self.task_prompt = nn.Parameter(torch.randn(1, self.prompt_channels, *self.prompt_grid))
         if self.use_modal_prompt:
-            self.modal_prompt = nn.Parameter(torch.randn(len(self.modalities), int(modal_length)))
+            # Zero prompts and bias: the model starts as plain UniSeg and a one-modality run stays
+            # close to it (the prompts still get gradients through the map's random weights).
+            self.modal_prompt = nn.Parameter(torch.zeros(len(self.modalities), int(modal_length)))
             self.modal_map = nn.Linear(int(modal_length), math.prod(self.modal_grid))
+            nn.init.zeros_(self.modal_map.bias)
         else:
             self.modal_prompt = None
             self.modal_map = None
         self.fuse: nn.Module | None = None
         self.task_channels: TaskChannels | None = None
-        self.merge: nn.Conv3d | None = None
-        self.head: nn.Conv3d | None = None
+        self.head: ChannelHead | None = None
+        self.ds_heads = nn.ModuleDict()
+        self.ds_weights: dict[str, float] = {}
         self.stem_weight: nn.Parameter | None = None
         self.stem_bias: nn.Parameter | None = None
 
     # -- wiring ------------------------------------------------------------------------------------
     def bind(self, backbone: nn.Module) -> None:
-        """FUSE, merge and head from the backbone's bottleneck/output widths; stems to its input."""
+        """FUSE, heads from the backbone's bottleneck/decoder/output widths; stems to its input."""
         c = int(backbone.encoder_channels[-1])
         cin = c + self.prompt_channels
         hid = max(1, cin // self.fuse_reduction)
         blocks = [ConvBlock(cin, hid)] + [ConvBlock(hid, hid) for _ in range(self.fuse_blocks - 2)]
         self.fuse = nn.Sequential(*blocks)
-        self.task_channels = TaskChannels(hid, len(self.class_names))
-        self.merge = nn.Conv3d(c + 1, c, kernel_size=1)
-        with torch.no_grad():  # identity on the features, default init on the task channel
-            col = self.merge.weight[:, c:].clone()
-            self.merge.weight.zero_()
-            self.merge.weight[:, :c, 0, 0, 0] = torch.eye(c)
-            self.merge.weight[:, c:] = col
-            self.merge.bias.zero_()
-        self.head = nn.Conv3d(int(backbone.out_channels), 1, kernel_size=1)
+        self.task_channels = TaskChannels(hid, len(self.table))
+        m = self.table.width
+        self.head = ChannelHead(int(backbone.out_channels), m)
+        dec = list(backbone.decoder_channels)
+        # nnU-Net: every decoder output but the coarsest is supervised, weight 1/2^i from the output.
+        levels = list(range(1, len(dec) - 1)) if self.use_deep_supervision else []
+        self.ds_heads = nn.ModuleDict({str(d): ChannelHead(int(dec[d]), m) for d in levels})
+        self.ds_weights = {str(d): 0.5 ** (len(dec) - 1 - d) for d in levels}
         out_ch = int(backbone.in_channels)
         if self.input_channels:
             widest = max(self.input_channels)
@@ -180,14 +224,33 @@ class UniSegConditioner(Conditioner):
             self.stem_bias = nn.Parameter(torch.zeros(len(self.input_channels), out_ch))
         self.to(self.task_prompt.device)
 
+    def _heads(self) -> list[ChannelHead]:
+        return [self.head, *self.ds_heads.values()] if self.head is not None else []
+
     # -- per forward ----------------------------------------------------------------------------------
     def prepare(self, prompts: PromptBatch, batch_size: int) -> Context:
+        """Each (sample, class) -> (task row, channel): the sample's distinct tasks are its rows."""
         ctx = Context(prompts=prompts, batch_size=batch_size)
         self.check_known(prompts, "uniseg")
         if not prompts.indices:
             raise PromptError("uniseg: no class asked")
+        datasets = prompts.datasets
+        if datasets is not None and len(datasets) != batch_size:
+            raise InputError(None, f"uniseg: {len(datasets)} dataset names given for a batch of {batch_size}")
+        per_sample = []
+        for b in range(batch_size):
+            d = datasets[b] if datasets is not None else None
+            per_sample.append([self.table.task_of(c, d) for c in prompts.classes])
+        groups = [list(dict.fromkeys(t)) for t in per_sample]
+        g = max(len(x) for x in groups)
+        groups = [x + [x[0]] * (g - len(x)) for x in groups]  # same count per sample (repeats unread)
+        rows = [[b * g + groups[b].index(t) for t in ts] for b, ts in enumerate(per_sample)]
+        chans = [[self.table.channel(t, c) for t, c in zip(ts, prompts.classes)] for ts in per_sample]
         dev = self.task_prompt.device
-        ctx["uniseg.idx"] = torch.tensor(list(prompts.indices), dtype=torch.long, device=dev)
+        ctx["uniseg.tasks"] = torch.tensor(groups, dtype=torch.long, device=dev)        # [B, G]
+        ctx["uniseg.rows"] = torch.tensor(rows, dtype=torch.long, device=dev)           # [B, K]
+        ctx["uniseg.channels"] = torch.tensor(chans, dtype=torch.long, device=dev)      # [B, K]
+        ctx["uniseg.decoder"] = {}
         if self.use_modal_prompt:
             mod, _ = self.modalities.indices(prompts.modality, batch_size)
             ctx["uniseg.mod_idx"] = torch.tensor(mod, dtype=torch.long, device=dev)
@@ -212,7 +275,7 @@ class UniSegConditioner(Conditioner):
         return x
 
     def on_bottleneck(self, feat: torch.Tensor, ctx: Context) -> torch.Tensor:
-        """FUSE -> select each requested task's channel -> one decoder input per (sample, task)."""
+        """FUSE -> select each sample's task channels -> one decoder input per (sample, task)."""
         if self.fuse is None:
             raise RuntimeError("uniseg: bind(backbone) was not called")
         b, c, *grid = feat.shape
@@ -220,34 +283,64 @@ class UniSegConditioner(Conditioner):
         if list(prompt.shape[2:]) != grid:
             prompt = F.interpolate(prompt, size=tuple(grid), mode="trilinear", align_corners=False)
         fused = self.task_channels(self.fuse(torch.cat([feat, prompt.expand(b, -1, *grid).to(feat.dtype)], 1)))
-        idx = ctx["uniseg.idx"]
-        k = idx.numel()
-        chosen = fused.index_select(1, idx)                                   # [B, K, *grid]
-        ctx["uniseg.task_prior"] = chosen
-        merged = torch.cat([feat.repeat_interleave(k, 0), chosen.reshape(b * k, 1, *grid)], 1)
-        return self.merge(merged)                                             # [B*K, C, *grid]
+        tasks = ctx["uniseg.tasks"]                                            # [B, G]
+        g = tasks.shape[1]
+        chosen = torch.gather(fused, 1, tasks.view(b, g, *([1] * len(grid))).expand(b, g, *grid))
+        ctx["uniseg.task_prior"] = chosen                                      # [B, G, *grid]
+        return feat.repeat_interleave(g, 0) + chosen.reshape(b * g, 1, *grid)  # [B*G, C, *grid]
+
+    def on_decoder(self, level: int, feat: torch.Tensor, ctx: Context) -> torch.Tensor:
+        if self.training and str(level) in self.ds_heads:
+            ctx["uniseg.decoder"][str(level)] = feat
+        return feat
 
     def predict(self, decoder_out: torch.Tensor, encoder_feats: list[torch.Tensor], ctx: Context) -> torch.Tensor:
-        b, k = ctx.batch_size, len(ctx.prompts)
-        if decoder_out.shape[0] != b * k:
-            raise RuntimeError(f"uniseg: decoder gave a batch of {decoder_out.shape[0]}, expected {b}x{k}")
-        return self.head(decoder_out).view(b, k, *decoder_out.shape[2:])
+        rows = ctx["uniseg.rows"]
+        if decoder_out.shape[0] != ctx["uniseg.tasks"].numel():
+            raise RuntimeError(f"uniseg: decoder gave a batch of {decoder_out.shape[0]}, expected "
+                               f"{tuple(ctx['uniseg.tasks'].shape)}")
+        return gather_channels(self.head(decoder_out), rows, ctx["uniseg.channels"])
+
+    def deep_supervision(self, ctx: Context) -> list[tuple[float, torch.Tensor]]:
+        """(weight, logits [B, K, *coarser]) per supervised decoder level of a training forward
+        (the main output has weight 1); empty in eval mode or with deep supervision off."""
+        feats = ctx.data.get("uniseg.decoder") or {}
+        return [(self.ds_weights[k], gather_channels(self.ds_heads[k](f), ctx["uniseg.rows"], ctx["uniseg.channels"]))
+                for k, f in feats.items()]
 
     # -- continual learning --------------------------------------------------------------------------
     def class_parameters(self) -> dict[str, list[ClassPart]]:
-        """Each class owns its row of the task channels (FUSE output filter, bias, norm affine)."""
+        """Each class owns the row of its (default) dataset in the task channels (FUSE output
+        filter, bias, norm affine); classes of one dataset share it."""
         keys = [f"task_channels.{k}" for k in ("weight", "bias", "norm_weight", "norm_bias")]
         if self.task_channels is None:
             return {n: [] for n in self.class_names}
-        return {n: [ClassPart(k, slice(i, i + 1)) for k in keys] for i, n in enumerate(self.class_names)}
+        out = {}
+        for n in self.class_names:
+            t = self.table.default(n)
+            out[n] = [ClassPart(k, slice(t, t + 1)) for k in keys]
+        return out
+
+    def config_updates(self) -> dict:
+        return {"dataset_classes": self.table.as_config()}
 
     def add_classes(self, names: Sequence[str], embeddings: torch.Tensor | None = None,
                     datasets: Sequence[str | None] | None = None) -> None:
-        """New task channels (FUSE output filters); existing channels and F_uni are untouched."""
+        """New classes join their dataset (new channels) or a new dataset (a new FUSE channel);
+        every existing row is untouched."""
         names = [str(n) for n in names]
         clash = [n for n in names if n in self.class_names]
         if clash or len(set(names)) != len(names):
             raise ConfigError(f"uniseg: add_classes got existing or duplicate classes {clash or names}")
+        if datasets is not None and len(datasets) != len(names):
+            raise ConfigError(f"uniseg: add_classes got {len(datasets)} datasets for {len(names)} names")
+        n_tasks, width = len(self.table), self.table.width
+        fresh = f"added-{n_tasks}"
+        for n, d in zip(names, datasets if datasets is not None else [None] * len(names)):
+            self.table.add(fresh if d is None else str(d), [n])
         self.class_names.extend(names)
         if self.task_channels is not None:
-            self.task_channels.grow(len(names))
+            self.task_channels.grow(len(self.table) - n_tasks)
+            if self.table.width > width:
+                for h in self._heads():
+                    h.grow(self.table.width - width)
