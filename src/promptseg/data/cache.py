@@ -64,6 +64,27 @@ class PreparedCase:
     record: dict = field(default_factory=dict)  # preprocessing Record.to_dict()
     folder: Path | None = None
 
+    def __getstate__(self) -> dict:
+        """Memory-mapped arrays travel as their .npy paths (loader workers start by 'spawn' and
+        re-open them), so a worker never receives a copy of the cached data."""
+        state = dict(self.__dict__)
+        for key in ("image", "targets"):
+            arr = state[key]
+            if isinstance(arr, np.memmap) and getattr(arr, "filename", None):
+                state[key] = _MappedArray(str(arr.filename))
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for key in ("image", "targets"):
+            if isinstance(state[key], _MappedArray):
+                state[key] = np.load(state[key].path, mmap_mode="r")
+        self.__dict__.update(state)
+
+
+@dataclass(frozen=True)
+class _MappedArray:
+    path: str
+
 
 # --- fingerprints --------------------------------------------------------------------------------
 def file_fingerprint(path: Path) -> dict[str, Any]:
