@@ -43,8 +43,8 @@ def batch_stream(sampler: PatchSampler, workers: int = 0, seed: int = 0, prefetc
     """An endless iterator of batches: in this process (workers=0) or from `workers` processes."""
     if workers <= 0:
         return _in_loop(sampler)
-    # 'spawn': a forked worker inherits the parent's thread pools (OpenMP, OpenVINO's TBB) mid-state,
-    # which crashed a run here; cached arrays reach spawned workers as file paths (PreparedCase).
+    # 'spawn': a forked worker would inherit the parent's thread pools (OpenMP, OpenVINO's TBB)
+    # mid-state; cached arrays reach spawned workers as file paths (PreparedCase), not copies.
     loader = DataLoader(_BatchStream(sampler, seed), batch_size=None, num_workers=workers,
                         prefetch_factor=prefetch, persistent_workers=True, multiprocessing_context="spawn")
     return iter(loader)
