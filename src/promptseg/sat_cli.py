@@ -11,7 +11,7 @@ from .errors import ConfigError
 from .io.readers import read_image
 from .io.writers import write_image
 from .models.official_sat import is_sat_file, load_official_sat, load_sat_model, save_sat_model
-from .inference.sat_predict import predict_sat
+from .workflows.sat_predict import predict_sat
 from .text.sat_text import attach_vocabulary
 
 

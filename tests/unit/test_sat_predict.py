@@ -6,7 +6,7 @@ import math
 import numpy as np
 import torch
 
-from promptseg.inference.sat_predict import gaussian_weights, predict_sat, sat_probabilities, window_starts
+from promptseg.workflows.sat_predict import gaussian_weights, predict_sat, sat_probabilities, window_starts
 from promptseg.io.readers import read_image
 from promptseg.models.official_sat import OfficialSAT
 

@@ -19,7 +19,7 @@ from ..io.volume import Volume
 from ..preprocess.geometry import orientation_transform, reorient
 
 _PALETTE = (  # colour-blind friendly first, then tab20's and tab20b's, no two alike; 33 colours,
-    # so the 32 classes of the Universal Model never share one. Label value v: _PALETTE[(v - 1) % n]
+    # so the 32 classes of the first taxonomy block never share one. Label value v: _PALETTE[(v - 1) % n]
     (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
     (204, 121, 167), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232),
