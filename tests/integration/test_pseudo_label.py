@@ -114,3 +114,13 @@ def test_bad_threshold_is_one_line_error(world, capsys):
     rc = main(["pseudo-label", "-m", str(world["ckpt"]), "-i", str(world["scans"]), "-o", str(world["root"] / "x"),
                "--class-threshold", "1.5"])
     assert rc == 2 and "class_threshold must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_pseudo_label_preprocesses_by_the_scans_modality(world, tmp_path):
+    """A modality the model has no plan for stops before anything is written (no silent CT plan)."""
+    from promptseg.errors import ConfigError
+
+    model = open_checkpoint(world["ckpt"])
+    with pytest.raises(ConfigError, match="modality 'MR'.*no plan"):
+        pseudo_label(model, world["scans"], tmp_path / "mr", modality="MR", device="cpu")
+    assert not (tmp_path / "mr" / REPORT).exists()

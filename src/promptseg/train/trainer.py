@@ -8,6 +8,7 @@ overrides it. It resumes from the last checkpoint after a kill, and runs unchang
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -312,6 +313,9 @@ class Trainer:
         if self.progress:
             print(f"step {self.step}: validation Dice {result['mean']:.3f} "
                   + " ".join(f"{k}={d:.3f}" for k, d in result["dice"].items()))
+        if result["flags"]:  # a dead class scores 0 like a hard one; say which it is, even without progress
+            print(f"step {self.step}: warning: " + ", ".join(f"{k} {f}" for k, f in result["flags"].items())
+                  + " (its own voxels are called background; see train/validate.py)", file=sys.stderr)
         if result["mean"] == result["mean"] and (self.best is None or result["mean"] > self.best):
             self.best = result["mean"]
             save_checkpoint(self.model, self.out / "best", self.config, self.step,

@@ -89,23 +89,28 @@ def _write_group(folder: Path, name: str, classes: list[str], cases: list[tuple[
 def pseudo_label(model, inputs: str | Path | Sequence[str | Path], out_dir: str | Path, prompts: Sequence[str] | None = None,
                  class_threshold: float = 0.8, case_threshold: float = 0.0, name: str = "Pseudo",
                  device: str = "auto", inference: dict | None = None, progress: bool = False,
-                 on_case: Callable[[CaseResult], None] | None = None) -> dict[str, Any]:
+                 on_case: Callable[[CaseResult], None] | None = None, modality: str | None = None) -> dict[str, Any]:
     """Predict every scan, judge its classes, write the dataset folder(s) + `pseudo_labels.json`.
 
     model: a `Checkpoint` (its plan and inference settings are used) or a model with `inference`
     settings and a plan given through `Predictor`. Returns the report written.
-    Scans are held in memory until written (pseudo-labelling sets are tens of scans).
+    Scans are held in memory until written (pseudo-labelling sets are tens of scans). Each scan
+    is preprocessed by the plan of its modality, chosen as `promptseg predict` chooses it
+    (`modality`, else the DICOM tag, else the checkpoint's only modality; a multi-modal
+    checkpoint given a file of unknown modality stops and asks for it); the written dataset
+    declares that modality, so one call labels one modality.
     """
     _check_thresholds(class_threshold, case_threshold)
     if not name or not all(ch.isalnum() or ch in "_-" for ch in name):
         raise ConfigError(f"pseudo-label dataset name must be letters, digits, '_' or '-', got {name!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(model, inference=inference, device=device, progress=progress)
+    predictor = Predictor(model, inference=inference, device=device, progress=progress, modality=modality)
     classes = predictor.classes(prompts)
     groups: dict[tuple[str, ...], list[tuple[CaseResult, Volume, Volume]]] = {}
     results: list[CaseResult] = []
     for path in collect_inputs(inputs):
+        predictor.use_modality_of(path)
         image = read_image(path)
         pred = predictor.predict_volume(image, classes)
         res = judge(case_name(path), str(path), pred.stats["confidence"], class_threshold, case_threshold)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from ..inference.modality import DICOM_MODALITIES
+
 
 def _run(args) -> int:
     from ..checkpoint import open_checkpoint
@@ -18,7 +20,7 @@ def _run(args) -> int:
     inference = {"threads": args.threads} if args.threads else None
     out = pseudo_label(model, args.input, args.output, prompts=args.prompt or None, class_threshold=args.class_threshold,
                        case_threshold=args.case_threshold, name=args.name, device=args.device, inference=inference,
-                       progress=not args.quiet, on_case=report)
+                       progress=not args.quiet, on_case=report, modality=args.modality)
     for d in out["datasets"]:
         print(f"{args.output}/{d['folder']}: {len(d['cases'])} case(s), annotated: {', '.join(d['annotated_classes'])}")
     print(f"confidences and decisions in {args.output}/{REPORT}", file=sys.stderr)
@@ -37,6 +39,8 @@ def register(sub) -> None:
     p.add_argument("--case-threshold", type=float, default=0.0,
                    help="drop a case whose mean class confidence is below this (default 0: keep)")
     p.add_argument("--name", default="Pseudo", help="dataset folder name (default Pseudo)")
+    p.add_argument("--modality", default=None, type=str.upper, choices=sorted(set(DICOM_MODALITIES.values())),
+                   help="modality of the scans (CT, MR, PET): default the DICOM tag, else the model's only modality")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
