@@ -3,8 +3,9 @@
 Why a flag beside Dice: a class whose per-class head has died (its output the same number at
 every voxel, e.g. a dynamic head whose hidden units all went negative at too high a learning
 rate) scores 0 exactly like a class that is merely hard, and never recovers; the record names
-it (`dead`: the mean logit on the class's own voxels is below 0, `constant`: the logit map does
-not vary at all) so a run is stopped and its recipe changed instead of waited on.
+it (`dead`: Dice 0 with the mean logit on the class's own voxels below 0 — a class that is
+learning finds some of them first; `constant`: the logit map does not vary at all) so a run is
+stopped and its recipe changed instead of waited on.
 
 Why in network space: the held-out cases are already preprocessed in the run's cache (each by its
 own modality's plan), so a sliding window over the cached tensor and a Dice against the cached
@@ -67,7 +68,7 @@ def case_scores(model, case, window: Sequence[int], overlap: float = 0.25,
 def validate(model, cases: Sequence, window: Sequence[int], overlap: float = 0.25, device=None) -> dict[str, Any]:
     """{"dice": {"MODALITY/class": mean over cases}, "mean": mean of those, "cases": n,
     "positive_logit": {key: mean over cases}, "flags": {key: "dead" | "constant"}} (flags only
-    where raised); the model is left in eval mode (the trainer sets train mode before each step)."""
+    where raised, as the module docstring defines them); the model is left in eval mode (the trainer sets train mode before each step)."""
     model.eval()
     scores: dict[str, list[float]] = defaultdict(list)
     positives: dict[str, list[float]] = defaultdict(list)
@@ -84,5 +85,5 @@ def validate(model, cases: Sequence, window: Sequence[int], overlap: float = 0.2
     mean = round(float(np.mean(list(per.values()))), 4) if per else float("nan")
     pos = {k: round(float(np.mean(v)), 3) for k, v in sorted(positives.items())}
     flags = {k: "constant" for k, s in spread.items() if s < CONSTANT_STD}
-    flags.update({k: "dead" for k, v in pos.items() if v < 0 and k not in flags})
+    flags.update({k: "dead" for k, v in pos.items() if v < 0 and per.get(k, 0.0) == 0.0 and k not in flags})
     return {"dice": per, "mean": mean, "cases": len(cases), "positive_logit": pos, "flags": dict(sorted(flags.items()))}
