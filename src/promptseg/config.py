@@ -35,9 +35,11 @@ DEFAULT_INFERENCE: dict[str, Any] = {
     # bfloat16 (2-3x faster network on CPUs with native bf16, but masks can move: Dice 0.8-0.99 on
     # weakly confident classes) | float16 (CUDA) | auto (bfloat16/float16 where native)
     "precision": "float32",
-    # engine of the windows on a CPU: auto (OpenVINO when installed: same float32 logits, ~2-4x
-    # faster than eager PyTorch) | openvino | onnxruntime | torch; GPUs always run PyTorch
-    "runtime": "auto",
+    # engine of the windows on a CPU: torch (eager PyTorch) | auto (OpenVINO where the eager
+    # estimate is long enough to repay compiling) | openvino | onnxruntime; GPUs always run PyTorch.
+    # torch is the default: on the clinical CT (benchmarks/predict_speed.py --scale clinical --rows
+    # lean) auto took 165 s and 7.2 GB against torch's 117 s and 3.9 GB, masks min Dice 0.978
+    "runtime": "torch",
     "head_chunk": 131072,  # class-voxels per chunk of the Universal Model's head (0 = one go)
     "threads": None,      # torch CPU threads; None = the cores this process may use
     "interpolation": "linear",  # class results -> input grid: linear (probabilities) | nearest
