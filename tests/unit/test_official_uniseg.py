@@ -148,3 +148,74 @@ def test_task_table_names_resolve_in_the_taxonomy():
             assert tax.resolve(cls["name"]).name == cls["name"]
             assert all(1 <= c < task["channels"] for c in cls["covers"])
     assert tax.resolve("spine").name == "vertebrae" and tax.resolve("prostate").name == "prostate/uterus"
+
+
+# ---- asked by class name (the predictor's interface) -------------------------------------------
+from promptseg.checkpoint import open_checkpoint, save_checkpoint  # noqa: E402
+from promptseg.errors import ConfigError  # noqa: E402
+from promptseg.models.conditioners.base import PromptError  # noqa: E402
+from promptseg.models.official_uniseg_model import UniSegByClass, class_table, uniseg_run_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def by_class(small):
+    return UniSegByClass(small).eval()
+
+
+def test_class_logits_are_the_log_odds_of_their_channels(by_class, small):
+    x = torch.randn(1, 1, 64, 64, 16)  # (x, y, z) as the plan gives it
+    with torch.no_grad():
+        out = by_class(x, ["liver", "liver tumor", "spleen", "kidneys"])
+        net_in = x.permute(0, 1, 4, 3, 2)
+        p0 = torch.softmax(small(net_in, 0)[:, :3], 1).permute(0, 1, 4, 3, 2)
+        p6 = torch.softmax(small(net_in, 6)[:, :2], 1).permute(0, 1, 4, 3, 2)
+    assert out.shape == (1, 4, 64, 64, 16)
+    assert torch.allclose(torch.sigmoid(out[:, 0]), p0[:, 1] + p0[:, 2], atol=1e-5)
+    assert torch.allclose(torch.sigmoid(out[:, 1]), p0[:, 2], atol=1e-5)
+    assert torch.allclose(torch.sigmoid(out[:, 2]), p6[:, 1], atol=1e-5)
+    assert ((out[:, 2] > 0) == (p6[:, 1] > p6[:, 0])).all()  # two channels: the authors' argmax
+
+
+def test_each_asked_task_runs_once(by_class, small):
+    calls = []
+    hook = small.fuse.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with torch.no_grad():
+            by_class(torch.randn(1, 1, 64, 64, 16), ["liver", "liver tumor"])
+            assert len(calls) == 1
+            by_class(torch.randn(1, 1, 64, 64, 16), ["liver", "spleen", "liver tumor"])
+            assert len(calls) == 3
+    finally:
+        hook.remove()
+
+
+def test_small_windows_are_zero_padded_to_the_patch(by_class):
+    x = torch.randn(1, 1, 40, 50, 10)
+    padded = torch.zeros(1, 1, 64, 64, 16)
+    padded[..., :40, :50, :10] = x
+    with torch.no_grad():
+        out = by_class(x, "spleen")
+        ref = by_class(padded, "spleen")[..., :40, :50, :10]
+    assert out.shape == (1, 1, 40, 50, 10) and torch.allclose(out, ref, atol=1e-6)
+    with pytest.raises(ConfigError, match="at most"):
+        by_class(torch.zeros(1, 1, 64, 64, 32), "spleen")
+
+
+def test_prompts_resolve_through_the_taxonomy(by_class):
+    pb = by_class.prompt_batch(["liver cancer", "spine", "prostate"])
+    assert pb.classes == ["liver tumor", "vertebrae", "prostate/uterus"]
+    assert "brain tumor edema" not in class_table() and "brain tumor edema" in class_table(single_image=False)
+    with pytest.raises(PromptError, match="'brain tumor edema'.*closest"):
+        by_class.prompt_batch(["brain tumor edema"])
+
+
+def test_published_file_opens_and_imports_as_a_checkpoint(tmp_path):
+    sd = random_uniseg_state_dict(seed=5)
+    ckpt = open_checkpoint(nnunet_file(tmp_path / "UniSeg_11_Tasks.model", sd))
+    assert ckpt.classes == list(class_table()) and set(ckpt.plans) == {"CT", "MR"}
+    assert ckpt.config["inference"]["window"] == [192, 192, 64]
+    folder = save_checkpoint(ckpt.model, tmp_path / "imported", ckpt.config)
+    again = open_checkpoint(folder)
+    assert isinstance(again.model, UniSegByClass) and again.classes == ckpt.classes
+    assert torch.equal(again.model.backbone.prompt, sd["intermedia_prompt"])
+    assert uniseg_run_config()["official"]["kind"] == "uniseg"

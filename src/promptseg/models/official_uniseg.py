@@ -249,14 +249,14 @@ def uniseg_from_state_dict(state_dict: Mapping[str, Any], where: str = "checkpoi
 # numpy 1.x (the authors' environment) pickles scalars as numpy.core.multiarray.scalar, numpy 2 as
 # numpy._core.multiarray.scalar; dtypes as numpy.dtype (1.x) or numpy.dtypes.*DType (2.x)
 _SCALAR = np._core.multiarray.scalar
-_NUMPY_PICKLE_GLOBALS = [_SCALAR, (_SCALAR, "numpy.core.multiarray.scalar"), np.dtype,
+NUMPY_PICKLE_GLOBALS = [_SCALAR, (_SCALAR, "numpy.core.multiarray.scalar"), np.dtype,
                          *(type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_))]
 
 
 def read_uniseg_file(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of a published `.model` file. nnU-Net pickles its loss curves with numpy
     scalars, so numpy's scalar/dtype reconstructors are allowed next to torch's weights-only set."""
-    with torch.serialization.safe_globals(_NUMPY_PICKLE_GLOBALS):
+    with torch.serialization.safe_globals(NUMPY_PICKLE_GLOBALS):
         return unwrap_uniseg(read_torch_file(path, "UniSeg checkpoint"))
 
 
