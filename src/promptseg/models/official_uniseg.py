@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -198,13 +199,17 @@ def name_map(model: OfficialUniSeg) -> dict[str, str]:
     return {official_name(k, model): k for k in model.state_dict()}
 
 
-def random_uniseg_state_dict(seed: int = 0, prefix: str = "") -> dict[str, torch.Tensor]:
-    """The published model's key layout with seeded random values (He-scaled convolutions, norm
-    scales near 1, a unit-variance prompt): what `model_final_checkpoint.model` looks like to the
-    loader, for tests and timing without the real weights (never downloaded here)."""
-    gen = torch.Generator().manual_seed(seed)
+def random_uniseg_state_dict(seed: int = 0, prefix: str = "",
+                             layout: Mapping[str, Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
+    """The published model's key layout (or another `layout` of the authors' names, e.g. a small
+    test network's) with seeded random values (He-scaled convolutions, norm scales near 1, a
+    unit-variance prompt): what `model_final_checkpoint.model` looks like to the loader, for tests
+    and timing without the real weights (never downloaded here). Each tensor draws from its own
+    generator (seed and name), so the values do not depend on the order of the layout."""
     sd: dict[str, torch.Tensor] = {}
-    for key, shape in uniseg_layout().items():
+    for key, shape in (layout or uniseg_layout()).items():
+        shape = tuple(shape)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
         value = torch.randn(shape, generator=gen)
         if key.endswith("instnorm.weight"):
             value = 1.0 + 0.1 * value
