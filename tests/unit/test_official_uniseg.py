@@ -90,10 +90,10 @@ def test_unreadable_or_foreign_files_are_one_line_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def small():
-    torch.manual_seed(0)
     net = build_official_uniseg(**SMALL).eval()
-    with torch.no_grad():
-        net.prompt.normal_()
+    names, state = name_map(net), net.state_dict()
+    sd = random_uniseg_state_dict(seed=2, layout={k: state[v].shape for k, v in names.items()})
+    net.load_state_dict({names[k]: v for k, v in sd.items()}, strict=True)
     return net
 
 
@@ -113,8 +113,8 @@ def test_task_id_selects_its_fuse_map(small):
     assert torch.equal(seen["decoder_in"][0, -1], seen["maps"][0, 4])
     assert torch.equal(seen["decoder_in"][1, -1], seen["maps"][1, 9])
     with torch.no_grad():  # per-sample tasks = one call per task; different tasks, different logits
-        assert torch.allclose(out[:1], small(x[:1], 4), atol=1e-5)
-        assert torch.allclose(out[1:], small(x[1:], 9), atol=1e-5)
+        assert torch.allclose(out[:1], small(x[:1], 4), atol=1e-4)
+        assert torch.allclose(out[1:], small(x[1:], 9), atol=1e-4)
         assert not torch.allclose(small(x[:1], 0), small(x[:1], 1), atol=1e-3)
 
 

@@ -65,21 +65,23 @@ class ConvNormAct(nn.Module):
         return self.act(self.norm(self.conv(x)))
 
 
-class ChannelStem(ConvNormAct):
+class ChannelStem(nn.Module):
     """The first block, with one convolution per accepted input channel count."""
 
-    def __init__(self, channel_counts: Sequence[int], cout: int, kernel: Sequence[int], **kw):
-        super().__init__(channel_counts[0], cout, kernel, **kw)
-        del self.conv
+    def __init__(self, channel_counts: Sequence[int], cout: int, kernel: Sequence[int],
+                 eps: float = 1e-5, slope: float = 0.01):
+        super().__init__()
         self.convs = nn.ModuleDict({str(c): nn.Conv3d(c, cout, tuple(kernel), 1, tuple(k // 2 for k in kernel))
                                     for c in channel_counts})
+        self.norm = nn.InstanceNorm3d(cout, eps=eps, affine=True)
+        self.act = nn.LeakyReLU(slope, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv = self.convs[str(x.shape[1])] if str(x.shape[1]) in self.convs else None
-        if conv is None:
+        key = str(x.shape[1])
+        if key not in self.convs:
             raise InputError("image", f"UniSeg takes images of {sorted(int(c) for c in self.convs)} channels, "
                                       f"got {x.shape[1]}")
-        return self.act(self.norm(conv(x)))
+        return self.act(self.norm(self.convs[key](x)))
 
 
 class OfficialUniSeg(nn.Module):
