@@ -13,6 +13,13 @@ layout, `official_uniseg_keys.json`), written anew here:
 - the network gives 4 logits per voxel (softmax at inference); task t reads its first
   `channels` of them (settings), channel c = label c of its dataset.
 The prompt's grid is fixed by the training patch, so windows must be exactly the plan's patch.
+
+Checked against the authors' network (their Prompt_generic_UNet.py built as UniSeg_Trainer builds
+it, run outside the repository): with `random_uniseg_state_dict` weights, on a 64x192x192 window of
+../shared/data/ct_abdomen_pelvis resampled to 3x1.5x1.5 mm and clipped as their preprocessor does,
+max |d| of the logits = 0 for each of the 11 tasks (1-channel input; also 4 channels for BraTS and
+2 for AutoPET). tests/integration/test_official_uniseg_reference.py keeps a small network of the
+same design against numbers their code produced.
 """
 from __future__ import annotations
 
