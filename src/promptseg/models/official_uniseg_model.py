@@ -14,6 +14,8 @@ BraTS (4 MR sequences) and AutoPET (CT + PET) need multi-channel input (`Officia
 """
 from __future__ import annotations
 
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -23,7 +25,7 @@ from torch import nn
 
 from ..config import resolve_config
 from ..errors import ConfigError
-from ..taxonomy import Taxonomy, default_taxonomy
+from ..taxonomy import Taxonomy, default_taxonomy, read_classes_file
 from .conditioners.base import PromptBatch, PromptError
 from .official_uniseg import (
     NUMPY_PICKLE_GLOBALS,
@@ -36,6 +38,14 @@ from .official_uniseg import (
 )
 
 KIND = "uniseg"  # the `official.kind` of an imported UniSeg run config
+
+
+@lru_cache(maxsize=1)
+def uniseg_taxonomy() -> Taxonomy:
+    """The packaged registry plus the classes only this model names (taxonomy/uniseg_classes.yaml:
+    kidneys as one label, vertebrae, BraTS sub-regions, FDG-avid lesions)."""
+    path = Path(str(resources.files("promptseg.taxonomy").joinpath("uniseg_classes.yaml")))
+    return default_taxonomy().extended(read_classes_file(path))
 
 
 def class_table(single_image: bool = True) -> dict[str, dict[str, Any]]:
@@ -58,7 +68,7 @@ class UniSegByClass(nn.Module):
         super().__init__()
         self.backbone = net  # the network itself (checkpoint folders read `backbone.in_channels`)
         self.conditioner = None  # the task prompt lives inside the network
-        self.taxonomy = taxonomy or default_taxonomy()
+        self.taxonomy = taxonomy or uniseg_taxonomy()
         self.table = class_table()
 
     @property
