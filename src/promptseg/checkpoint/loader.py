@@ -13,6 +13,7 @@ import torch
 
 from ..models.build import build_model
 from ..models.official import load_official, official_run_config
+from ..models.official_uniseg_model import is_uniseg_config, open_uniseg_file, uniseg_model
 from ..taxonomy import Taxonomy
 from .classes import taxonomy_from_record
 from .store import find_checkpoint, load_state_strict, read_meta, read_weights
@@ -68,6 +69,10 @@ def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify
     """A native checkpoint / run folder or an official `.pth` file (`backbone`: its backbone when
     not detected from the keys), hash-checked, in eval mode."""
     p = Path(path)
+    uniseg = open_uniseg_file(p) if p.is_file() else None  # UniSeg's published .model file
+    if uniseg is not None:
+        return Checkpoint(uniseg[0].to(device), uniseg[1], uniseg[0].class_names, uniseg[0].taxonomy,
+                          plans_of(uniseg[1]), uniseg[2], p)
     if p.is_file():
         model, backbone = load_official(p, backbone)
         config = official_run_config(backbone)
@@ -81,8 +86,8 @@ def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify
     shape = meta.get("embedding_shape")
     embeddings = torch.zeros(*shape) if shape else None
     config = meta["config"]
-    model = build_model(config, meta["class_names"], embeddings=embeddings,
-                        in_channels=meta.get("in_channels", 1), taxonomy=taxonomy)
+    model = uniseg_model(taxonomy) if is_uniseg_config(config) else build_model(
+        config, meta["class_names"], embeddings=embeddings, in_channels=meta.get("in_channels", 1), taxonomy=taxonomy)
     load_state_strict(model, state, str(ckpt))
     return Checkpoint(model.eval().to(device), config, list(meta["class_names"]), taxonomy, plans_of(config), meta, ckpt)
 
