@@ -202,7 +202,7 @@ class Predictor:
         raw, probs = sliding_window_masks(self.model, tensor, pb, thresholds, window=window, overlap=s["overlap"],
                                           mode=s["mode"], sw_batch_size=int(s["sw_batch_size"]), device=self.device,
                                           precision=self._precision(), head_chunk=s["head_chunk"],
-                                          runtime=s["runtime"], compiled=self._compiled, **kw)
+                                          runtime=s["runtime"], compiled=self._compiled, blend=s["blend"], **kw)
         if any(pad):
             cut = (slice(None),) + tuple(slice(0, n) for n in shape)
             raw, probs = np.ascontiguousarray(raw[cut]), np.ascontiguousarray(probs[cut])
