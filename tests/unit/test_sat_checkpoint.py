@@ -54,6 +54,9 @@ def test_import_then_predict_writes_masks_on_the_input_grid(sat_file, tiny_tower
     ckpt = open_checkpoint(out)
     assert ckpt.classes == list(sat_vocabulary()) and len(ckpt.classes) > 400
     assert list(ckpt.plans) == ["CT"] and ckpt.config["inference"]["window"] == [288, 288, 96]
+    assert main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "official SAT-nano" in info and f"classes     {len(ckpt.classes)}" in info and ": left kidney" in info
 
     pred = tmp_path / "pred"
     rc = main(["predict", "-m", str(out), "-i", str(small_ct), "-o", str(pred), "--prompt", "left kidney",
@@ -95,6 +98,9 @@ def test_sat_pth_needs_its_text_tower_and_bad_prompts_fail_in_one_line(sat_file,
                    "-i", str(small_ct), "-o", str(tmp_path / "p"), "--prompt", prompt, "--modality", "CT"])
         err = capsys.readouterr().err
         assert rc == 2 and why in err and len(err.strip().splitlines()) == 1, err
+    rc = main(["predict", "-m", str(sat_file), "--text-model", str(folder), "--text-weights", str(weights),
+               "-i", str(small_ct), "-o", str(tmp_path / "p"), "--prompt", "liver", "--modality", "CT", "--fast"])
+    assert rc == 2 and "--fast cannot run with this model" in capsys.readouterr().err
 
 
 def test_import_lists_missing_unused_and_misshaped_keys(tiny_tower, tmp_path, capsys):

@@ -32,7 +32,7 @@ class BatchError(PromptsegError):
 def load_model(model_or_checkpoint, text_model=None, text_weights=None):
     """A loaded model or `Checkpoint` as it is; a checkpoint path opened on the CPU (the predictor
     moves it) as a `Checkpoint`, so its plan, inference settings and modality come along
-    (`text_model` / `text_weights`: the text tower a SAT .pth needs)."""
+    (`text_model` / `text_weights`: the text tower a published .pth needs to embed its vocabulary)."""
     if not isinstance(model_or_checkpoint, (str, Path)):
         return model_or_checkpoint
     return open_checkpoint(model_or_checkpoint, device="cpu", text_model=text_model, text_weights=text_weights)
@@ -67,7 +67,7 @@ def predict(model_or_checkpoint, inputs, out_dir, prompts: Sequence[str] | None 
     `statistics` / `preview`: statistics.json / preview.png in each case's folder;
     `output_types`: any of nifti, dicom-seg, rtstruct. `modality`: CT, MR or PET for every input
     (default per input: its DICOM Modality tag, else the checkpoint's only one). `text_model` /
-    `text_weights`: a SAT .pth's text tower. Returns one result dict per case; raises
+    `text_weights`: the text tower of a .pth that needs one. Returns one result dict per case; raises
     `BatchError` (after all cases ran) when some failed.
     """
     from tqdm import tqdm

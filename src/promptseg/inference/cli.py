@@ -99,8 +99,8 @@ def register(sub) -> None:
                    help="engine of the windows on a CPU (default auto: OpenVINO when installed, same float32 "
                         "masks as PyTorch and 2-4x faster; GPUs always run PyTorch)")
     p.add_argument("--text-model", default=None,
-                   help="a SAT .pth as -m: local folder of its text model (BioLORD-2023-C); not needed for a folder "
-                        "written by `promptseg import-checkpoint`")
-    p.add_argument("--text-weights", default=None, help="a SAT .pth as -m: the authors' text-encoder .pth")
+                   help="a .pth (-m) that needs its text tower: local folder of the text model (tokenizer, config, "
+                        "weights); not needed for a folder written by `promptseg import-checkpoint`")
+    p.add_argument("--text-weights", default=None, help="the fine-tuned text-encoder .pth that goes with --text-model")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_predict)

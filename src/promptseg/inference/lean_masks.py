@@ -58,8 +58,8 @@ def sliding_window_masks(
     the windows of the full grid, the network seconds (compilation included) and the runtime.
     `runtime` / `compiled`: the CPU engine and the caller's cache of compiled graphs (`WindowRunner`).
     `blend`: what the Gaussian averages, "logits" (MONAI) or "probabilities" (each window's sigmoid,
-    as SAT's authors blend); the masks are then prob > t. A model with `window_weights(roi)` gives
-    its own Gaussian weights (SAT's authors' map differs from MONAI's near the window faces).
+    as some authors blend); the masks are then prob > t. A model with `window_weights(roi)` gives
+    its own Gaussian weights (a published method's map may differ from MONAI's near the window faces).
     """
     import numpy as np
     import torch.nn.functional as F

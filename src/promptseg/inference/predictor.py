@@ -117,6 +117,9 @@ class Predictor:
         self.settings = inference_settings(merged)
         self.fast = bool(fast)
         self.roi = bool(roi)
+        if (fast or roi) and getattr(model, "fixed_scale", False):  # e.g. a position code fixed to one crop
+            raise ConfigError(f"--{'fast' if fast else 'roi'} cannot run with this model: it segments only at its "
+                              "own spacing and window; predict without it")
         self.model = model
         self._model_window = list(self.settings["window"])
         first = modality or (self.trained[0] if len(self.trained) == 1 else None) or plan.modality

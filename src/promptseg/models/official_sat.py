@@ -48,6 +48,9 @@ _ALIAS_TO = {"0": "conv", "1": "norm"}
 class OfficialSAT(nn.Module):
     """SAT's Maskformer: `forward_embeddings(image, queries)` and the name-based `forward`."""
 
+    #: runs only at its plan's spacing on its crop (fixed position code): no --fast / --roi passes
+    fixed_scale = True
+
     def __init__(self, variant: str = "nano", crop: Sequence[int] = (288, 288, 96), patch: int = 32,
                  features: Sequence[int] | None = None, convs: int | None = None,
                  hidden: int | None = None, mask_mid: int | None = None, dim: int = 768,
