@@ -68,7 +68,6 @@ MEANINGS = {
     "inference.window": "sliding-window size (voxels of the plan's grid)",
     "inference.overlap": "window overlap, in [0, 1)",
     "inference.mode": "window blending: `gaussian` or `constant`",
-    "inference.blend": "what the Gaussian averages: `logits` or `probabilities` (each window's sigmoid, as SAT)",
     "inference.sw_batch_size": "windows per network call",
     "inference.thresholds": "per-class probability thresholds (default 0.5), e.g. `{liver tumor: 0.4}`",
     "inference.postprocess": "apply the taxonomy's post-processing rules (largest component, organ masks, ...)",
