@@ -1,5 +1,8 @@
 """`promptseg import-checkpoint` (official `.pth` -> native folder) and `promptseg info MODEL`.
 
+A SAT-Nano / SAT-Pro file is imported with its text tower: the vocabulary's embeddings are computed
+once and saved with the weights, so the imported folder predicts with no text tower at all.
+
 `info` answers "what does this model know?" from the checkpoint alone: classes with the label value
 each gets in a merged map, modalities and their plans, backbone, conditioner, parameter count,
 training datasets and steps -- for native folders and official `.pth` files alike.
@@ -12,16 +15,32 @@ from typing import Any
 
 from .checkpoint import Checkpoint, open_checkpoint, save_checkpoint
 from .inference.merge import label_values
+from .models.official_sat import save_sat_model
 
 
 def _import(args) -> int:
-    ckpt = open_checkpoint(args.file, backbone=args.backbone)
+    ckpt = open_checkpoint(args.file, backbone=args.backbone, text_model=args.text_model,
+                           text_weights=args.text_weights, modalities=tuple(args.modalities))
+    n = sum(p.numel() for p in ckpt.model.parameters())
+    if ckpt.meta.get("sat"):
+        out = save_sat_model(ckpt.model, Path(args.output))
+        print(f"imported SAT-{ckpt.meta['sat']} ({n / 1e6:.1f}M parameters, {len(ckpt.classes)} terms x "
+              f"{len(ckpt.plans)} modalities: {', '.join(ckpt.plans)}) -> {out}")
+        return 0
     out = save_checkpoint(ckpt.model, Path(args.output), ckpt.config, step=0,
                           extra={"imported_from": str(Path(args.file).resolve())})
-    n = sum(p.numel() for p in ckpt.model.parameters())
     print(f"imported official {ckpt.config['official']['backbone']} model ({n / 1e6:.2f}M parameters, "
           f"{len(ckpt.classes)} classes) -> {out}")
     return 0
+
+
+def _kind(ckpt: Checkpoint) -> str:
+    if ckpt.meta.get("sat"):
+        return f"official SAT-{ckpt.meta['sat']}"
+    official = ckpt.config.get("official") or {}
+    if official.get("kind") == "uniseg":
+        return "official UniSeg (11 tasks)"
+    return "official Universal Model" if ckpt.meta.get("official") or official else "promptseg"
 
 
 def model_info(ckpt: Checkpoint) -> dict[str, Any]:
@@ -31,7 +50,7 @@ def model_info(ckpt: Checkpoint) -> dict[str, Any]:
     datasets = ckpt.meta.get("datasets") or [Path(d["path"]).name for d in cfg.get("datasets") or []]
     return {
         "checkpoint": str(ckpt.path),
-        "kind": "official Universal Model" if ckpt.meta.get("official") else "promptseg",
+        "kind": _kind(ckpt),
         "classes": [{"name": c, "label": values[c]} for c in ckpt.classes],
         "modalities": list(ckpt.plans),
         "plans": ckpt.plans,
@@ -78,10 +97,18 @@ def _info(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("import-checkpoint", help="convert an official Universal Model .pth into a promptseg checkpoint")
-    p.add_argument("file", help="clip_driven_universal_unet.pth or clip_driven_universal_swin_unetr.pth")
+    p = sub.add_parser("import-checkpoint",
+                       help="convert an official Universal Model or SAT-Nano / SAT-Pro .pth into a promptseg model")
+    p.add_argument("file", help="clip_driven_universal_unet.pth, clip_driven_universal_swin_unetr.pth, "
+                                "SAT_Nano.pth or SAT_Pro.pth")
     p.add_argument("-o", "--output", required=True, help="output checkpoint folder")
-    p.add_argument("--backbone", choices=["unet", "swinunetr"], default=None, help="default: detected from the keys")
+    p.add_argument("--backbone", choices=["unet", "swinunetr"], default=None,
+                   help="Universal Model: default detected from the keys")
+    p.add_argument("--text-model", default=None,
+                   help="SAT: local folder of the BioLORD-2023-C text model (tokenizer + config + weights)")
+    p.add_argument("--text-weights", default=None, help="SAT: the authors' text-encoder .pth (fine-tuned tower)")
+    p.add_argument("--modalities", nargs="+", default=["ct", "mri", "pet"],
+                   help="SAT: modalities to embed the vocabulary for (default ct mri pet)")
     p.set_defaults(func=_import)
     q = sub.add_parser("info", help="what a model knows: classes, modalities, plans, architecture, training")
     q.add_argument("model", help="checkpoint folder, run folder or official .pth file")

@@ -18,7 +18,6 @@ VERB_MODULES = [
     "promptseg.evaluation.cli",
     "promptseg.data.cli",
     "promptseg.checkpoint_cli",
-    "promptseg.sat_cli",
     "promptseg.train.extend_cli",
     "promptseg.workflows.bench",
     "promptseg.workflows.demo",

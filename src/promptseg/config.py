@@ -25,6 +25,7 @@ DEFAULT_INFERENCE: dict[str, Any] = {
     "window": [96, 96, 96],
     "overlap": 0.5,
     "mode": "gaussian",
+    "blend": "logits",   # what the windows' Gaussian averages: logits | probabilities (SAT's authors)
     "sw_batch_size": 2,
     "thresholds": {},
     "postprocess": True,
@@ -317,6 +318,8 @@ def inference_settings(inference: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ConfigError(f"inference.overlap must be in [0, 1), got {cfg['overlap']!r}")
     if cfg["mode"] not in ("gaussian", "constant"):
         raise ConfigError(f"inference.mode must be gaussian or constant, got {cfg['mode']!r}")
+    if cfg["blend"] not in ("logits", "probabilities"):
+        raise ConfigError(f"inference.blend must be logits or probabilities, got {cfg['blend']!r}")
     if int(cfg["sw_batch_size"]) < 1:
         raise ConfigError(f"inference.sw_batch_size must be >= 1, got {cfg['sw_batch_size']!r}")
     for k, t in (cfg["thresholds"] or {}).items():

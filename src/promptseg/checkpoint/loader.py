@@ -1,6 +1,8 @@
 """`open_checkpoint(path) -> Checkpoint`: a model with everything it was trained with.
 
-Native checkpoint folders and official Universal Model `.pth` files load through here; callers read
+Native checkpoint folders, official Universal Model `.pth` files, SAT-Nano / SAT-Pro `.pth` files (with
+their text tower, to embed the vocabulary), imported SAT folders and UniSeg's published `.model` file
+(imported UniSeg folders are native ones) load through here; callers read
 the run config, classes, taxonomy and plans from the `Checkpoint`, never from model attributes.
 """
 from __future__ import annotations
@@ -12,8 +14,12 @@ from typing import Any
 import torch
 
 from ..models.build import build_model
+from ..errors import CheckpointError
 from ..models.official import load_official, official_run_config
+from ..models.official_sat import (OfficialSAT, is_sat_file, is_sat_folder, load_official_sat, load_sat_model,
+                                   sat_run_config)
 from ..models.official_uniseg_model import is_uniseg_config, open_uniseg_file, uniseg_model
+from ..text.sat_text import attach_vocabulary
 from ..taxonomy import Taxonomy
 from .classes import taxonomy_from_record
 from .store import find_checkpoint, load_state_strict, read_meta, read_weights
@@ -64,11 +70,31 @@ def plans_of(config: dict[str, Any]) -> dict[str, Any]:
     return {str(config.get("modality") or "CT").upper(): config.get("plan")}
 
 
+def sat_checkpoint(model: OfficialSAT, path: Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """A SAT model carrying its vocabulary's embeddings as a Checkpoint (classes = its vocabulary)."""
+    config = sat_run_config(model)
+    plans = plans_of(config)
+    meta = {"source": str(path), "official": True, "sat": model.variant, "step": None, "modalities": list(plans)}
+    return Checkpoint(model.eval().to(device), config, model.class_names, model.taxonomy, plans, meta, path)
+
+
 def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify: bool = True,
-                    backbone: str | None = None) -> Checkpoint:
-    """A native checkpoint / run folder or an official `.pth` file (`backbone`: its backbone when
-    not detected from the keys), hash-checked, in eval mode."""
+                    backbone: str | None = None, text_model: str | Path | None = None,
+                    text_weights: str | Path | None = None,
+                    modalities: tuple[str, ...] = ("ct", "mri", "pet")) -> Checkpoint:
+    """A native checkpoint / run folder, an imported SAT folder or an official `.pth` file
+    (`backbone`: its backbone when not detected from the keys), hash-checked, in eval mode.
+    A SAT `.pth` needs its text tower (`text_model` folder, `text_weights` file) to embed SAT's
+    vocabulary for `modalities` (cached on disk, so only the first opening pays)."""
     p = Path(path)
+    if p.is_file() and is_sat_file(p):
+        if text_model is None:
+            raise CheckpointError(f"{p}: a SAT .pth needs its text tower to embed the vocabulary: give --text-model "
+                                  "(and --text-weights), or import it once with `promptseg import-checkpoint`")
+        model = attach_vocabulary(load_official_sat(p), text_model, text_weights, modalities=tuple(modalities))
+        return sat_checkpoint(model, p, device)
+    if p.is_dir() and is_sat_folder(p):
+        return sat_checkpoint(load_sat_model(p), p, device)
     uniseg = open_uniseg_file(p) if p.is_file() else None  # UniSeg's published .model file
     if uniseg is not None:
         return Checkpoint(uniseg[0].to(device), uniseg[1], uniseg[0].class_names, uniseg[0].taxonomy,
@@ -92,9 +118,10 @@ def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify
     return Checkpoint(model.eval().to(device), config, list(meta["class_names"]), taxonomy, plans_of(config), meta, ckpt)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify: bool = True):
-    """The model alone of `open_checkpoint` (for callers that need nothing else)."""
-    return open_checkpoint(path, device=device, verify=verify).model
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify: bool = True, **options):
+    """The model alone of `open_checkpoint` (for callers that need nothing else; `options`: its
+    text_model / text_weights / modalities for a SAT .pth)."""
+    return open_checkpoint(path, device=device, verify=verify, **options).model
 
 
 

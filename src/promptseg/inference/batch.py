@@ -29,12 +29,13 @@ class BatchError(PromptsegError):
         super().__init__(f"{len(failures)} of {total} case(s) failed ({listed})")
 
 
-def load_model(model_or_checkpoint):
+def load_model(model_or_checkpoint, text_model=None, text_weights=None):
     """A loaded model or `Checkpoint` as it is; a checkpoint path opened on the CPU (the predictor
-    moves it) as a `Checkpoint`, so its plan, inference settings and modality come along."""
+    moves it) as a `Checkpoint`, so its plan, inference settings and modality come along
+    (`text_model` / `text_weights`: the text tower a published .pth needs to embed its vocabulary)."""
     if not isinstance(model_or_checkpoint, (str, Path)):
         return model_or_checkpoint
-    return open_checkpoint(model_or_checkpoint, device="cpu")
+    return open_checkpoint(model_or_checkpoint, device="cpu", text_model=text_model, text_weights=text_weights)
 
 
 def check_output_types(files: Sequence[Path], output_types: Sequence[str]) -> tuple[str, ...]:
@@ -56,7 +57,7 @@ def predict(model_or_checkpoint, inputs, out_dir, prompts: Sequence[str] | None 
             plan=None, inference: Mapping[str, Any] | None = None, on_case: Callable | None = None,
             fast: bool = False, roi: bool = False, statistics: bool = False, preview: bool = False,
             output_types: Sequence[str] = ("nifti",), on_failure: Callable | None = None,
-            modality: str | None = None) -> list[dict[str, Any]]:
+            modality: str | None = None, text_model=None, text_weights=None) -> list[dict[str, Any]]:
     """Predict every input (file, DICOM folder or folder of images) into `out_dir`.
 
     `model_or_checkpoint`: a model or a checkpoint path. `out_dir`: a folder, or for one input a
@@ -65,7 +66,8 @@ def predict(model_or_checkpoint, inputs, out_dir, prompts: Sequence[str] | None 
     grid; `roi`: full resolution only where the prompts' classes are (see `Predictor`).
     `statistics` / `preview`: statistics.json / preview.png in each case's folder;
     `output_types`: any of nifti, dicom-seg, rtstruct. `modality`: CT, MR or PET for every input
-    (default per input: its DICOM Modality tag, else the checkpoint's only one). Returns one result dict per case; raises
+    (default per input: its DICOM Modality tag, else the checkpoint's only one). `text_model` /
+    `text_weights`: the text tower of a .pth that needs one. Returns one result dict per case; raises
     `BatchError` (after all cases ran) when some failed.
     """
     from tqdm import tqdm
@@ -74,7 +76,7 @@ def predict(model_or_checkpoint, inputs, out_dir, prompts: Sequence[str] | None 
     types = check_output_types(files, output_types)
     folder = (write_masks and "nifti" in types) or statistics or preview or any(t != "nifti" for t in types)
     plans = plan_outputs(files, out_dir, folder, nifti="nifti" in types)  # never onto an input
-    model = load_model(model_or_checkpoint)
+    model = load_model(model_or_checkpoint, text_model, text_weights)
     settings = dict(inference or {})
     if postprocess is not None:
         settings["postprocess"] = bool(postprocess)

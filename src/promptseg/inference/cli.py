@@ -45,7 +45,7 @@ def _predict(args) -> int:
             postprocess=False if args.no_postprocess else None, write_masks=not args.no_masks,
             progress=not args.quiet, inference=inference, on_case=report, fast=args.fast, roi=args.roi,
             statistics=args.statistics, preview=args.preview, output_types=args.output_type or ["nifti"],
-            on_failure=failed, modality=args.modality,
+            on_failure=failed, modality=args.modality, text_model=args.text_model, text_weights=args.text_weights,
         )
     except BatchError as exc:
         print(f"{len(exc.results)} case(s) written to {args.output}; {len(exc.failures)} failed:", file=sys.stderr)
@@ -98,5 +98,9 @@ def register(sub) -> None:
     p.add_argument("--runtime", default=None, choices=list(CPU_RUNTIMES),
                    help="engine of the windows on a CPU (default auto: OpenVINO when installed, same float32 "
                         "masks as PyTorch and 2-4x faster; GPUs always run PyTorch)")
+    p.add_argument("--text-model", default=None,
+                   help="a .pth (-m) that needs its text tower: local folder of the text model (tokenizer, config, "
+                        "weights); not needed for a folder written by `promptseg import-checkpoint`")
+    p.add_argument("--text-weights", default=None, help="the fine-tuned text-encoder .pth that goes with --text-model")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_predict)

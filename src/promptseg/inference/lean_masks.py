@@ -45,6 +45,7 @@ def sliding_window_masks(
     stats: dict | None = None,
     runtime: str = "torch",
     compiled: dict | None = None,
+    blend: str = "logits",
 ):
     """Per-class bool masks and uint16 probabilities [K, X, Y, Z] (numpy, CPU) for `image` [1, C, ...].
 
@@ -56,6 +57,9 @@ def sliding_window_masks(
     is run), outside it everything is background. `stats` (a dict) receives the windows run,
     the windows of the full grid, the network seconds (compilation included) and the runtime.
     `runtime` / `compiled`: the CPU engine and the caller's cache of compiled graphs (`WindowRunner`).
+    `blend`: what the Gaussian averages, "logits" (MONAI) or "probabilities" (each window's sigmoid,
+    as some authors blend); the masks are then prob > t. A model with `window_weights(roi)` gives
+    its own Gaussian weights (a published method's map may differ from MONAI's near the window faces).
     """
     import numpy as np
     import torch.nn.functional as F
@@ -90,13 +94,19 @@ def sliding_window_masks(
     # same order and the same batches as `sliding_window_inference` -- which matters for models
     # whose normalisation uses batch statistics at inference (the official U-Net's ContBatchNorm).
     axis = 0
-    weight = compute_importance_map(roi, mode=mode, sigma_scale=sigma_scale, device=device, dtype=torch.float32)
+    own = getattr(model, "window_weights", None)  # a model whose authors blend with their own weights
+    weight = (own(roi).to(device=device, dtype=torch.float32) if callable(own) and mode == "gaussian" else
+              compute_importance_map(roi, mode=mode, sigma_scale=sigma_scale, device=device, dtype=torch.float32))
     bounds = sorted({0, padded[axis]} | {s[axis] for s in starts} | {s[axis] + roi[axis] for s in starts})
     bounds = [b for b in bounds if b <= padded[axis]]
 
     masks = np.zeros((k,) + shape, dtype=bool)
     probs = np.zeros((k,) + shape, dtype=np.uint16)
-    cut = torch.tensor([_logit(float(t)) for t in thresholds], dtype=torch.float32, device=device).view(k, 1, 1, 1)
+    if blend not in ("logits", "probabilities"):
+        raise ValueError(f"blend must be 'logits' or 'probabilities', got {blend!r}")
+    as_prob = blend == "probabilities"
+    cut = torch.tensor([float(t) if as_prob else _logit(float(t)) for t in thresholds], dtype=torch.float32,
+                       device=device).view(k, 1, 1, 1)
     acc: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     other = [a for a in range(3) if a != axis]
 
@@ -126,7 +136,7 @@ def sliding_window_masks(
         out = [slice(None)] * 3
         out[axis] = slice(a0 - pad[axis][0], a1 - pad[axis][0])
         m = (z > cut) & cov
-        p = torch.sigmoid(z).mul_(PROB_SCALE).round_().mul_(cov).to(torch.int32)
+        p = (z if as_prob else torch.sigmoid(z)).mul_(PROB_SCALE).round_().mul_(cov).to(torch.int32)
         masks[(slice(None), *out)] = m.cpu().numpy()
         probs[(slice(None), *out)] = p.cpu().numpy().astype(np.uint16)
 
@@ -137,6 +147,8 @@ def sliding_window_masks(
         batch = starts[b0:b0 + bs]
         xs = torch.cat([x[(slice(None), slice(None), *(slice(s[a], s[a] + roi[a]) for a in range(3)))] for s in batch])
         logits = runner(xs)
+        if as_prob:
+            logits = torch.sigmoid(logits)
         if logits.shape[1] != k or tuple(logits.shape[2:]) != tuple(roi):
             raise RuntimeError(f"model returned {tuple(logits.shape)} for windows {tuple(xs.shape)} and {k} prompts")
         for i, s in enumerate(batch):

@@ -117,6 +117,9 @@ class Predictor:
         self.settings = inference_settings(merged)
         self.fast = bool(fast)
         self.roi = bool(roi)
+        if (fast or roi) and getattr(model, "fixed_scale", False):  # e.g. a position code fixed to one crop
+            raise ConfigError(f"--{'fast' if fast else 'roi'} cannot run with this model: it segments only at its "
+                              "own spacing and window; predict without it")
         self.model = model
         self._model_window = list(self.settings["window"])
         first = modality or (self.trained[0] if len(self.trained) == 1 else None) or plan.modality
@@ -202,7 +205,7 @@ class Predictor:
         raw, probs = sliding_window_masks(self.model, tensor, pb, thresholds, window=window, overlap=s["overlap"],
                                           mode=s["mode"], sw_batch_size=int(s["sw_batch_size"]), device=self.device,
                                           precision=self._precision(), head_chunk=s["head_chunk"],
-                                          runtime=s["runtime"], compiled=self._compiled, **kw)
+                                          runtime=s["runtime"], compiled=self._compiled, blend=s["blend"], **kw)
         if any(pad):
             cut = (slice(None),) + tuple(slice(0, n) for n in shape)
             raw, probs = np.ascontiguousarray(raw[cut]), np.ascontiguousarray(probs[cut])

@@ -9,6 +9,9 @@ Facts (zhaoziheng/SAT @ 5676be5: model/maskformer.py, model/build_model.py, sh/*
 - the input is the 1-channel normalised image repeated to 3 channels.
 The query embeddings come from SAT's text tower (text/sat_text.py); a model may carry the
 embeddings of its vocabulary (`term_embeddings`, per modality) and then runs with no text tower.
+Such a model also speaks the predictor's model contract (`class_names`, `canonical`, `taxonomy`,
+`prompt_batch`, `model(windows, prompts)`), so `promptseg predict` runs it like any checkpoint;
+`sat_run_config` gives it the run config (plans per modality, the authors' windowing) it lacks.
 """
 from __future__ import annotations
 
@@ -19,14 +22,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 import yaml
+from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, InputError
 from ..io.atomic import atomic_directory
+from ..config import inference_settings
+from ..taxonomy import Taxonomy, default_taxonomy
 from ..taxonomy.sat_vocabulary import resolve_sat_term
 from .backbones.sat_unet import SAT_UNET_PRESETS, SATPlainUNet
+from .conditioners.base import PromptBatch, PromptError
 from .sat_query_decoder import SATQueryHead
 from .state import read_torch_file, state_mismatch
 
@@ -39,6 +47,9 @@ _ALIAS_TO = {"0": "conv", "1": "norm"}
 
 class OfficialSAT(nn.Module):
     """SAT's Maskformer: `forward_embeddings(image, queries)` and the name-based `forward`."""
+
+    #: runs only at its plan's spacing on its crop (fixed position code): no --fast / --roi passes
+    fixed_scale = True
 
     def __init__(self, variant: str = "nano", crop: Sequence[int] = (288, 288, 96), patch: int = 32,
                  features: Sequence[int] | None = None, convs: int | None = None,
@@ -58,11 +69,38 @@ class OfficialSAT(nn.Module):
         self.dim = dim
         self.vocabulary: list[str] = []
         self.modalities: list[str] = []
+        self.taxonomy: Taxonomy = default_taxonomy()  # prompts resolve through it (synonyms, ambiguity)
         self.register_buffer("term_embeddings", torch.zeros(0, 0, dim))
 
     @property
     def crop(self) -> tuple[int, int, int]:
         return self.head.crop
+
+    @property
+    def class_names(self) -> list[str]:
+        """The terms this model carries embeddings for (SAT's vocabulary after an import)."""
+        return list(self.vocabulary)
+
+    def canonical(self, prompt: str) -> str:
+        """The carried term a prompt means (any spelling `resolve_sat_term` knows); an unknown or
+        ambiguous name is a one-line error listing the candidates."""
+        term = prompt if prompt in self.vocabulary else resolve_sat_term(prompt, self.taxonomy)
+        if term not in self.vocabulary:
+            raise PromptError(f"{prompt!r} means SAT's {term!r}, which this model carries no embedding for; "
+                              "import it again with that term")
+        return term
+
+    def prompt_batch(self, prompts: Sequence[str] | str | None = None, modality: Sequence[str] | str | None = None,
+                     datasets: Sequence[str] | None = None, batch_size: int = 1) -> PromptBatch:
+        """Prompts (None = every carried term) -> a PromptBatch of carried terms, as the segmenter's."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        names = [self.canonical(p) for p in (prompts if prompts is not None else self.vocabulary)]
+        if isinstance(modality, str):
+            modality = [modality] * batch_size
+        return PromptBatch(classes=names, indices=[self.vocabulary.index(n) for n in names],
+                           modality=list(modality) if modality is not None else None,
+                           datasets=list(datasets) if datasets is not None else None)
 
     def forward_embeddings(self, image: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """image [B, 1, *crop] in the plan's space, queries [N, dim] (text tower output) -> [B, N, *crop]."""
@@ -75,6 +113,10 @@ class OfficialSAT(nn.Module):
         x = image.expand(-1, 3, -1, -1, -1) if image.shape[1] == 1 else image
         skips, pixels = self.backbone(x)
         return self.head(queries, skips, pixels)
+
+    def window_weights(self, window: Sequence[int]) -> torch.Tensor:
+        """The authors' blending weights for a window (their crop's map, cut to a shorter window)."""
+        return _gaussian_weights(self.crop)[tuple(slice(0, int(w)) for w in window)]
 
     def set_vocabulary(self, names: Sequence[str], embeddings: Mapping[str, torch.Tensor]) -> None:
         """Carry the embeddings of `names` per modality ({'ct': [V, dim], ...}) inside the model."""
@@ -90,15 +132,25 @@ class OfficialSAT(nn.Module):
         mod = sat_modality(modality)
         if mod not in self.modalities:
             raise ConfigError(f"this SAT model carries embeddings for {self.modalities or 'no modality'}, not {mod!r}")
-        names = [n if n in self.vocabulary else resolve_sat_term(n) for n in names]
-        missing = [n for n in names if n not in self.vocabulary]
-        if missing:
-            raise ConfigError(f"this SAT model carries no embedding for {missing}; embed them with the text tower")
+        names = [self.canonical(n) for n in names]
         index = torch.tensor([self.vocabulary.index(n) for n in names], device=self.term_embeddings.device)
         return self.term_embeddings[self.modalities.index(mod)].index_select(0, index)
 
-    def forward(self, image: torch.Tensor, names: Sequence[str], modality: str = "ct") -> torch.Tensor:
-        return self.forward_embeddings(image, self.queries_for(list(names), modality))
+    def forward(self, image: torch.Tensor, prompts: Sequence[str] | str | PromptBatch,
+                modality: str = "ct") -> torch.Tensor:
+        """Logits [B, N, *spatial] for names (or a PromptBatch, whose modality wins). Windows smaller
+        than the crop are zero-padded at the high end, as the authors pad a short axis, and cut back."""
+        if isinstance(prompts, PromptBatch):
+            modality = prompts.modality[0] if prompts.modality else modality
+            prompts = prompts.classes
+        queries = self.queries_for([prompts] if isinstance(prompts, str) else list(prompts), modality)
+        size = tuple(int(n) for n in image.shape[2:])
+        if len(size) != 3 or any(n > c for n, c in zip(size, self.crop)):
+            raise InputError("image", f"SAT takes windows of at most {list(self.crop)} voxels, got {list(size)}")
+        pad = [v for n, c in zip(reversed(size), reversed(self.crop)) for v in (0, c - n)]
+        x = nn.functional.pad(image, pad) if any(pad) else image
+        out = self.forward_embeddings(x, queries)
+        return out[(slice(None), slice(None), *(slice(0, n) for n in size))] if any(pad) else out
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kw):
         key = prefix + "term_embeddings"
@@ -114,6 +166,18 @@ class OfficialSAT(nn.Module):
         self.modalities = list(state.get("modalities", []))
 
 
+@lru_cache(maxsize=4)
+def _gaussian_weights(crop: tuple[int, int, int]) -> torch.Tensor:
+    """A centred delta blurred with sigma crop/8, peak scaled to 10, in float16, zeros -> the least
+    non-zero value (the authors' importance map; MONAI's clamps at 1e-3 instead)."""
+    delta = np.zeros(crop)
+    delta[tuple(c // 2 for c in crop)] = 1
+    g = gaussian_filter(delta, [c / 8 for c in crop], 0, mode="constant", cval=0)
+    g = (g / g.max() * 10).astype(np.float16)
+    g[g == 0] = g[g != 0].min()
+    return torch.from_numpy(g.astype(np.float32))
+
+
 @lru_cache(maxsize=1)
 def sat_settings() -> dict[str, Any]:
     """Preprocessing, inference settings and modality codes of the authors' code (data file)."""
@@ -127,6 +191,27 @@ def sat_modality(modality: str) -> str:
         if m == key or m in spellings:
             return key
     raise ConfigError(f"SAT knows modalities {list(sat_settings()['modality_aliases'])}, not {modality!r}")
+
+
+def sat_run_config(model: OfficialSAT) -> dict[str, Any]:
+    """The run config a SAT model lacks (what a native checkpoint embeds): one plan per modality it
+    carries embeddings for, and the authors' windowing as predictor settings (crop-sized windows,
+    half-window stride, Gaussian blending of sigmoids, strict > threshold, no post-processing)."""
+    s = sat_settings()
+    plans = {s["plans"][m]["modality"]: s["plans"][m]["plan"] for m in model.modalities if m in s["plans"]}
+    if not plans:
+        raise ConfigError(f"this SAT model carries embeddings for {model.modalities or 'no modality'}; "
+                          f"promptseg has plans for {list(s['plans'])}")
+    inf = s["inference"]
+    inference = inference_settings({
+        "window": list(model.crop), "overlap": inf["overlap"], "mode": inf["blend"],
+        "sw_batch_size": inf["sw_batch_size"], "blend": "probabilities" if inf["sigmoid"] == "before_blending"
+        else "logits", "thresholds": {}, **s["predictor"]})
+    first = next(iter(plans))
+    return {"name": f"sat-{model.variant}", "modality": first, "plan": plans[first], "plans": plans,
+            "classes": model.class_names, "backbone": {"name": "sat_plain_unet", "preset": model.variant},
+            "conditioner": {"name": "sat_query_decoder", "dim": model.dim}, "inference": inference, "output": None,
+            "official": {"sat": model.variant, "spec": model.spec, "source": "zhaoziheng/SAT"}}
 
 
 def build_official_sat(variant: str, **kw) -> OfficialSAT:
@@ -221,8 +306,22 @@ def sat_to_native(state_dict: Mapping[str, Any], model: OfficialSAT) -> dict[str
     return out
 
 
+def sat_widths(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Channel widths read from the weights (stage features, projection and mask-head widths), so a
+    file decides its own shape; the published files give the presets' numbers."""
+    feats = []
+    while (w := state_dict.get(f"backbone.encoder.stages.{len(feats)}.0.convs.0.conv.weight")) is not None:
+        feats.append(int(w.shape[0]))
+    out: dict[str, Any] = {"features": tuple(feats)} if feats else {}
+    for name, key in (("hidden", "projection_layer.0.weight"), ("mask_mid", "mask_embed_proj.0.weight")):
+        if getattr(state_dict.get(key), "ndim", 0) == 2:
+            out[name] = int(state_dict[key].shape[0])
+    return out
+
+
 def load_official_sat(path: str | Path, variant: str | None = None, **kw) -> OfficialSAT:
-    """A SAT-Nano / SAT-Pro .pth file -> OfficialSAT in eval mode (weights only; nothing unpickled)."""
+    """A SAT-Nano / SAT-Pro .pth file -> OfficialSAT in eval mode (weights only; nothing unpickled).
+    Widths come from the file (`sat_widths`); `kw` overrides them (and sets the crop)."""
     path = Path(path)
     ckpt = read_torch_file(path)
     try:
@@ -230,7 +329,7 @@ def load_official_sat(path: str | Path, variant: str | None = None, **kw) -> Off
         found = detect_sat_variant(sd)
         if variant is not None and variant != found:
             raise CheckpointError(f"checkpoint is SAT-{found}, not SAT-{variant}")
-        model = OfficialSAT(found, **kw)
+        model = OfficialSAT(found, **{**sat_widths(sd), **kw})
         result = model.load_state_dict(sat_to_native(sd, model), strict=False)
         unset = [k for k in result.missing_keys if k != "term_embeddings" and not k.endswith("_extra_state")]
         if unset or result.unexpected_keys:
@@ -244,12 +343,23 @@ SAT_WEIGHTS, SAT_META = "sat.safetensors", "sat.json"
 
 
 def is_sat_file(path: str | Path) -> bool:
-    """Whether a .pth file holds a SAT model (read once more by the loader; cheap next to building)."""
+    """Whether a .pth file holds a SAT model (memory-mapped where the file allows: only keys are read)."""
     try:
-        sd = unwrap_sat(read_torch_file(path))
-    except (CheckpointError, InputError):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - old-format or unreadable files: the full reader decides
+        try:
+            ckpt = read_torch_file(path)
+        except InputError:
+            return False
+    try:
+        return "backbone.encoder.stages.0.0.convs.0.conv.weight" in unwrap_sat(ckpt)
+    except CheckpointError:
         return False
-    return "backbone.encoder.stages.0.0.convs.0.conv.weight" in sd
+
+
+def is_sat_folder(path: str | Path) -> bool:
+    """Whether `path` is a folder written by `save_sat_model`."""
+    return (Path(path) / SAT_META).is_file()
 
 
 def save_sat_model(model: OfficialSAT, folder: str | Path) -> Path:
