@@ -134,7 +134,7 @@ def test_forward_embeddings_and_names():
         padded[:, :, :40, :, :20] = image[:, :, :40, :, :20]
         ref = model.forward_embeddings(padded, queries[:1])[:, :, :40, :, :20]
     assert out.shape == (2, 3, 64, 64, 32)
-    assert torch.equal(named, out[:, [2, 1]])
+    assert torch.allclose(named, out[:, [2, 1]], atol=1e-5)  # other query counts: other matmul blocking
     assert small.shape == (2, 1, 40, 64, 20) and torch.allclose(small, ref, atol=1e-6)
 
 
