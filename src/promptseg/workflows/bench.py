@@ -44,7 +44,9 @@ from ..io.atomic import atomic_directory, atomic_write, refuse_foreign
 from ..io.formats import WRITABLE, case_id, channel_file, image_ending
 from ..io.labeltable import load_table, parse_label_mapping, read_label_json
 from .bench_diagnostics import checkpoint_diagnostics
-from .bench_report import finite_mean, fmt, format_table
+from ..text import DEFAULT_TEMPLATE, embed_classes
+from ..text.similarity import closest_pairs
+from .bench_report import finite_mean, fmt, format_table, similarity_lines
 
 SUITES = ("phantom", "real-ct")
 SPLIT_TAG = "promptseg partial split"  # dataset.json description prefix: ours, safe to overwrite
@@ -474,9 +476,24 @@ def compare(suite: str, methods: Sequence[str] | None = None, steps: int | None 
         "datasets": [str(p) for p in s.datasets], "test_cases": [str(c.image) for c in s.test_cases],
         "methods": [{**asdict(r), "mean_dice": r.mean_dice} for r in rows],
     }
+    pairs = prompt_similarity(list(dict.fromkeys(c for r in rows for c in r.dice)))
+    result["closest_prompts"] = [{"a": a, "b": b, "cosine": c} for a, b, c in pairs]
+    table = table.rstrip("\n") + "\n" + "\n".join(similarity_lines(pairs, SIMILARITY_ENCODER)) + "\n"
+    atomic_write(work / "table.md", table)
     atomic_write(work / "results.json", json.dumps(json_safe(result), indent=1) + "\n")
     print(table)
     return result
+
+
+#: The text encoder whose class similarities the table shows (the Universal Model's and SAT's default).
+SIMILARITY_ENCODER = "minilm"
+
+
+def prompt_similarity(classes: Sequence[str], top: int = 5) -> list[tuple[str, str, float]]:
+    """Closest class pairs under SIMILARITY_ENCODER with the default template ([] for < 2 classes)."""
+    if len(classes) < 2:
+        return []
+    return closest_pairs(list(classes), embed_classes(list(classes), SIMILARITY_ENCODER, DEFAULT_TEMPLATE), top)
 
 
 # --- benchmarks/learn_real_ct.py ----------------------------------------------------------------

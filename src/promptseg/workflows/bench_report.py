@@ -104,3 +104,13 @@ def diagnostics_table(methods: Mapping[str, Sequence[Any]], classes: Sequence[st
             cells.append(f"{fmt(share, 2)} / {fmt(logit, 1)}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def similarity_lines(pairs: Sequence[tuple[str, str, float]], encoder: str) -> list[str]:
+    """Markdown lines of the closest class pairs under the text encoder (text/similarity.py)."""
+    if not pairs:
+        return []
+    return ["", f"Closest class prompts under {encoder} (cosine of the text embeddings; near 1 = the "
+                "text-conditioned methods get almost the same query for both):", "",
+            *[f"- {a} / {b}: {c:.3f}" for a, b, c in pairs]]
+
