@@ -1,4 +1,5 @@
-"""Shared test fixtures: where the real scans live, and a skip when they are absent."""
+"""Shared test fixtures: where the real scans live (a skip when they are absent), and random
+models whose untrained heads still give image-dependent masks."""
 from __future__ import annotations
 
 import os
@@ -44,3 +45,25 @@ def _one_line_error(read, path, *needles) -> str:
 def one_line_error():
     """The fault tests' check: a reader refuses a bad file in one line naming it and the problem."""
     return _one_line_error
+
+
+@pytest.fixture(scope="session")
+def varied_random_model():
+    """`make(backbone, classes, seed)` -> a random Universal Model in eval mode whose per-class
+    heads are scaled up: untrained heads give near-constant logits, and prediction tests need
+    masks that vary with the image."""
+    import torch
+
+    from promptseg.models.build import build_model
+
+    def make(backbone: dict, classes: list[str], seed: int):
+        torch.manual_seed(seed)
+        emb = torch.nn.functional.normalize(torch.randn(len(classes), 384), dim=1)
+        m = build_model({"backbone": backbone, "conditioner": {"name": "universal"}}, classes, embeddings=emb)
+        with torch.no_grad():
+            for mlp in m.conditioner.controllers:
+                mlp[-1].weight.mul_(20.0)
+        return m.eval()
+
+    return make
+

@@ -38,16 +38,8 @@ def volume():
 
 
 @pytest.fixture(scope="module")
-def model():
-    from promptseg.models.build import build_model
-
-    torch.manual_seed(3)
-    m = build_model({"backbone": {"name": "unet", "preset": "small"}, "conditioner": {"name": "universal"}},
-                    CLASSES, embeddings=torch.nn.functional.normalize(torch.randn(len(CLASSES), 384), dim=1))
-    with torch.no_grad():  # untrained heads give near-constant logits: make them vary with the image
-        for mlp in m.conditioner.controllers:
-            mlp[-1].weight.mul_(20.0)
-    return m.eval()
+def model(varied_random_model):
+    return varied_random_model({"name": "unet", "preset": "small"}, CLASSES, seed=3)
 
 
 @pytest.fixture(scope="module")
