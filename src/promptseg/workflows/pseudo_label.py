@@ -97,8 +97,8 @@ def pseudo_label(model, inputs: str | Path | Sequence[str | Path], out_dir: str 
     Scans are held in memory until written (pseudo-labelling sets are tens of scans). Each scan
     is preprocessed by the plan of its modality, chosen as `promptseg predict` chooses it
     (`modality`, else the DICOM tag, else the checkpoint's only modality; a multi-modal
-    checkpoint given a file of unknown modality stops and asks for it); the written dataset
-    declares that modality, so one call labels one modality.
+    checkpoint given a file of unknown modality stops and asks for it); cases are grouped by
+    modality as well as by passing classes, so each written dataset declares its scans' modality.
     """
     _check_thresholds(class_threshold, case_threshold)
     if not name or not all(ch.isalnum() or ch in "_-" for ch in name):
@@ -107,10 +107,10 @@ def pseudo_label(model, inputs: str | Path | Sequence[str | Path], out_dir: str 
     out_dir.mkdir(parents=True, exist_ok=True)
     predictor = Predictor(model, inference=inference, device=device, progress=progress, modality=modality)
     classes = predictor.classes(prompts)
-    groups: dict[tuple[str, ...], list[tuple[CaseResult, Volume, Volume]]] = {}
+    groups: dict[tuple[str, tuple[str, ...]], list[tuple[CaseResult, Volume, Volume]]] = {}
     results: list[CaseResult] = []
     for path in collect_inputs(inputs):
-        predictor.use_modality_of(path)
+        modality_of_scan = predictor.use_modality_of(path)
         image = read_image(path)
         pred = predictor.predict_volume(image, classes)
         res = judge(case_name(path), str(path), pred.stats["confidence"], class_threshold, case_threshold)
@@ -124,12 +124,12 @@ def pseudo_label(model, inputs: str | Path | Sequence[str | Path], out_dir: str 
         masks = {c: pred.masks[c].array for c in key}
         values = {c: i + 1 for i, c in enumerate(key)}
         label = replace(pred.label_map, array=merge(masks, None, predictor.taxonomy, values), path=None)
-        groups.setdefault(key, []).append((res, image, label))
+        groups.setdefault((modality_of_scan, key), []).append((res, image, label))
 
     folders = []
-    for i, (key, cases) in enumerate(sorted(groups.items(), key=lambda kv: -len(kv[1]))):
+    for i, ((scan_modality, key), cases) in enumerate(sorted(groups.items(), key=lambda kv: -len(kv[1]))):
         gname = name if len(groups) == 1 else f"{name}_g{i + 1}"
-        folder = _write_group(out_dir / gname, gname, list(key), cases, predictor.modality or "CT", str(inputs))
+        _write_group(out_dir / gname, gname, list(key), cases, scan_modality, str(inputs))
         folders.append({"folder": gname, "annotated_classes": list(key), "cases": [r.case for r, _, _ in cases]})
     report = {
         "model_classes": classes,
