@@ -10,6 +10,7 @@ from ..errors import ConfigError
 from ..runtime import CPU_RUNTIMES
 from .batch import BatchError, predict
 from .inputs import OUTPUT_TYPES
+from .modality import MODALITIES
 
 
 def _predict(args) -> int:
@@ -69,7 +70,7 @@ def register(sub) -> None:
     p.add_argument("--prompt", action="extend", nargs="+", default=None, metavar="NAME",
                    help="class(es) to segment: --prompt liver spleen, or repeat the flag; quote names with spaces "
                         "(\"liver tumor\"); default: every class the checkpoint knows")
-    p.add_argument("--modality", default=None, type=str.upper, choices=["CT", "MR", "PET"],
+    p.add_argument("--modality", default=None, type=str.upper, choices=MODALITIES,
                    help="what the inputs are, so each is preprocessed with that modality's plan (default: the "
                         "DICOM Modality tag, else the checkpoint's only modality; a multi-modal model needs it "
                         "for NIfTI/NRRD inputs)")

@@ -16,6 +16,8 @@ from .inputs import is_dicom_dir
 
 #: DICOM Modality (0008,0060) values -> promptseg's modality names.
 DICOM_MODALITIES = {"CT": "CT", "MR": "MR", "PT": "PET", "PET": "PET"}
+#: What `--modality` accepts (the modalities promptseg has plans for).
+MODALITIES = tuple(dict.fromkeys(DICOM_MODALITIES.values()))
 
 
 def dicom_modality(path: str | Path | None) -> str | None:

@@ -68,7 +68,8 @@ def case_scores(model, case, window: Sequence[int], overlap: float = 0.25,
 def validate(model, cases: Sequence, window: Sequence[int], overlap: float = 0.25, device=None) -> dict[str, Any]:
     """{"dice": {"MODALITY/class": mean over cases}, "mean": mean of those, "cases": n,
     "positive_logit": {key: mean over cases}, "flags": {key: "dead" | "constant"}} (flags only
-    where raised, as the module docstring defines them); the model is left in eval mode (the trainer sets train mode before each step)."""
+    where raised, as the module docstring defines them); the model is left in eval mode (the
+    trainer sets train mode before each step)."""
     model.eval()
     scores: dict[str, list[float]] = defaultdict(list)
     positives: dict[str, list[float]] = defaultdict(list)

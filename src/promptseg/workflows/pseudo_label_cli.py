@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from ..inference.modality import DICOM_MODALITIES
+from ..inference.modality import MODALITIES
 
 
 def _run(args) -> int:
@@ -39,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--case-threshold", type=float, default=0.0,
                    help="drop a case whose mean class confidence is below this (default 0: keep)")
     p.add_argument("--name", default="Pseudo", help="dataset folder name (default Pseudo)")
-    p.add_argument("--modality", default=None, type=str.upper, choices=sorted(set(DICOM_MODALITIES.values())),
+    p.add_argument("--modality", default=None, type=str.upper, choices=MODALITIES,
                    help="modality of the scans (CT, MR, PET): default the DICOM tag, else the model's only modality")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
