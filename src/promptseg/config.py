@@ -20,6 +20,8 @@ from .preprocess import get_plan, modality_plans
 from .runtime import precision_name, runtime_name
 from .text.cache import DEFAULT_TEMPLATE
 
+#: What the sliding window's Gaussian averages (`inference.blend`).
+BLENDS = ("logits", "probabilities")
 #: Inference settings and their defaults (a checkpoint's `inference:` section overrides them).
 DEFAULT_INFERENCE: dict[str, Any] = {
     "window": [96, 96, 96],
@@ -318,8 +320,8 @@ def inference_settings(inference: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ConfigError(f"inference.overlap must be in [0, 1), got {cfg['overlap']!r}")
     if cfg["mode"] not in ("gaussian", "constant"):
         raise ConfigError(f"inference.mode must be gaussian or constant, got {cfg['mode']!r}")
-    if cfg["blend"] not in ("logits", "probabilities"):
-        raise ConfigError(f"inference.blend must be logits or probabilities, got {cfg['blend']!r}")
+    if cfg["blend"] not in BLENDS:
+        raise ConfigError(f"inference.blend must be {' or '.join(BLENDS)}, got {cfg['blend']!r}")
     if int(cfg["sw_batch_size"]) < 1:
         raise ConfigError(f"inference.sw_batch_size must be >= 1, got {cfg['sw_batch_size']!r}")
     for k, t in (cfg["thresholds"] or {}).items():

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 
+from ..config import BLENDS
 from ..models.conditioners.base import PromptBatch
 from ..runtime import autocast_dtype
 from .windows import WindowRunner, fit_window, run_device, size_multiple, window_grid
@@ -102,8 +103,8 @@ def sliding_window_masks(
 
     masks = np.zeros((k,) + shape, dtype=bool)
     probs = np.zeros((k,) + shape, dtype=np.uint16)
-    if blend not in ("logits", "probabilities"):
-        raise ValueError(f"blend must be 'logits' or 'probabilities', got {blend!r}")
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
     as_prob = blend == "probabilities"
     cut = torch.tensor([float(t) if as_prob else _logit(float(t)) for t in thresholds], dtype=torch.float32,
                        device=device).view(k, 1, 1, 1)
