@@ -57,7 +57,7 @@ MEANINGS = {
     "train.accumulate": "micro-batches per optimiser step",
     "train.clip_grad": "gradient-norm clip (null: none)",
     "train.fg_ratio": "share of patches centred on foreground (UM: 2:1)",
-    "train.dataset_sampling": "`uniform` over datasets (UM), `sqrt` (SAT: weight 1/sqrt(cases)), `proportional`",
+    "train.dataset_sampling": "`uniform` over datasets (UM), `sqrt` (SAT: each scan 1/sqrt(N), a dataset ∝ sqrt(N)), `proportional`",
     "train.rot90_prob": "probability of a random 90-degree rotation",
     "train.intensity_shift_prob": "probability of a random intensity shift",
     "train.checkpoint_every": "steps between checkpoints (`last/`); a killed run redoes at most this many",

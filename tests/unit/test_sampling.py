@@ -29,8 +29,10 @@ def make_case(ds, cid, classes, shape=(40, 40, 30), seed=0):
 
 def test_dataset_weights():
     assert np.allclose(dataset_weights([1, 100], "uniform"), [0.5, 0.5])
+    # SAT: each scan weighs 1/sqrt(N), so the 100-scan dataset is drawn 100/sqrt(100) = 10x as often
     w = dataset_weights([1, 100], "sqrt")
-    assert np.isclose(w[0] / w[1], 10.0)
+    assert np.isclose(w[1] / w[0], 10.0)
+    assert np.allclose(dataset_weights([1, 3], "proportional"), [0.25, 0.75])
     with pytest.raises(ValueError):
         dataset_weights([1], "bogus")
 

@@ -1,8 +1,9 @@
 """Training patches from many partially labelled datasets.
 
 Two levels of sampling, as the papers do it:
-- which dataset: uniform over datasets (Universal Model) or weight ∝ 1/sqrt(#cases) (SAT), so a
-  big dataset does not drown a small one;
+- which dataset: uniform over datasets (Universal Model) or, as SAT does, every scan weighted
+  1/sqrt(N) where N is its dataset's case count, so a dataset is drawn ∝ sqrt(N): a big dataset
+  counts for more than a one-scan one without drowning it;
 - where in the case: a foreground patch with probability `fg_ratio` (2:1 in the Universal Model),
   centred on a voxel of one annotated class chosen with extra weight on small classes (SAT's
   class balancing), otherwise anywhere.
@@ -36,12 +37,16 @@ class Batch:
 
 
 def dataset_weights(case_counts: Sequence[int], mode: str = "uniform") -> np.ndarray:
-    """Probability of drawing each dataset: 'uniform' or 'sqrt' (∝ 1/sqrt(N cases))."""
+    """Probability of drawing each dataset: 'uniform', 'sqrt' or 'proportional' (∝ N cases).
+
+    'sqrt' is SAT's rule: each of a dataset's N scans weighs 1/sqrt(N), so the dataset as a whole
+    is drawn ∝ N/sqrt(N) = sqrt(N) (between uniform and proportional).
+    """
     counts = np.asarray(case_counts, dtype=np.float64)
     if mode == "uniform":
         w = np.ones_like(counts)
     elif mode == "sqrt":
-        w = 1.0 / np.sqrt(np.maximum(counts, 1))
+        w = np.sqrt(np.maximum(counts, 1))
     elif mode == "proportional":
         w = counts.copy()
     else:
