@@ -74,3 +74,37 @@ def test_torch_fallback_and_errors(module, window):
         compile_for_cpu(module, window, runtime="tensorrt")
     with pytest.raises(ConfigError, match="precision"):
         compile_for_cpu(module, window, precision="int8")
+
+
+class _SideScaled(torch.nn.Module):
+    """Logits scaled by the window's side read as a Python number: a trace fixes it."""
+
+    def forward(self, x):
+        return x * float(x.shape[2])
+
+
+class _Noisy(torch.nn.Module):
+    def forward(self, x):
+        return x + torch.rand_like(x)
+
+
+@pytest.mark.skipif(not available("openvino"), reason="openvino is not installed")
+def test_small_trace_is_checked_and_redone_at_the_window_shape(module, window):
+    """Converted from a 32^3 window, the graph must give PyTorch's logits at the window's shape;
+    where a trace fixed a size, it is converted again at that shape; never-agreeing graphs raise."""
+    from promptseg.inference.cpu_runtime import RuntimeMismatch
+
+    big = torch.nn.functional.interpolate(window, size=(64, 64, 48))
+    with torch.no_grad():
+        ref = module(big)
+    run = compile_for_cpu(module, big, runtime="openvino", threads=1, trace_side=32, reference=(big, ref))
+    assert run.dynamic and run.fits((2, 1, 96, 96, 96)) and not run.fits((1, 1, 64, 64, 48))
+    assert (run(big) - ref).abs().max().item() < 1e-3 * float(ref.max() - ref.min())
+
+    scaled = _SideScaled()
+    run = compile_for_cpu(scaled, big, runtime="openvino", threads=1, trace_side=32, reference=(big, scaled(big)))
+    assert not run.dynamic and not run.fits((2, 1, 96, 96, 96))  # redone at 64x64x48, fixed there
+    assert torch.allclose(run(big), scaled(big))
+
+    with pytest.raises(RuntimeMismatch, match="differ from PyTorch"):
+        compile_for_cpu(_Noisy(), big, runtime="openvino", threads=1, trace_side=32, reference=(big, big))

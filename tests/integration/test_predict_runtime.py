@@ -1,7 +1,7 @@
 """`promptseg predict` with a compiled CPU runtime gives PyTorch's float32 masks on a real CT.
 
-The windows of the lean path run through OpenVINO (the CPU default, `runtime: auto`) or ONNX
-Runtime after the prompts are prepared once; the masks must equal those of eager PyTorch
+The windows of the lean path run through OpenVINO or ONNX Runtime after the prompts are prepared
+once (the first batch of a volume in PyTorch: it checks the compiled graph); the masks must equal those of eager PyTorch
 (lowest per-class Dice >= 0.999). Random weights whose heads vary with the image (as in
 test_lean_vs_reference.py): the check is numerical, not anatomical.
 """
@@ -54,15 +54,16 @@ def test_compiled_runtime_gives_the_float32_masks(model, volume, torch_masks, ru
     if not available(runtime):
         pytest.skip(f"{runtime} is not installed")
     predictor, pred = predict(model, volume, runtime=runtime)
-    assert pred.stats["runtime"] == runtime and predictor._compiled  # the windows really ran compiled
+    # the first batch is eager (the reference the graph is checked against), the others compiled
+    assert pred.stats["runtime"] == f"{runtime}+torch" and predictor._compiled
     d = {c: dice(torch_masks.masks[c], pred.masks[c]) for c in CLASSES}
     assert sum(int(np.asarray(torch_masks.masks[c].array).astype(bool).sum()) for c in CLASSES) > 0  # something to compare
     print(f"{runtime} vs torch: lowest per-class Dice {min(d.values()):.5f}")
     assert min(d.values()) >= 0.999, d
     # a second volume reuses the compiled graphs (no new entries for the same prompts and shapes)
     n = len(predictor._compiled)
-    predictor.predict_volume(volume)
-    assert len(predictor._compiled) == n
+    again = predictor.predict_volume(volume)
+    assert len(predictor._compiled) == n and again.stats["runtime"] == runtime  # checked once: all compiled
 
 
 def test_default_runtime_is_eager_pytorch_and_auto_is_opt_in(model, volume):
@@ -99,3 +100,23 @@ def test_auto_compiles_only_where_it_pays(model, monkeypatch):
     out = many(x)
     assert many.ran == {"torch", "openvino"} and many.compile_s > 0
     assert (out - ref).abs().max().item() < 1e-4
+
+
+def test_a_graph_that_disagrees_with_pytorch_is_dropped(model, monkeypatch):
+    """The compiled graph is checked against the first (eager) batch; one that disagrees is not
+    used: a warning, and the volume's windows run in PyTorch."""
+    if not available("openvino"):
+        pytest.skip("openvino is not installed")
+    from promptseg.inference import windows
+    from promptseg.inference.cpu_runtime import RuntimeMismatch
+
+    def disagree(*args, **kwargs):
+        raise RuntimeMismatch("openvino float32 logits differ from PyTorch's by 3")
+
+    monkeypatch.setattr(windows, "compile_for_cpu", disagree)
+    runner = windows.WindowRunner(model, model.prompt_batch(CLASSES[:2], batch_size=1), runtime="openvino", batches=3)
+    x = torch.rand(2, 1, 32, 32, 32)
+    ref = runner(x)
+    with pytest.warns(UserWarning, match="differ from PyTorch.*run in PyTorch"):
+        out = runner(x)
+    assert runner.ran == {"torch"} and torch.equal(out, ref) and runner(x).shape == ref.shape

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from typing import Sequence
 
 import torch
 
 from ..models.conditioners.base import PromptBatch
-from .cpu_runtime import PreparedForward, compile_for_cpu, resolve_runtime
+from .cpu_runtime import PreparedForward, RuntimeMismatch, compile_for_cpu, resolve_runtime
 
 
 def size_multiple(model) -> tuple[int, int, int]:
@@ -63,21 +64,25 @@ class WindowRunner:
     A model with the segmenter's `prepare` / `forward_prepared` gets the prompts prepared once
     per volume (the conditioner's per-volume work, and its fast head with `head_chunk`
     class-voxels per chunk); any other model is called as `model(x, prompts)`. On a CPU,
-    `runtime` (see cpu_runtime.py; 'auto' = OpenVINO when installed) compiles that prepared
-    forward on the first window batch of each shape; float32 or bfloat16 only (float16 runs in
-    torch). `cache` (a dict kept by the caller, e.g. the Predictor) keeps the compiled graphs
-    across volumes, keyed by the prompts, window batch shape, precision and the weights' version
+    `runtime` (see cpu_runtime.py; 'auto' = OpenVINO when installed) converts that prepared
+    forward once and compiles it for each window batch shape; float32 or bfloat16 only (float16
+    runs in torch). `cache` (a dict kept by the caller, e.g. the Predictor) keeps the compiled
+    graphs across volumes, keyed by the prompts, engine, precision and the weights' version
     counters (so a model trained further is compiled again).
 
-    Compiling costs seconds (conversion + graph compilation), so 'auto' compiles only where it
-    pays: given `batches` (window batches of the volume), the first batch runs in PyTorch and is
-    timed; only if that time x `batches` reaches `AUTO_COMPILE_S` is the graph compiled, and a
-    shape seen after the first (the short last batch) runs in PyTorch unless already compiled.
-    The numbers agree either way (max |d| ~1e-6 on logits).
+    The first window batch of a volume always runs in PyTorch: its logits are the reference the
+    compiled graph must reproduce (`cpu_runtime.agrees`; the graph is converted from a small
+    window, `trace_side`, and fixed to each shape, which is 7x faster than tracing a 96^3 window),
+    and its time decides 'auto': only if that time x `batches` reaches `AUTO_COMPILE_S` is the
+    graph compiled (conversion + compilation cost seconds). A graph that disagrees with PyTorch is
+    dropped with a warning and the volume runs in PyTorch. A graph in `cache` was checked when it
+    was built, so a later volume runs every batch compiled.
     """
 
     #: estimated eager network seconds from which runtime 'auto' compiles
     AUTO_COMPILE_S = 10.0
+    #: slabs the compiled graph's per-class head runs in
+    HEAD_PIECES = 8
 
     def __init__(self, model, prompt_batch: PromptBatch, dtype: torch.dtype | None = None,
                  head_chunk: int | None = 131072, runtime: str = "torch", cache: dict | None = None,
@@ -92,7 +97,8 @@ class WindowRunner:
         self.batches = batches
         self.ran: set[str] = set()  # engines that ran windows
         self._worth: bool | None = None if runtime == "auto" and batches else True
-        self._shapes: set[tuple[int, ...]] = set()
+        self._reference: tuple[torch.Tensor, torch.Tensor] | None = None  # first eager batch, its logits
+        self._failed = False
         self._batches: dict[int, PromptBatch] = {}
         if callable(getattr(model, "forward_prepared", None)):
             self.prepared = model.prepare(prompt_batch, head_chunk=int(head_chunk) if head_chunk else 0)
@@ -103,27 +109,42 @@ class WindowRunner:
             return "torch"
         return resolve_runtime(self.runtime, device)
 
+    @property
+    def trace_side(self) -> int:
+        """Side of the window the graph is converted from: two down-sampling units, at least 32."""
+        return max(32, 2 * max(size_multiple(self.model)))
+
     def _compiled(self, x: torch.Tensor):
-        """The compiled forward for `x`'s shape, or None where PyTorch runs the windows."""
-        if self.engine(x.device) == "torch":
+        """The compiled forward, or None where PyTorch runs this batch."""
+        if self._failed or self.engine(x.device) == "torch":
             return None
         precision = "bfloat16" if self.dtype is torch.bfloat16 else "float32"
         pb = self.prompt_batch
         version = sum(int(p._version) for p in self.model.parameters())
         key = (id(self.model), version, tuple(pb.classes), tuple(pb.indices), tuple(pb.modality or ()),
-               tuple(pb.datasets or ()), tuple(x.shape), self.engine(x.device), precision)
-        first = not self._shapes or tuple(x.shape) in self._shapes
-        self._shapes.add(tuple(x.shape))
+               tuple(pb.datasets or ()), self.engine(x.device), precision)
         if key not in self.cache:
-            if self._worth is None or not self._worth or (self.runtime == "auto" and not first):
+            if self._reference is None or not self._worth:
                 return None
             for old in [k for k in self.cache if k[:2] != key[:2]]:  # graphs of older weights
                 del self.cache[old]
             t0 = time.perf_counter()
-            self.cache[key] = compile_for_cpu(PreparedForward(self.model, self.prepared), x.float(),
-                                              precision=precision, runtime=self.runtime)
-            self.compile_s += time.perf_counter() - t0
-        return self.cache[key]
+            try:
+                # the head in slabs, not voxel chunks: a chunk loop would be unrolled at the traced
+                # size, and one slab's K x 8-channel intermediate (not the window's 1.8 GB) is live
+                whole = self.model.prepare(self.prompt_batch, head_pieces=self.HEAD_PIECES)
+                self.cache[key] = compile_for_cpu(PreparedForward(self.model, whole), self._reference[0],
+                                                  precision=precision, runtime=self.runtime,
+                                                  trace_side=self.trace_side, reference=self._reference)
+            except RuntimeMismatch as err:
+                warnings.warn(f"{err}; this volume's windows run in PyTorch", stacklevel=2)
+                self._failed = True
+                return None
+            finally:
+                self.compile_s += time.perf_counter() - t0
+                self._reference = None
+        compiled = self.cache[key]
+        return compiled if compiled.fits(tuple(x.shape)) else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         compiled = self._compiled(x)
@@ -135,6 +156,8 @@ class WindowRunner:
         out = self._eager(x)
         if self._worth is None:  # runtime 'auto': does compiling pay for this volume?
             self._worth = (time.perf_counter() - t0) * self.batches >= self.AUTO_COMPILE_S
+        if self._reference is None and not self._failed and self.engine(x.device) != "torch":
+            self._reference = (x, out)  # kept (not copied) until the graph is built
         return out
 
     def _eager(self, x: torch.Tensor) -> torch.Tensor:

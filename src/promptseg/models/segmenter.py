@@ -100,11 +100,13 @@ class UniversalSegmenter(nn.Module):
         modality: str | None = None,
         datasets: Sequence[str] | None = None,
         head_chunk: int = 0,
+        head_pieces: int = 0,
     ) -> Prepared:
         """Per-volume prompt work for `forward_prepared`; `head_chunk` (class-voxels per step, 0 =
-        one go) lets a conditioner with a chunked head bound its memory."""
+        one go) or `head_pieces` (slabs of the window) lets a conditioner with a chunked head
+        bound its memory."""
         pb = prompts if isinstance(prompts, PromptBatch) else self.prompt_batch(prompts, modality, datasets)
-        return Prepared(prompts=pb, head=self.conditioner.prepare_head(pb, int(head_chunk or 0)))
+        return Prepared(prompts=pb, head=self.conditioner.prepare_head(pb, int(head_chunk or 0), int(head_pieces or 0)))
 
     def forward_prepared(self, image: torch.Tensor, prepared: Prepared) -> torch.Tensor:
         """Logits [B, K, *spatial] for a batch of windows of one volume (same numbers as `forward`)."""

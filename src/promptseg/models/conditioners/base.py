@@ -199,9 +199,11 @@ class Conditioner(nn.Module):
         return training_queries(classes, annotated, present, max_queries, rng)
 
     # -- inference: per-volume preparation -----------------------------------------------------
-    def prepare_head(self, prompts: PromptBatch, chunk: int = 0) -> Any:
+    def prepare_head(self, prompts: PromptBatch, chunk: int = 0, pieces: int = 0) -> Any:
         """Prompt work for `predict_prepared` done once per volume (None: nothing beyond
-        `prepare`). `chunk`: a budget of class-voxels per step for a head that can run in chunks."""
+        `prepare`). `chunk`: a budget of class-voxels per step for a head that can run in chunks;
+        `pieces`: instead, that many slabs of the first spatial axis (a split a graph compiler
+        can trace at one window size and run at another)."""
         return None
 
     def predict_prepared(

@@ -170,14 +170,14 @@ class DynamicHeadConditioner(Conditioner):
         return self.dynamic_head(self.precls(decoder_out), params)
 
     # -- inference fast path ----------------------------------------------------------------------
-    def prepare_head(self, prompts: PromptBatch, chunk: int = 0) -> Any:
-        """Once per volume: the requested classes' indices and the voxels per head chunk
-        (`chunk` class-voxels / K classes). None (plain `predict`) for chunk 0 or a subclass that
-        changes `predict`."""
-        if chunk <= 0 or type(self).predict is not DynamicHeadConditioner.predict:
+    def prepare_head(self, prompts: PromptBatch, chunk: int = 0, pieces: int = 0) -> Any:
+        """Once per volume: the requested classes' indices, the voxels per head chunk (`chunk`
+        class-voxels / K classes) and the slabs (`pieces`, used instead of chunks when given).
+        None (plain `predict`) for neither or a subclass that changes `predict`."""
+        if (chunk <= 0 and pieces <= 0) or type(self).predict is not DynamicHeadConditioner.predict:
             return None
         indices = self.resolve_indices(prompts)
-        return indices, max(1024, int(chunk) // max(1, len(indices)))
+        return indices, max(1024, int(chunk) // max(1, len(indices))), int(pieces)
 
     def predict_prepared(self, decoder_out: torch.Tensor, encoder_feats: list[torch.Tensor], ctx: Context,
                          head: Any) -> torch.Tensor:
@@ -187,11 +187,14 @@ class DynamicHeadConditioner(Conditioner):
         thread: 2.5 s instead of 7.5 s; the backbone alone is 1.3 s). Float32 logits."""
         if head is None:
             return self.predict(decoder_out, encoder_feats, ctx)
-        indices, chunk = head
+        indices, chunk, pieces = head
         bottleneck = ctx.data.get(BOTTLENECK_KEY, encoder_feats[-1])
         params = self.controller_params(self.gap(bottleneck).flatten(1), indices, ctx.prompts)
         feats = self.precls(decoder_out)
         b, c = feats.shape[:2]
+        if pieces > 0:  # slabs of axis 0: traceable at any window size (compiled CPU runtimes)
+            return torch.cat([self.dynamic_head(p.reshape(b, c, -1), params).reshape(b, -1, *p.shape[2:])
+                              for p in feats.chunk(pieces, dim=2)], dim=2)
         flat = feats.reshape(b, c, -1)
         n = flat.shape[-1]
         out = torch.empty((b, len(indices), n), dtype=torch.float32, device=feats.device)
