@@ -30,6 +30,37 @@ def bbox(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[slice, ...]
     return tuple(out)
 
 
+# --- morphology with cubes ----------------------------------------------------------------------
+def dilate_cube(mask: np.ndarray, size: int) -> np.ndarray:
+    """`ndimage.binary_dilation(mask, np.ones((size,) * ndim))`, the same voxels, as 1-D maxima
+    along each axis (a cube is separable): 3 x size operations per voxel instead of size^3 (5^3:
+    ~8x faster on an organ-sized box). Outside the grid counts as background."""
+    mask = np.asarray(mask, dtype=bool)
+    size = int(size)
+    if size <= 1:
+        return mask.copy()
+    if size % 2 == 0:  # an even cube is not centred: scipy's own origin convention
+        return ndimage.binary_dilation(mask, structure=np.ones((size,) * mask.ndim, bool))
+    return ndimage.maximum_filter(mask.view(np.uint8), size=size, mode="constant", cval=0).view(bool)
+
+
+def erode_cube(mask: np.ndarray, size: int) -> np.ndarray:
+    """`ndimage.binary_erosion(mask, np.ones((size,) * ndim))` as 1-D minima (see `dilate_cube`);
+    outside the grid counts as background, so the mask erodes at the grid's faces as scipy's does."""
+    mask = np.asarray(mask, dtype=bool)
+    size = int(size)
+    if size <= 1:
+        return mask.copy()
+    if size % 2 == 0:
+        return ndimage.binary_erosion(mask, structure=np.ones((size,) * mask.ndim, bool))
+    return ndimage.minimum_filter(mask.view(np.uint8), size=size, mode="constant", cval=0).view(bool)
+
+
+def close_cube(mask: np.ndarray, size: int) -> np.ndarray:
+    """`ndimage.binary_closing(mask, np.ones((size,) * ndim))`: dilation, then erosion."""
+    return erode_cube(dilate_cube(mask, size), size)
+
+
 # --- components ---------------------------------------------------------------------------------
 def components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, int]:
     """(labels, n): connected components of `mask` (0 = background, 1..n in scan order)."""

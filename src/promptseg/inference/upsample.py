@@ -21,10 +21,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from ..io.volume import Volume
-from ..masks import bbox
+from ..masks import bbox, dilate_cube
 from ..preprocess.geometry import nearest_indices, reorient
 from ..taxonomy.query import Query
 from .merge import label_dtype
@@ -144,7 +143,7 @@ def invert_classes(
             mask = (p > PROB_SCALE * float(queries[i].threshold)).numpy()
             prob = p.round_().to(torch.int32).numpy().astype(np.uint16)
             if not np.array_equal(keep_s, raw_s):  # post-processing changed this class
-                grown = ndimage.binary_dilation(keep_s, structure=np.ones((3, 3, 3), bool))
+                grown = dilate_cube(keep_s, 3)
                 mask &= grown[grid]
                 added = keep_s & ~raw_s
                 if added.any():

@@ -6,6 +6,8 @@ then each window batch costs the backbone and the conditioner's head only.
 """
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -106,7 +108,11 @@ class UniversalSegmenter(nn.Module):
         one go) or `head_pieces` (slabs of the window) lets a conditioner with a chunked head
         bound its memory."""
         pb = prompts if isinstance(prompts, PromptBatch) else self.prompt_batch(prompts, modality, datasets)
-        return Prepared(prompts=pb, head=self.conditioner.prepare_head(pb, int(head_chunk or 0), int(head_pieces or 0)))
+        if head_pieces and "pieces" in inspect.signature(self.conditioner.prepare_head).parameters:
+            head = self.conditioner.prepare_head(pb, 0, pieces=int(head_pieces))
+        else:  # pieces asked of a conditioner without them (its own prepare_head): its whole head
+            head = self.conditioner.prepare_head(pb, 0 if head_pieces else int(head_chunk or 0))
+        return Prepared(prompts=pb, head=head)
 
     def forward_prepared(self, image: torch.Tensor, prepared: Prepared) -> torch.Tensor:
         """Logits [B, K, *spatial] for a batch of windows of one volume (same numbers as `forward`)."""
