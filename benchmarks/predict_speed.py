@@ -21,9 +21,10 @@ Rows, each in a fresh subprocess so peak RSS does not mix:
   lean-bf16  lean-raw with --precision bfloat16 (faster; its Dice against the reference shows
              what it costs).
   lean       `promptseg predict` as a user runs it (post-processing on), all classes; the windows run
-             in the default CPU runtime (OpenVINO float32 when installed).
+             in the default CPU runtime (inference.runtime; eager PyTorch unless a checkpoint says otherwise).
   lean-torch / lean-raw-torch   lean / lean-raw with `runtime: torch` (eager PyTorch float32): the
              masks the compiled runtime must equal (Dice printed), and the time before it.
+  lean-ov    lean with `runtime: openvino` (Dice against lean-torch printed).
   lean-1 / lean-8   the same with 1 and 8 prompts: peak RSS against the number of classes.
   fast       --fast (3 mm grid, windows scaled).
   roi        --roi with 3 prompts (Dice against `lean` for those classes).
@@ -428,6 +429,7 @@ def main() -> int:
             "lean-bf16": ["lean", "--no-postprocess", "--precision", "bfloat16"],
             "lean": ["lean"],
             "lean-torch": ["lean", "--runtime", "torch"],
+            "lean-ov": ["lean", "--runtime", "openvino"],
             "lean-raw-torch": ["lean", "--no-postprocess", "--runtime", "torch"],
             "lean-1": ["lean", "--prompts", names[5]],
             "lean-8": ["lean", "--prompts", ",".join(names[:8])],
@@ -461,7 +463,7 @@ def main() -> int:
                 d = dice_table(ref_dir, work / f"out_{preset}_{row}", names)
                 results[row]["dice_min"] = min(d.values())
                 print(f"   per-class Dice {row} vs reference: min {min(d.values()):.4f}, mean {sum(d.values()) / len(d):.4f}")
-        for row, ref in (("lean", "lean-torch"), ("lean-raw", "lean-raw-torch")):
+        for row, ref in (("lean", "lean-torch"), ("lean-ov", "lean-torch"), ("lean-raw", "lean-raw-torch")):
             if row in results and ref in results and not results[row].get("failed") \
                     and not results[ref].get("failed"):
                 d = dice_table(work / f"out_{preset}_{ref}" / "ct_clinical", work / f"out_{preset}_{row}" / "ct_clinical",
