@@ -65,6 +65,18 @@ def _lerp(x: torch.Tensor, axis: int, i0: np.ndarray, i1: np.ndarray, lam: np.nd
     return torch.lerp(a, b, torch.as_tensor(lam).view(view))
 
 
+def _gather(x: np.ndarray, near: Sequence[np.ndarray]) -> np.ndarray:
+    """`x[np.ix_(*near)]` (nearest-neighbour indices per axis) as one torch index_select per axis
+    that moves: the same values, ~4x faster on an organ box of a 512^2 CT (bool read as uint8)."""
+    t = torch.from_numpy(np.ascontiguousarray(x).view(np.uint8) if x.dtype == bool else np.ascontiguousarray(x))
+    for axis, idx in enumerate(near):
+        if len(idx) == t.shape[axis] and np.array_equal(idx, np.arange(len(idx))):
+            continue  # this axis is not resampled
+        t = t.index_select(axis, torch.as_tensor(idx, dtype=torch.long))
+    out = t.numpy()
+    return out.view(bool) if x.dtype == bool else out
+
+
 def _padded(x: np.ndarray, sub, ext) -> np.ndarray:
     """x[sub] grown by `ext` (before, after) per axis: x's own voxels where `sub` can grow inside
     x, zeros past its edge (outside the network crop nothing was predicted)."""
@@ -135,7 +147,6 @@ def invert_classes(
         keep_s, raw_s = _padded(keep, sub, ext), _padded(raw[i], sub, ext)
         near = [np.clip(nearest_indices(n_res[a], n_or[a])[plans[a][0]] - lo[a], 0, hi[a] - lo[a] - 1)
                 for a in range(3)]
-        grid = np.ix_(*near)
         if interpolation == "linear":
             p = torch.from_numpy(_padded(probs[i], sub, ext)).float()
             for a in range(3):
@@ -144,13 +155,13 @@ def invert_classes(
             prob = p.round_().to(torch.int32).numpy().astype(np.uint16)
             if not np.array_equal(keep_s, raw_s):  # post-processing changed this class
                 grown = dilate_cube(keep_s, 3)
-                mask &= grown[grid]
+                mask &= _gather(grown, near)
                 added = keep_s & ~raw_s
                 if added.any():
-                    mask |= added[grid]
+                    mask |= _gather(added, near)
         else:
-            mask = keep_s[grid]
-            prob = _padded(probs[i], sub, ext)[grid]
+            mask = _gather(keep_s, near)
+            prob = _gather(_padded(probs[i], sub, ext), near)
         if not mask.any():
             return None
         region = tuple(slice(int(p[0][0]), int(p[0][-1]) + 1) for p in plans)
