@@ -20,6 +20,7 @@ from ..errors import ConfigError, TaxonomyError
 from ..io.atomic import atomic_directory, atomic_write, refuse_foreign
 from ..io.formats import channel_file
 from ..io.volume import Volume
+from ..masks import erode_cube
 
 # The phantom's own label table (every class name is a taxonomy name; tumour overrides organ).
 PHANTOM_LABELS: dict[str, int] = {
@@ -355,7 +356,7 @@ def make_phantom_case(seed: int, shape=DEFAULT_SHAPE, spacing=DEFAULT_SPACING,
 def _place_tumour(sp: _Space, rng, img, lab, host: str, tname: str, rrange, value: float, spacing,
                   texture) -> None:
     organ = lab == PHANTOM_LABELS[host]
-    core = ndimage.binary_erosion(organ, structure=np.ones((3, 3, 3), bool))
+    core = erode_cube(organ, 3)
     if not core.any():
         raise ConfigError(f"phantom grid too coarse (spacing {spacing}) to place a {tname} in the {host}")
     box = ndimage.find_objects(core.astype(np.uint8))[0]
