@@ -156,8 +156,8 @@ class WindowRunner:
         out = self._eager(x)
         if self._worth is None:  # runtime 'auto': does compiling pay for this volume?
             self._worth = (time.perf_counter() - t0) * self.batches >= self.AUTO_COMPILE_S
-        if self._reference is None and not self._failed and self.engine(x.device) != "torch":
-            self._reference = (x, out)  # kept (not copied) until the graph is built
+        if self._worth and self._reference is None and not self._failed and self.engine(x.device) != "torch":
+            self._reference = (x, out)  # kept (not copied) until the graph is built; never where none will be
         return out
 
     def _eager(self, x: torch.Tensor) -> torch.Tensor:
