@@ -40,8 +40,9 @@ DEFAULT_INFERENCE: dict[str, Any] = {
     "precision": "float32",
     # engine of the windows on a CPU: torch (eager PyTorch) | auto (OpenVINO where the eager
     # estimate is long enough to repay compiling) | openvino | onnxruntime; GPUs always run PyTorch.
-    # torch is the default: on the clinical CT (benchmarks/predict_speed.py --scale clinical --rows
-    # lean) auto took 165 s and 7.2 GB against torch's 117 s and 3.9 GB, masks min Dice 0.978
+    # torch is the default: on the clinical CT (benchmarks/predict_speed.py --scale clinical --presets
+    # small --rows lean-torch,lean-ov, quiet 2 cores) openvino took 79.9 s and 5.1 GB (network 50.6 s +
+    # 7.6 s compiling) against torch's 82.1 s and 3.8 GB (network 60.2 s), masks min Dice 0.978
     "runtime": "torch",
     "head_chunk": 131072,  # class-voxels per chunk of the Universal Model's head (0 = one go)
     "threads": None,      # torch CPU threads; None = the cores this process may use
