@@ -2,7 +2,9 @@
 
 Why: eager PyTorch runs these small 3D convnets far below a CPU's capacity (issue 20 measured the
 small U-Net + per-class dynamic head on one 96^3 window, batch 2, 2 threads: 1.34 s eager float32, 0.34 s
-in OpenVINO float32 with max |d| 1.7e-6). Everything prompt-dependent (text codes, class
+in OpenVINO float32 with max |d| 1.7e-6; with the prepared segmenter of `predict`, whose head
+runs in slabs, 1.26 s against 1.5 s eager on a quiet machine, so PyTorch stays the default).
+Everything prompt-dependent (text codes, class
 indices, priors) is fixed before conversion (`FixedPrompts`), so the compiled graph is
 image -> logits for one list of classes. It is converted once, from a small window with its
 spatial sides left open, and compiled for each window shape (the batch stays the traced one).
@@ -12,9 +14,10 @@ out). runtime "auto" picks OpenVINO when it is installed and the input is on the
 PyTorch (the fallback, and always the path on a GPU). Precision float32 by default; "bfloat16" is
 opt-in (OpenVINO's inference precision hint; ONNX Runtime has no bf16 CPU kernels and refuses).
 Each input shape (batch included) is compiled on first use and cached (a fraction of a second):
-a short last batch is not zero-padded, because models that normalise with batch statistics at inference (the official
-U-Net's ContBatchNorm) would then see other statistics. The prediction path (`WindowRunner` in
-sliding.py) compiles `PreparedForward` -- the segmenter with one volume's prompts prepared.
+a short last batch is not zero-padded, because models that normalise with batch statistics at
+inference (the official U-Net's ContBatchNorm) would then see other statistics. The prediction
+path (`WindowRunner` in windows.py) compiles `PreparedForward` -- the segmenter with one
+volume's prompts prepared.
 """
 from __future__ import annotations
 
@@ -158,7 +161,7 @@ class CompiledWindows:
 
     def __init__(self, module: nn.Module, example: torch.Tensor, runtime: str, precision: str, threads: int,
                  trace_side: int | None = None, reference: tuple[torch.Tensor, torch.Tensor] | None = None):
-        self.module, self.runtime, self.precision, self.threads = module, runtime, precision, threads
+        self.precision = precision
         self._runs: dict[tuple[int, ...], Callable] = {}
         example = example.float().cpu()
         trace = _trace_example(example, trace_side)

@@ -113,4 +113,3 @@ def similarity_lines(pairs: Sequence[tuple[str, str, float]], encoder: str) -> l
     return ["", f"Closest class prompts under {encoder} (cosine of the text embeddings; near 1 = the "
                 "text-conditioned methods get almost the same query for both):", "",
             *[f"- {a} / {b}: {c:.3f}" for a, b, c in pairs]]
-
