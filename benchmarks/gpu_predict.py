@@ -50,25 +50,63 @@ def official_checkpoint(backbone: str, work: Path) -> Path:
     return out
 
 
-def predict_once(ckpt: Path, image: Path, out: Path) -> dict:
+DEVICE = "cuda"  # --device cpu only to check this script before spending GPU time on it
+
+
+def _sync_and_reset() -> None:
     import torch
 
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _sync() -> None:
+    import torch
+
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak_gb(kind: str) -> float | None:
+    import torch
+
+    if DEVICE != "cuda":
+        return None
+    fn = torch.cuda.max_memory_allocated if kind == "allocated" else torch.cuda.max_memory_reserved
+    return round(fn() / 2**30, 2)
+
+
+def predict_once(ckpt: Path, image: Path, out: Path, precision: str = "float32") -> dict:
     from promptseg.checkpoint import open_checkpoint
     from promptseg.inference import Predictor
 
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    _sync_and_reset()
     t0 = time.perf_counter()
     checkpoint = open_checkpoint(ckpt, device="cpu")
-    predictor = Predictor(checkpoint, device="cuda", progress=False)
+    predictor = Predictor(checkpoint, inference={"precision": precision}, device=DEVICE, progress=False)
     res = predictor.predict_file(image, out)
-    torch.cuda.synchronize()
+    _sync()
     wall = time.perf_counter() - t0
     p = res["prediction"]
     return {"wall_s": round(wall, 2), "stages_s": {k: round(v, 2) for k, v in p.timings.items()},
-            "peak_allocated_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-            "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+            "peak_allocated_gb": _peak_gb("allocated"), "peak_reserved_gb": _peak_gb("reserved"),
             "windows": p.stats.get("windows"), "classes": len(p.masks), "precision": p.stats.get("precision")}
+
+
+def lowest_dice(ref: Path, test: Path) -> float | None:
+    """Lowest per-class Dice between the per-class mask files of two predict outputs."""
+    import nibabel as nib
+    import numpy as np
+
+    low = None
+    for a_path in sorted(ref.glob("*/*.nii.gz")):
+        a = np.asarray(nib.load(str(a_path)).dataobj) > 0
+        b = np.asarray(nib.load(str(test / a_path.relative_to(ref))).dataobj) > 0
+        s = int(a.sum()) + int(b.sum())
+        d = 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
+        low = d if low is None else min(low, d)
+    return None if low is None else round(low, 4)
 
 
 def train_speed(work: Path, steps: int, workers: int) -> dict:
@@ -89,18 +127,18 @@ def train_speed(work: Path, steps: int, workers: int) -> dict:
            "conditioner": {"name": "universal", "head": "mlp", "text_encoder": "onehot"},
            "train": {"steps": steps, "batch_size": 2, "patch_size": [96, 96, 96], "warmup_steps": 2,
                      "checkpoint_every": 10**6, "augment": True, "loader_workers": workers}}
-    trainer = Trainer(resolve_config(raw, work), device="cuda", progress=False)
+    trainer = Trainer(resolve_config(raw, work), device=DEVICE, progress=False)
     warm = 5
     for _ in range(warm):
         trainer.train_step()
-    torch.cuda.synchronize()
+    _sync_and_reset()
     t0 = time.perf_counter()
     for _ in range(steps - warm):
         trainer.train_step()
-    torch.cuda.synchronize()
+    _sync()
     dt = time.perf_counter() - t0
     return {"workers": workers, "steps": steps - warm, "steps_per_s": round((steps - warm) / dt, 2),
-            "peak_allocated_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+            "peak_allocated_gb": _peak_gb("allocated")}
 
 
 def main() -> int:
@@ -113,25 +151,39 @@ def main() -> int:
     ap.add_argument("--work", default=None)
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("--source", default=str(predict_speed.DATA), help="the 3 mm CT resampled to the clinical grid")
+    ap.add_argument("--precisions", nargs="+", default=["float32"],
+                    help="inference precisions to time per model (float32, bfloat16, float16)")
+    ap.add_argument("--scale", choices=sorted(predict_speed.SCALES), default="clinical")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                    help="cpu only checks the script end to end (with --scale small)")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this benchmark measures GPU time and memory")
     work = Path(args.work or tempfile.mkdtemp(prefix="promptseg_gpu_"))
-    print(f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; work {work}", flush=True)
+    name_of_device = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu"
+    print(f"device: {name_of_device}; torch {torch.__version__}; work {work}", flush=True)
     predict_speed.DATA = Path(args.source)
-    image = predict_speed.make_input("clinical", work / "ct_clinical.nii.gz")
-    results: dict = {"device": torch.cuda.get_device_name(0), "predict": {}, "train": []}
+    image = predict_speed.make_input(args.scale, work / f"ct_{args.scale}.nii.gz")
+    results: dict = {"device": name_of_device, "scale": args.scale, "predict": {}, "train": []}
     for name in args.models:
         if name.startswith("official_"):
             ckpt = official_checkpoint(name.split("_", 1)[1], work)
         else:
             preset = "segresnet:flare23" if name == "segresnet" else name
-            ckpt = predict_speed.make_checkpoint("clinical", preset, work / f"ckpt_{name}", image)
-        runs = [predict_once(ckpt, image, work / f"out_{name}_{i}") for i in range(2)]
-        results["predict"][name] = {"cold": runs[0], "warm": runs[1]}
-        print(f"{name}: warm {runs[1]['wall_s']} s (cold {runs[0]['wall_s']} s), peak "
-              f"{runs[1]['peak_allocated_gb']} GB allocated / {runs[1]['peak_reserved_gb']} GB reserved, "
-              f"{runs[1]['windows']} windows, stages {runs[1]['stages_s']}", flush=True)
+            ckpt = predict_speed.make_checkpoint(args.scale, preset, work / f"ckpt_{name}", image)
+        for precision in args.precisions:
+            runs = [predict_once(ckpt, image, work / f"out_{name}_{precision}_{i}", precision) for i in range(2)]
+            row = f"{name} {precision}"
+            results["predict"][row] = {"cold": runs[0], "warm": runs[1]}
+            print(f"{row}: warm {runs[1]['wall_s']} s (cold {runs[0]['wall_s']} s), peak "
+                  f"{runs[1]['peak_allocated_gb']} GB allocated / {runs[1]['peak_reserved_gb']} GB reserved, "
+                  f"{runs[1]['windows']} windows, stages {runs[1]['stages_s']}", flush=True)
+            if precision != args.precisions[0]:
+                low = lowest_dice(work / f"out_{name}_{args.precisions[0]}_1", work / f"out_{name}_{precision}_1")
+                results["predict"][row]["min_dice_vs_first"] = low
+                print(f"  lowest per-class Dice against {args.precisions[0]}: {low}", flush=True)
     for w in args.workers if args.train_steps > 5 else []:
         r = train_speed(work, args.train_steps, w)
         results["train"].append(r)

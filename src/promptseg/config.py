@@ -44,7 +44,9 @@ DEFAULT_INFERENCE: dict[str, Any] = {
     # small --rows lean-torch,lean-ov, quiet 2 cores) openvino took 79.9 s and 5.1 GB (network 50.6 s +
     # 7.6 s compiling) against torch's 82.1 s and 3.8 GB (network 60.2 s), masks min Dice 0.978
     "runtime": "torch",
-    "head_chunk": 131072,  # class-voxels per chunk of the Universal Model's head (0 = one go)
+    # class-voxels per chunk of the Universal Model's head: auto (131072 on a CPU, cache-sized;
+    # 2^24 on a GPU, where each chunk costs kernel launches) | a number | 0 (one go)
+    "head_chunk": "auto",
     "threads": None,      # torch CPU threads; None = the cores this process may use
     "interpolation": "linear",  # class results -> input grid: linear (probabilities) | nearest
     "fast_spacing": [3.0, 3.0, 3.0],  # grid of fast=True (TotalSegmentator's --fast: 3 mm)

@@ -137,3 +137,17 @@ def test_fast_mode_runs_on_a_coarser_grid(model, volume, lean):
     assert all(w >= 32 for w in fast.stats["window"][:2])  # scaled windows, never below 2 bottleneck voxels
     assert np.prod(fast.stats["network_grid"]) * 4 < np.prod(full.stats["network_grid"])
     assert fast.label_map.same_grid(volume)
+
+
+def test_auto_head_chunk_gives_the_one_go_logits(model):
+    """The head in chunks ('auto' on a CPU: 131072 class-voxels, 3 chunks per window batch here)
+    computes the same logits as the head run over the whole window batch in one go."""
+    from promptseg.inference.sliding import sliding_window_logits
+
+    torch.manual_seed(1)
+    image = torch.rand(1, 1, 56, 40, 24)
+    pb = model.prompt_batch(CLASSES, batch_size=1)
+    with torch.inference_mode():
+        one_go = sliding_window_logits(model, image, pb, window=(32, 32, 16), sw_batch_size=2, head_chunk=0)
+        auto = sliding_window_logits(model, image, pb, window=(32, 32, 16), sw_batch_size=2, head_chunk="auto")
+    assert float((auto - one_go).abs().max()) <= 1e-5 * float(one_go.abs().max())

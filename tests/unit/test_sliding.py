@@ -83,3 +83,17 @@ def test_real_model_batched_windows_equal_single_windows():
     # Gaussian blending differs from constant blending where windows overlap
     const = sliding_window_logits(model, image, pb, window=(32, 32, 16), overlap=0.5, mode="constant")
     assert not torch.allclose(one, const)
+
+
+def test_head_chunk_auto_is_cache_sized_on_cpu_and_launch_sized_on_gpu():
+    """'auto' picks the chunk by device type; numbers pass through; 0 / None run the head in one go."""
+    import torch
+
+    from promptseg.inference.windows import HEAD_CHUNK, head_chunk_for
+
+    assert head_chunk_for("auto", torch.device("cpu")) == HEAD_CHUNK["cpu"] == 131072
+    assert head_chunk_for("AUTO", torch.device("cuda")) == HEAD_CHUNK["cuda"] > 100 * HEAD_CHUNK["cpu"]
+    assert head_chunk_for(4096, torch.device("cuda")) == 4096
+    assert head_chunk_for(0, torch.device("cpu")) == 0
+    assert head_chunk_for(None, torch.device("cpu")) == 0
+

@@ -58,12 +58,28 @@ def run_device(model, image: torch.Tensor, device) -> torch.device:
     return torch.device(device)
 
 
+#: Class-voxels per chunk of a dynamic (per-class) head, per device type. On a CPU a chunk's
+#: intermediates stay in cache (~5x faster head than one go). On a GPU each chunk costs a dozen
+#: kernel launches: the CPU size made 25,920 baddbmm launches for one clinical CT on an H100
+#: (benchmarks/gpu_predict.py, SegResNet + 32 classes; 1.9 s of host time, 0.27 s on the GPU), so
+#: chunks there are 128x larger (a 32-class head's 8-channel intermediate: 0.5 GB in float32).
+HEAD_CHUNK = {"cpu": 131072, "cuda": 1 << 24}
+
+
+def head_chunk_for(setting: int | str | None, device: torch.device) -> int:
+    """Class-voxels per head chunk: `setting` ('auto' = `HEAD_CHUNK` of `device`'s type; 0 or None =
+    the whole window batch in one go)."""
+    if isinstance(setting, str) and setting.lower() == "auto":
+        return HEAD_CHUNK.get(torch.device(device).type, HEAD_CHUNK["cpu"])
+    return int(setting) if setting else 0
+
+
 class WindowRunner:
     """Runs a segmenter on window batches with everything prompt-dependent prepared once.
 
     A model with the segmenter's `prepare` / `forward_prepared` gets the prompts prepared once
     per volume (the conditioner's per-volume work, and its fast head with `head_chunk`
-    class-voxels per chunk); any other model is called as `model(x, prompts)`. On a CPU,
+    class-voxels per chunk, see `head_chunk_for`); any other model is called as `model(x, prompts)`. On a CPU,
     `runtime` (see cpu_runtime.py; 'auto' = OpenVINO when installed) converts that prepared
     forward once and compiles it for each window batch shape; float32 or bfloat16 only (float16
     runs in torch). `cache` (a dict kept by the caller, e.g. the Predictor) keeps the compiled
@@ -85,7 +101,7 @@ class WindowRunner:
     HEAD_PIECES = 8
 
     def __init__(self, model, prompt_batch: PromptBatch, dtype: torch.dtype | None = None,
-                 head_chunk: int | None = 131072, runtime: str = "torch", cache: dict | None = None,
+                 head_chunk: int | str | None = "auto", runtime: str = "torch", cache: dict | None = None,
                  batches: int | None = None):
         self.model = model
         self.prompt_batch = prompt_batch
@@ -101,7 +117,9 @@ class WindowRunner:
         self._failed = False
         self._batches: dict[int, PromptBatch] = {}
         if callable(getattr(model, "forward_prepared", None)):
-            self.prepared = model.prepare(prompt_batch, head_chunk=int(head_chunk) if head_chunk else 0)
+            weights = next(model.parameters(), None)
+            device = weights.device if weights is not None else torch.device("cpu")
+            self.prepared = model.prepare(prompt_batch, head_chunk=head_chunk_for(head_chunk, device))
 
     def engine(self, device: torch.device) -> str:
         """The runtime that runs the windows on `device` ('torch' unless a compiled one applies)."""
