@@ -57,6 +57,20 @@ def test_sizes_and_batch_of_tasks_at_the_bottleneck(model, image):
     assert logits.shape == (2, 3, SIZE, SIZE, SIZE)
 
 
+def test_head_reads_nnunet_width_on_a_narrow_backbone(model):
+    """The small U-Net's 8-channel output is mapped to 32 channels (nnU-Net's last decoder width)
+    before the 1x1x1 head; a backbone already that wide, or head_width 0, reads its output as is."""
+    c = model.conditioner
+    assert c.pre_head.conv.in_channels == 8 and c.pre_head.conv.out_channels == 32
+    assert c.pre_head.conv.kernel_size == (1, 1, 1) and c.head.weight.shape[1] == 32
+    off = make_model(head_width=0).conditioner
+    assert off.pre_head is None and off.head.weight.shape[1] == 8
+    wide = make_model(backbone=UNet(in_channels=1, preset="small", widths=(32, 32, 64, 64, 128))).conditioner
+    assert wide.pre_head is None and wide.head.weight.shape[1] == 32
+    with pytest.raises(ConfigError, match="head_width"):
+        make_model(head_width=-1)
+
+
 def test_selected_task_channel_differs_per_task(model, image):
     with torch.no_grad():
         out, ctx = model(image, ["liver", "aorta"], return_context=True)

@@ -27,6 +27,11 @@ it annotates; the trainer fills it from the manifests, see `datasets.DatasetTabl
   inference without a dataset). Distinct tasks of a sample each get one decoder pass: the
   bottleneck returns B*G (G = most tasks any sample needs, sample-major) and the backbone repeats
   its skips. Without a table every class is a dataset of its own (one channel, N = classes).
+- the head reads `head_width` (32) channels, the width of nnU-Net's last decoder stage that the
+  papers' head reads: a narrower backbone output (the small U-Net's 8) is first mapped to it by a
+  1x1x1 conv-IN-LeakyReLU. Measured on one phantom dataset (6 classes, 300 steps, AdamW 2e-3):
+  with a linear head on 8 channels the training Dice loss was still 0.84 (the Universal Model's
+  per-class 8-8-1 MLP head on the same backbone: 0.29); a 16-wide backbone: 0.59.
 - deep supervision (nnU-Net, as UniSeg trains): 1x1x1 heads on the decoder levels between the
   coarsest and the finest, weights 1/2^i (i = 1 next to the output), given to the trainer by
   `deep_supervision(ctx)`; off with `deep_supervision: false`.
@@ -154,6 +159,7 @@ class UniSegConditioner(Conditioner):
         input_channels: Sequence[int] = (1, 2, 3, 4),
         dataset_classes: dict[str, Sequence[str]] | None = None,
         deep_supervision: bool = True,
+        head_width: int = 32,
     ):
         super().__init__(class_names)
         if len(set(self.class_names)) != len(self.class_names):
@@ -165,6 +171,9 @@ class UniSegConditioner(Conditioner):
         self.prompt_grid = _positive_ints(prompt_grid, 3, "prompt_grid")
         self.fuse_blocks, self.fuse_reduction = int(fuse_blocks), int(fuse_reduction)
         self.use_deep_supervision = bool(deep_supervision)
+        if int(head_width) < 0:
+            raise ConfigError(f"uniseg: head_width must be >= 0 (0: the head reads the backbone output as is), got {head_width}")
+        self.head_width = int(head_width)
         self.input_channels = sorted({int(c) for c in input_channels})
         if any(c < 1 for c in self.input_channels):
             raise ConfigError(f"uniseg: input_channels must be positive, got {list(input_channels)}")
@@ -188,6 +197,7 @@ class UniSegConditioner(Conditioner):
         self.fuse: nn.Module | None = None
         self.task_channels: TaskChannels | None = None
         self.head: ChannelHead | None = None
+        self.pre_head: nn.Module | None = None
         self.ds_heads = nn.ModuleDict()
         self.ds_weights: dict[str, float] = {}
         self.stem_weight: nn.Parameter | None = None
@@ -203,7 +213,11 @@ class UniSegConditioner(Conditioner):
         self.fuse = nn.Sequential(*blocks)
         self.task_channels = TaskChannels(hid, len(self.table))
         m = self.table.width
-        self.head = ChannelHead(int(backbone.out_channels), m)
+        out = int(backbone.out_channels)
+        if self.head_width and out < self.head_width:
+            self.pre_head = ConvBlock(out, self.head_width, kernel=(1, 1, 1))
+            out = self.head_width
+        self.head = ChannelHead(out, m)
         dec = list(backbone.decoder_channels)
         # nnU-Net: every decoder output but the coarsest is supervised, weight 1/2^i from the output.
         levels = list(range(1, len(dec) - 1)) if self.use_deep_supervision else []
@@ -299,6 +313,8 @@ class UniSegConditioner(Conditioner):
         if decoder_out.shape[0] != ctx["uniseg.tasks"].numel():
             raise RuntimeError(f"uniseg: decoder gave a batch of {decoder_out.shape[0]}, expected "
                                f"{tuple(ctx['uniseg.tasks'].shape)}")
+        if self.pre_head is not None:
+            decoder_out = self.pre_head(decoder_out)
         return gather_channels(self.head(decoder_out), rows, ctx["uniseg.channels"])
 
     def deep_supervision(self, ctx: Context) -> list[tuple[float, torch.Tensor]]:
