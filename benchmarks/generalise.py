@@ -1,7 +1,7 @@
 """Does a model segment patients it never saw? Dice per modality and class on held-out sarcoma patients.
 
 Predicts each held-out patient's CT, MR-T1 and PET of ../shared/data/sts_sarcoma (the patients of
-the checkpoint's `validation.holdout`, or `--patients`) through the predictor (input grid, the
+the checkpoint's `validation.test`, else its `validation.holdout`, or `--patients`) through the predictor (input grid, the
 modality's own plan, post-processing as `promptseg predict`) and prints a table: Dice of the
 tumour per modality, mean and min over patients. Several checkpoints (`--model NAME=PATH`, e.g.
 one per conditioner) give one column each.
@@ -24,10 +24,12 @@ CLASS = "soft tissue sarcoma"
 
 
 def held_out(ckpt, given: list[str] | None) -> list[str]:
-    """Patients to score: `--patients`, else the run's patient-wise hold-out."""
+    """Patients to score: `--patients`, else the run's test patients (never trained or validated
+    on), else its patient-wise validation hold-out (then they also chose the best checkpoint)."""
     if given:
         return given
-    patients = ((ckpt.config.get("validation") or {}).get("holdout")) or []
+    v = ckpt.config.get("validation") or {}
+    patients = v.get("test") or v.get("holdout") or []
     if not patients:
         sys.exit(f"{ckpt.path}: the run held out no patients by id; give --patients STS_xxx ...")
     return list(patients)

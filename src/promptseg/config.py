@@ -78,10 +78,13 @@ DEFAULT_TRAIN: dict[str, Any] = {
 #: `datasets:`; `holdout` (patient ids) or `fraction` (of the patients, drawn with `seed`) takes a
 #: patient-wise split of the training datasets whose names match `split_datasets` (globs), the
 #: patient being the case id or the first group of the regex `patient`. `every` 0 = off.
+#: `test` (patient ids) are set aside before that split: neither trained nor validated on, so the
+#: patients a run is finally scored on (benchmarks/generalise.py) never choose a checkpoint or a recipe.
 DEFAULT_VALIDATION: dict[str, Any] = {
     "every": 0,
     "datasets": [],
     "holdout": [],
+    "test": [],
     "fraction": 0.0,
     "split_datasets": ["*"],
     "patient": None,
@@ -227,11 +230,15 @@ def _check_validation(v: dict[str, Any]) -> None:
         raise ConfigError(f"validation.every must be an integer >= 0 (steps; 0 = off), got {v['every']!r}")
     if not isinstance(v["fraction"], (int, float)) or not 0 <= float(v["fraction"]) < 1:
         raise ConfigError(f"validation.fraction must be in [0, 1), got {v['fraction']!r}")
-    for key in ("holdout", "split_datasets"):
+    for key in ("holdout", "test", "split_datasets"):
         if not isinstance(v[key], list) or not all(isinstance(x, str) for x in v[key]):
             raise ConfigError(f"validation.{key} must be a list of names, got {v[key]!r}")
     if v["holdout"] and v["fraction"]:
         raise ConfigError("validation: give `holdout` (patient ids) or `fraction`, not both")
+    both = sorted(set(v["holdout"]) & set(v["test"]))
+    if both:
+        raise ConfigError(f"validation: patient(s) {', '.join(both)} in both `holdout` and `test`; "
+                          f"a test patient must not choose the checkpoint")
     if v["every"] and not (v["datasets"] or v["holdout"] or v["fraction"]):
         raise ConfigError("validation.every is set but there is nothing to validate on: give `datasets`, "
                           "`holdout` or `fraction`")

@@ -240,6 +240,23 @@ def test_add_classes_keeps_old_maps_and_reloads(image, tmp_path):
         torch.testing.assert_close(m2(image, ["liver tumor", "liver"]), new)
 
 
+def test_a_checkpoint_saved_without_the_pre_head_loads_as_it_was_trained(image, tmp_path):
+    """Models saved before `head_width` existed read the 8 backbone channels directly; their
+    config does not name head_width, and the loader rebuilds them with it off."""
+    from promptseg.checkpoint import load_checkpoint, save_checkpoint
+
+    old = make_model(seed=5, head_width=0).eval()
+    config = {"backbone": {"name": "unet", "preset": "small"}, "conditioner": {"name": "uniseg"}}
+    save_checkpoint(old, tmp_path / "old", config)
+    back = load_checkpoint(tmp_path / "old").eval()
+    assert back.conditioner.pre_head is None
+    with torch.no_grad():
+        torch.testing.assert_close(back(image[:1], ["liver"]), old(image[:1], ["liver"]))
+    new = make_model(seed=5).eval()
+    save_checkpoint(new, tmp_path / "new", config)
+    assert load_checkpoint(tmp_path / "new").conditioner.pre_head is not None
+
+
 def test_build_model_and_config_errors():
     m = build_model({"conditioner": {"name": "uniseg", "prompt_channels": 11, "modal_prompt": False}}, CLASSES)
     assert m.conditioner.task_prompt.shape[1] == 11 and m.conditioner.modal_prompt is None

@@ -65,6 +65,24 @@ def test_holdout_ids_from_the_run_config_and_typos():
         split_cases({"validation": {"holdout": ["STS_999"], "split_datasets": ["sts_*"]}}, cases)
 
 
+def test_test_patients_are_neither_trained_nor_validated_on():
+    """`test` patients leave both sides before the validation split; a `fraction` is then drawn
+    from the remaining patients only."""
+    cases = _sarcoma()
+    test = ["STS_002", "STS_008", "STS_014"]
+    config = {"validation": {"holdout": ["STS_005"], "test": test, "split_datasets": ["sts_*"]}}
+    train, held = split_cases(config, cases)
+    tr, he = _patients_sides(train, held)
+    assert he == {"STS_005"} and not tr & set(test) and not tr & he
+    assert len(train) + len(held) + sum(c.id in test for c in cases) == len(cases)
+    config = {"validation": {"fraction": 0.2, "seed": 0, "test": test, "split_datasets": ["sts_*"]}}
+    train, held = split_cases(config, cases)
+    tr, he = _patients_sides(train, held)
+    assert he and not he & set(test) and not tr & set(test) and not tr & he
+    with pytest.raises(ConfigError, match="validation.test: .*STS_999"):
+        split_cases({"validation": {"test": ["STS_999"], "split_datasets": ["sts_*"]}}, cases)
+
+
 def test_validation_section_is_checked():
     with pytest.raises(ConfigError, match="validation.every"):
         resolve_config({"validation": {"every": -1}})
@@ -72,5 +90,9 @@ def test_validation_section_is_checked():
         resolve_config({"validation": {"every": 10}})
     with pytest.raises(ConfigError, match="not both"):
         resolve_config({"validation": {"holdout": ["a"], "fraction": 0.2}})
+    with pytest.raises(ConfigError, match="both `holdout` and `test`"):
+        resolve_config({"validation": {"holdout": ["a"], "test": ["a", "b"]}})
+    with pytest.raises(ConfigError, match="validation.test"):
+        resolve_config({"validation": {"test": "STS_002"}})
     with pytest.raises(ConfigError, match="validation.evry"):
         resolve_config({"validation": {"evry": 10}})

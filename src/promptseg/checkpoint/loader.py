@@ -78,6 +78,16 @@ def sat_checkpoint(model: OfficialSAT, path: Path, device: str | torch.device = 
     return Checkpoint(model.eval().to(device), config, model.class_names, model.taxonomy, plans, meta, path)
 
 
+def _without_absent_uniseg_head(config: dict, state: dict) -> dict:
+    """A UniSeg checkpoint saved before `head_width` existed (or on a backbone already that wide)
+    has no `pre_head` weights: rebuild it with `head_width: 0` so it loads as it was trained."""
+    cond = config.get("conditioner")
+    if (not isinstance(cond, dict) or cond.get("name") != "uniseg" or "head_width" in cond
+            or any(".pre_head." in k for k in state)):
+        return config
+    return {**config, "conditioner": {**cond, "head_width": 0}}
+
+
 def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify: bool = True,
                     backbone: str | None = None, text_model: str | Path | None = None,
                     text_weights: str | Path | None = None,
@@ -111,7 +121,7 @@ def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify
     taxonomy = taxonomy_from_record(meta.get("taxonomy"), str(ckpt))
     shape = meta.get("embedding_shape")
     embeddings = torch.zeros(*shape) if shape else None
-    config = meta["config"]
+    config = _without_absent_uniseg_head(meta["config"], state)
     model = uniseg_model(taxonomy) if is_uniseg_config(config) else build_model(
         config, meta["class_names"], embeddings=embeddings, in_channels=meta.get("in_channels", 1), taxonomy=taxonomy)
     load_state_strict(model, state, str(ckpt))

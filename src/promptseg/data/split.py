@@ -47,14 +47,14 @@ def held_out_patients(cases: Iterable, fraction: float, seed: int = 0, datasets:
 
 
 def split_by_patient(cases: Sequence[T], patients: Iterable[str], datasets: Sequence[str] = ("*",),
-                     pattern: str | None = None) -> tuple[list[T], list[T]]:
+                     pattern: str | None = None, setting: str = "validation.holdout") -> tuple[list[T], list[T]]:
     """(training cases, held-out cases): a case of a selected dataset whose patient is in
     `patients` is held out; unknown patient ids are a one-line error (a typo would hold out nothing)."""
     want = set(patients)
     known = {patient_of(c.id, pattern) for c in cases if _selected(c.dataset, datasets)}
     missing = sorted(want - known)
     if missing:
-        raise ConfigError(f"validation.holdout: no case of patient(s) {', '.join(missing)} in the datasets "
+        raise ConfigError(f"{setting}: no case of patient(s) {', '.join(missing)} in the datasets "
                           f"{', '.join(datasets)}")
     train, held = [], []
     for c in cases:

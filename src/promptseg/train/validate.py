@@ -31,10 +31,13 @@ CONSTANT_STD = 1e-4
 
 
 def split_cases(config: dict[str, Any], cases: list, prepare_more: Callable[[list], list] | None = None):
-    """(training cases, validation cases) of a run: the patient-wise hold-out of `validation`
-    (`holdout` ids or a `fraction`) plus the prepared cases of `validation.datasets`."""
+    """(training cases, validation cases) of a run: the `test` patients set aside (in neither),
+    then the patient-wise hold-out of `validation` (`holdout` ids or a `fraction` of the rest)
+    plus the prepared cases of `validation.datasets`."""
     v = config.get("validation") or {}
     globs, pattern = v.get("split_datasets") or ["*"], v.get("patient")
+    if v.get("test"):
+        cases, _ = split_by_patient(cases, list(v["test"]), globs, pattern, setting="validation.test")
     patients = list(v.get("holdout") or [])
     if not patients and float(v.get("fraction") or 0) > 0:
         patients = held_out_patients(cases, float(v["fraction"]), int(v.get("seed") or 0), globs, pattern)
