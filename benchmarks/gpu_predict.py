@@ -91,22 +91,8 @@ def predict_once(ckpt: Path, image: Path, out: Path, precision: str = "float32")
     p = res["prediction"]
     return {"wall_s": round(wall, 2), "stages_s": {k: round(v, 2) for k, v in p.timings.items()},
             "peak_allocated_gb": _peak_gb("allocated"), "peak_reserved_gb": _peak_gb("reserved"),
-            "windows": p.stats.get("windows"), "classes": len(p.masks), "precision": p.stats.get("precision")}
-
-
-def lowest_dice(ref: Path, test: Path) -> float | None:
-    """Lowest per-class Dice between the per-class mask files of two predict outputs."""
-    import nibabel as nib
-    import numpy as np
-
-    low = None
-    for a_path in sorted(ref.glob("*/*.nii.gz")):
-        a = np.asarray(nib.load(str(a_path)).dataobj) > 0
-        b = np.asarray(nib.load(str(test / a_path.relative_to(ref))).dataobj) > 0
-        s = int(a.sum()) + int(b.sum())
-        d = 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
-        low = d if low is None else min(low, d)
-    return None if low is None else round(low, 4)
+            "windows": p.stats.get("windows"), "classes": len(p.masks), "precision": p.stats.get("precision"),
+            "names": list(p.masks)}
 
 
 def train_speed(work: Path, steps: int, workers: int) -> dict:
@@ -181,7 +167,10 @@ def main() -> int:
                   f"{runs[1]['peak_allocated_gb']} GB allocated / {runs[1]['peak_reserved_gb']} GB reserved, "
                   f"{runs[1]['windows']} windows, stages {runs[1]['stages_s']}", flush=True)
             if precision != args.precisions[0]:
-                low = lowest_dice(work / f"out_{name}_{args.precisions[0]}_1", work / f"out_{name}_{precision}_1")
+                case = image.name.split(".nii")[0]  # predict writes a case's masks into a folder of its name
+                low = round(min(predict_speed.dice_table(work / f"out_{name}_{args.precisions[0]}_1" / case,
+                                                         work / f"out_{name}_{precision}_1" / case,
+                                                         runs[1]["names"], ref_slug=True).values()), 4)
                 results["predict"][row]["min_dice_vs_first"] = low
                 print(f"  lowest per-class Dice against {args.precisions[0]}: {low}", flush=True)
     for w in args.workers if args.train_steps > 5 else []:

@@ -152,7 +152,7 @@ def invert_classes(
             for a in range(3):
                 p = _lerp(p, a, plans[a][1], plans[a][2], plans[a][3])
             mask = (p > PROB_SCALE * float(queries[i].threshold)).numpy()
-            prob = p.round_().to(torch.int32).numpy().astype(np.uint16)
+            prob = p.round_().to(torch.uint16).numpy()  # values in [0, PROB_SCALE]: no int32 detour
             if not np.array_equal(keep_s, raw_s):  # post-processing changed this class
                 grown = dilate_cube(keep_s, 3)
                 mask &= _gather(grown, near)
