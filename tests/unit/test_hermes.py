@@ -293,6 +293,8 @@ def test_add_classes_keeps_old_maps_and_reloads(image, tmp_path):
     save_checkpoint(m, tmp_path / "ckpt", config)
     m2 = load_checkpoint(tmp_path / "ckpt").eval()
     assert m2.class_names == m.class_names
+    # the checkpoint records the table and the context: a "group" model does not come back as "dataset"
+    assert m2.conditioner.context == m.conditioner.context == "group"
     assert m2.conditioner.task_group.tolist() == m.conditioner.task_group.tolist()
     with torch.no_grad():
         assert torch.equal(m2(image, ["liver tumor", "liver"]), new)

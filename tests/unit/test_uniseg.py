@@ -264,3 +264,71 @@ def test_build_model_and_config_errors():
         UniSegConditioner(CLASSES, modal_grid=(4, 4, 4))
     with pytest.raises(ConfigError, match="prompt_grid"):
         UniSegConditioner(CLASSES, prompt_grid=(4, 6))
+
+
+# ---------------------------------------------------------------------------------------------
+# Channels across datasets
+# ---------------------------------------------------------------------------------------------
+TABLE = {"A": ["spleen", "liver", "right kidney"], "B": ["liver", "aorta"], "C": ["aorta", "spleen", "pancreas"]}
+
+
+def test_aligned_channels_give_a_class_one_channel_in_every_dataset():
+    """A class annotated by several datasets keeps its channel in each; the classes of one dataset
+    never share a channel; the first dataset keeps its positions."""
+    from promptseg.models.conditioners.datasets import DatasetTable
+
+    t = DatasetTable(TABLE, CLASSES, "uniseg", layout="aligned")
+    ch = {(d, c): t.channel(t.index(d), c) for d, cs in TABLE.items() for c in cs}
+    assert [ch[("A", c)] for c in TABLE["A"]] == [0, 1, 2]
+    for c in ("spleen", "liver", "aorta"):
+        assert len({v for (d, k), v in ch.items() if k == c}) == 1, c
+    for d, cs in TABLE.items():
+        assert len({ch[(d, c)] for c in cs}) == len(cs), d
+    assert t.width == 1 + max(ch.values())
+    pos = DatasetTable(TABLE, CLASSES, "uniseg", layout="position")
+    assert pos.channel(pos.index("B"), "liver") == 0 and pos.channel(pos.index("C"), "aorta") == 0  # the clash
+    with pytest.raises(ConfigError, match="channel_layout"):
+        DatasetTable(TABLE, CLASSES, "uniseg", layout="sorted")
+
+
+def test_aligned_channels_stay_put_when_classes_are_added():
+    from promptseg.models.conditioners.datasets import DatasetTable
+
+    t = DatasetTable(TABLE, CLASSES, "uniseg", layout="aligned")
+    before = {(d, c): t.channel(t.index(d), c) for d, cs in TABLE.items() for c in cs}
+    t.add("B", ["left kidney"])  # new: the lowest channel no class of B holds (spleen's 0; spleen is not in B)
+    t.add("C", ["liver"])        # liver's channel (1) is pancreas' in C: liver moves there only
+    assert {(d, c): t.channel(t.index(d), c) for d, cs in TABLE.items() for c in cs} == before
+    for d in TABLE:
+        cs = t.classes[t.index(d)]
+        assert len({t.channel(t.index(d), c) for c in cs}) == len(cs), d
+    assert t.channel(t.index("B"), "left kidney") == 0 and t.channel(t.index("A"), "liver") == 1
+    assert t.channel(t.index("C"), "liver") not in (1, t.channel(t.index("C"), "aorta"))
+
+
+def test_checkpoints_record_the_layout_and_old_ones_load_by_position(image, tmp_path):
+    """A model saves its `channel_layout` and dataset table whatever config the caller gave; a
+    checkpoint from before the option (no key) loads with the positions it was trained with."""
+    import json
+
+    from promptseg.checkpoint import load_checkpoint, save_checkpoint
+
+    config = {"backbone": {"name": "unet", "preset": "small"}, "conditioner": {"name": "uniseg"}}
+    new = make_model(seed=6, dataset_classes=TABLE, channel_layout="aligned").eval()
+    save_checkpoint(new, tmp_path / "new", config)
+    saved = json.loads((tmp_path / "new" / "checkpoint.json").read_text())["config"]["conditioner"]
+    assert saved["channel_layout"] == "aligned" and TABLE.items() <= saved["dataset_classes"].items()
+    back = load_checkpoint(tmp_path / "new").eval()
+    assert back.conditioner.table.layout == "aligned"
+    with torch.no_grad():
+        torch.testing.assert_close(back(image[:1], ["aorta", "pancreas"]), new(image[:1], ["aorta", "pancreas"]))
+
+    old = make_model(seed=6, dataset_classes=TABLE).eval()
+    save_checkpoint(old, tmp_path / "old", config)
+    meta = json.loads((tmp_path / "old" / "checkpoint.json").read_text())
+    del meta["config"]["conditioner"]["channel_layout"]  # as written before the option existed
+    (tmp_path / "old" / "checkpoint.json").write_text(json.dumps(meta))
+    back = load_checkpoint(tmp_path / "old").eval()
+    assert back.conditioner.table.layout == "position"
+    with torch.no_grad():
+        torch.testing.assert_close(back(image[:1], ["aorta", "pancreas"]), old(image[:1], ["aorta", "pancreas"]))

@@ -78,14 +78,17 @@ def sat_checkpoint(model: OfficialSAT, path: Path, device: str | torch.device = 
     return Checkpoint(model.eval().to(device), config, model.class_names, model.taxonomy, plans, meta, path)
 
 
-def _without_absent_uniseg_head(config: dict, state: dict) -> dict:
-    """A UniSeg checkpoint saved before `head_width` existed (or on a backbone already that wide)
-    has no `pre_head` weights: rebuild it with `head_width: 0` so it loads as it was trained."""
+def _uniseg_as_trained(config: dict, state: dict) -> dict:
+    """UniSeg checkpoints saved before `head_width` existed (or on a backbone already that wide)
+    have no `pre_head` weights: rebuild them with `head_width: 0`, as they were trained. (Newer
+    settings, e.g. `channel_layout`, are recorded in every checkpoint: `store.with_conditioner_state`.)"""
     cond = config.get("conditioner")
-    if (not isinstance(cond, dict) or cond.get("name") != "uniseg" or "head_width" in cond
-            or any(".pre_head." in k for k in state)):
+    if not isinstance(cond, dict) or cond.get("name") != "uniseg":
         return config
-    return {**config, "conditioner": {**cond, "head_width": 0}}
+    cond = dict(cond)
+    if "head_width" not in cond and not any(".pre_head." in k for k in state):
+        cond["head_width"] = 0
+    return {**config, "conditioner": cond}
 
 
 def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify: bool = True,
@@ -121,7 +124,7 @@ def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify
     taxonomy = taxonomy_from_record(meta.get("taxonomy"), str(ckpt))
     shape = meta.get("embedding_shape")
     embeddings = torch.zeros(*shape) if shape else None
-    config = _without_absent_uniseg_head(meta["config"], state)
+    config = _uniseg_as_trained(meta["config"], state)
     model = uniseg_model(taxonomy) if is_uniseg_config(config) else build_model(
         config, meta["class_names"], embeddings=embeddings, in_channels=meta.get("in_channels", 1), taxonomy=taxonomy)
     load_state_strict(model, state, str(ckpt))

@@ -64,6 +64,17 @@ def _family(directory: Path) -> list[Path]:
     return [directory, directory.with_name(name + ".old"), *tmps]
 
 
+def with_conditioner_state(run_config: dict[str, Any], model) -> dict[str, Any]:
+    """The run config with what the model's conditioner must record to be rebuilt as it is
+    (`config_updates()`: e.g. UniSeg's dataset table and channel layout), so a checkpoint describes
+    its own model whatever config the caller passed."""
+    cond = run_config.get("conditioner") if isinstance(run_config, dict) else None
+    updates = getattr(getattr(model, "conditioner", None), "config_updates", None)
+    if not isinstance(cond, dict) or not callable(updates):
+        return run_config
+    return {**run_config, "conditioner": {**cond, **updates()}}
+
+
 def save_checkpoint(
     model,
     directory: str | Path,
@@ -90,7 +101,7 @@ def save_checkpoint(
             "in_channels": int(getattr(model.backbone, "in_channels", 1)),
             "taxonomy": taxonomy_record(model.taxonomy),
             "sha256": sha256(tmp / WEIGHTS),
-            "config": run_config,
+            "config": with_conditioner_state(run_config, model),
             **(extra or {}),
         }
         if training_state is not None:

@@ -152,7 +152,8 @@ class Conditioner(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} cannot add classes")
 
     def config_updates(self) -> dict[str, Any]:
-        """Conditioner config entries a checkpoint must save after `add_classes` (default none)."""
+        """Conditioner config entries every checkpoint saves (`checkpoint.store.with_conditioner_state`):
+        what rebuilds this conditioner as it is, e.g. after `add_classes` (default none)."""
         return {}
 
     # -- per-class parts (continual learning, fine-tuning) -------------------------------------

@@ -302,8 +302,10 @@ class HermesConditioner(Conditioner):
         return out
 
     def config_updates(self) -> dict[str, Any]:
-        """Conditioner config entries to save after `add_classes` (dataset table, dataset mode's tasks)."""
-        out: dict[str, Any] = {"dataset_classes": self.table.as_config()}
+        """Conditioner config entries a checkpoint saves (dataset table, the context, dataset mode's
+        tasks): with the table recorded, `context` must be too, or a "group" model would reload as
+        "dataset"."""
+        out: dict[str, Any] = {"dataset_classes": self.table.as_config(), "context": self.context}
         if self.task_mode == "dataset":
             out["tasks"] = [[d, c] for d, c in self.tasks]
         return out
