@@ -96,7 +96,8 @@ DEFAULT_VALIDATION: dict[str, Any] = {
 #: method recipe (models/conditioners/recipes.yaml, applied by train/recipes.py); `recipe` names
 #: another method whose recipe to use. A run YAML sets any of them to override its recipe.
 RECIPE_KEYS = ("recipe", "optimizer", "lr", "weight_decay", "momentum", "warmup_steps", "schedule",
-               "schedule_power", "final_lr_ratio", "ema", "clip_grad", "dataset_sampling", "max_queries")
+               "schedule_power", "final_lr_ratio", "ema", "clip_grad", "dataset_sampling", "max_queries",
+               "negative_ratio")
 OPTIMIZERS = ("adamw", "sgd", "lamb")
 SCHEDULES = ("cosine", "poly", "exponential", "constant")
 DATASET_SAMPLING = ("uniform", "sqrt", "proportional")
@@ -202,6 +203,8 @@ def check_recipe(t: Mapping[str, Any], where: str = "train.") -> None:
         _number(t["final_lr_ratio"], where + "final_lr_ratio", open_low=True, high=1.0 + 1e-12)
     if given("max_queries"):
         _positive_int(t["max_queries"], where + "max_queries")
+    if given("negative_ratio") and t["negative_ratio"] != "all":
+        _number(t["negative_ratio"], where + "negative_ratio")
     w = t.get("warmup_steps")
     if w is not None and not ((isinstance(w, int) and not isinstance(w, bool) and w >= 0)
                               or (isinstance(w, float) and 0 <= w < 1)):

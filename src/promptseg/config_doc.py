@@ -64,6 +64,8 @@ MEANINGS = {
     "train.num_threads": "torch CPU threads (null: OMP_NUM_THREADS or the cores available)",
     "train.aux_loss_weight": "weight of a conditioner's auxiliary loss (null: the method's own)",
     "train.max_queries": "classes queried per sample (SAT's positive-first sampling)",
+    "train.negative_ratio": "annotated classes absent from a sample's crop that count in its loss, per class "
+                            "present: a number (SAT: 0.5) or all",
     "train.workers": "processes that fill the preprocessing cache",
     "inference.window": "sliding-window size (voxels of the plan's grid)",
     "inference.overlap": "window overlap, in [0, 1)",

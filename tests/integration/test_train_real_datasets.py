@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import yaml
 
@@ -20,7 +21,10 @@ from promptseg.train import trainer as trainer_module
 from test_datasets_real import build_real_folders  # this folder is on sys.path (pytest prepend mode)
 
 
-def test_train_reads_the_manifests_annotated_sets(shared_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("negative_ratio", [None, 0.0])
+def test_train_reads_the_manifests_annotated_sets(shared_data, tmp_path, monkeypatch, negative_ratio):
+    """negative_ratio None (the Universal recipe's "all"): the loss trusts every annotated pair;
+    0.0 (SAT's rule with no negatives): only the pairs whose class is in the sample's crop."""
     folders = build_real_folders(shared_data, tmp_path / "raw", extra=False)
     for folder in folders.values():
         assert main(["data", "add", str(folder)]) == 0, folder
@@ -38,7 +42,7 @@ def test_train_reads_the_manifests_annotated_sets(shared_data, tmp_path, monkeyp
         "backbone": {"name": "unet", "preset": "small"},
         "conditioner": {"name": "universal", "head": "mlp", "text_encoder": "minilm"},
         "train": {"steps": 4, "batch_size": 2, "patch_size": [32, 32, 16], "lr": 0.002, "warmup_steps": 1,
-                  "checkpoint_every": 100, "num_threads": 1, "max_queries": 32},
+                  "checkpoint_every": 100, "num_threads": 1, "max_queries": 32, "negative_ratio": negative_ratio},
         "inference": {"window": [32, 32, 16], "overlap": 0.0},
     }
     yml = tmp_path / "run.yaml"
@@ -49,7 +53,8 @@ def test_train_reads_the_manifests_annotated_sets(shared_data, tmp_path, monkeyp
 
     def spy_classes(classes, batch, max_queries, rng, conditioner=None):
         names = real_classes(classes, batch, max_queries, rng, conditioner)
-        steps.append([list(batch.datasets), names, None])
+        present = batch.targets[:, [classes.index(n) for n in names]].flatten(2).amax(-1) > 0
+        steps.append([list(batch.datasets), names, None, present])
         return names
 
     def spy_loss(logits, targets, mask):
@@ -65,11 +70,15 @@ def test_train_reads_the_manifests_annotated_sets(shared_data, tmp_path, monkeyp
         torch.set_num_threads(n)
 
     assert len(steps) == 4
-    for datasets, names, mask in steps:
+    for datasets, names, mask, present in steps:
         assert mask.shape == (2, len(names))
         for b, ds in enumerate(datasets):
             trusted = {name for k, name in enumerate(names) if bool(mask[b, k])}
-            assert trusted == annotated[ds] & set(names), (ds, names, mask[b])
+            if negative_ratio is None:
+                assert trusted == annotated[ds] & set(names), (ds, names, mask[b])
+            else:
+                here = {name for k, name in enumerate(names) if bool(present[b, k])} & annotated[ds]
+                assert trusted == here if here else trusted <= annotated[ds], (ds, names, mask[b], here)
         # a step asks only for classes some sample of it annotates
         assert set(names) <= set().union(*(annotated[ds] for ds in datasets))
 

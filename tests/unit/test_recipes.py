@@ -22,6 +22,7 @@ def test_every_method_has_its_papers_recipe():
     assert h["optimizer"] == "lamb" and h["ema"] > 0 and h["clip_grad"] > 0 and h["warmup_steps"] == 20
     sat = apply_recipe(_cfg("sat"))["train"]
     assert (sat["optimizer"], sat["lr"], sat["dataset_sampling"]) == ("adamw", 1e-4, "sqrt")
+    assert sat["negative_ratio"] == 0.5 and u["negative_ratio"] == "all"  # SAT caps a sample's negatives
 
 
 def test_run_yaml_overrides_any_recipe_key_and_can_borrow_a_recipe():

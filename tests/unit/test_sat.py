@@ -288,6 +288,32 @@ def test_sample_queries_positive_first():
         sample_queries(annotated, present, max_queries=0)
 
 
+def test_loss_pairs_keep_each_samples_positives_and_cap_its_negatives():
+    """SAT's rule per sample of a step: every positive pair, at most int(r * P) annotated negatives,
+    never an unannotated class; a sample without positives keeps negatives only; "all" = annotated."""
+    import numpy as np
+
+    from promptseg.config import check_recipe
+    from promptseg.models.conditioners.queries import loss_pairs
+
+    annotated = np.array([[1] * 10, [1, 1, 1, 0, 0, 0, 0, 0, 0, 0], [1] * 4 + [0] * 6], dtype=bool)
+    present = np.zeros_like(annotated)
+    present[0, [1, 4, 7, 9]] = True
+    present[1, [0, 5]] = True    # class 5 is present but sample 1's dataset does not annotate it
+    keep = loss_pairs(annotated, present, 0.5, 32, np.random.default_rng(0))
+    assert not (keep & ~annotated).any()
+    assert (keep[0] & present[0]).sum() == 4 and (keep[0] & ~present[0]).sum() == 2
+    assert keep[1, 0] and not keep[1, 5] and (keep[1] & ~present[1]).sum() == 0   # int(0.5 * 1) = 0 negatives
+    assert keep[2].sum() == 4 and not (keep[2] & present[2]).any()                  # no positive: negatives
+    assert np.array_equal(loss_pairs(annotated, present, 0.5, 2, np.random.default_rng(0))[2].sum(), 2)
+    assert np.array_equal(loss_pairs(annotated, present, "all", 32, np.random.default_rng(0)), annotated)
+    again = loss_pairs(annotated, present, 0.5, 32, np.random.default_rng(0))
+    assert np.array_equal(again, keep)                                               # reproducible from the rng
+    check_recipe({"negative_ratio": "all"})
+    with pytest.raises(ConfigError, match="negative_ratio"):
+        check_recipe({"negative_ratio": -1})
+
+
 def test_prompt_batch_indices_and_free_text_share_embeddings(model):
     """A known class gets its stored row whether the index is given or not."""
     cond = model.conditioner

@@ -21,7 +21,7 @@ from ..data.augment import build_augmenter
 from ..data.loader import batch_stream
 from ..errors import CheckpointError, ConfigError
 from ..models.build import with_dataset_classes
-from ..models.conditioners.queries import training_queries
+from ..models.conditioners.queries import loss_pairs, training_queries
 from ..preprocess import modality_plans
 from ..io.atomic import atomic_write
 from ..runtime import resolve_device
@@ -270,7 +270,12 @@ class Trainer:
                                               batch_size=batch.image.shape[0])
             image = amp.input_to(batch.image, self.device, self.channels_last)
             targets = batch.targets[:, idx].to(self.device, non_blocking=True)
-            annotated = batch.annotated[:, idx].to(self.device)
+            annotated = batch.annotated[:, idx]
+            if t["negative_ratio"] != "all":  # SAT: a sample's positives + some of its negatives
+                present = batch.targets[:, idx].flatten(2).amax(-1) > 0
+                annotated = torch.from_numpy(loss_pairs(annotated.numpy(), present.numpy(), t["negative_ratio"],
+                                                        int(t["max_queries"]), self.query_rng))
+            annotated = annotated.to(self.device)
             sync = micro == accumulate - 1
             with self.dist.no_sync(self.net, sync):
                 with self.amp.autocast():

@@ -71,3 +71,28 @@ def training_queries(classes: Sequence[str], annotated: np.ndarray, present: np.
         keep = set(rng.choice(len(picked), max_queries, replace=False).tolist())
         picked = [c for j, c in enumerate(picked) if j in keep]
     return picked
+
+
+def loss_pairs(annotated: np.ndarray, present: np.ndarray, negative_ratio: float | str, max_queries: int,
+               rng: np.random.Generator) -> np.ndarray:
+    """[B, K] bool: the (sample, class) pairs of one step that count in the loss.
+
+    `annotated`, `present`: [B, K] over the step's queried classes. "all": every annotated pair
+    (a negative -- annotated, absent from the crop -- is a real all-zero target). A number r: each
+    sample keeps SAT's per-sample draw (`sample_queries`: its positives plus at most int(r * P)
+    of its negatives; a sample without positives, at most `max_queries` negatives), so a crop
+    holding one organ of a 20-class dataset is not trained 19 times on "nothing here" for each
+    time on the organ. Drawn from `rng`, so a resumed run draws the same pairs.
+    """
+    annotated = np.asarray(annotated, dtype=bool)
+    if negative_ratio == "all":
+        return annotated.copy()
+    keep = np.zeros_like(annotated)
+    seed = int(rng.integers(2**31))
+    cols = np.arange(annotated.shape[1])
+    for b in range(annotated.shape[0]):
+        mine = cols[annotated[b]].tolist()
+        here = cols[annotated[b] & np.asarray(present[b], dtype=bool)].tolist()
+        chosen = sample_queries(mine, here, max_queries, rng=seed + b, neg_ratio=float(negative_ratio))
+        keep[b, chosen] = True
+    return keep
