@@ -271,7 +271,7 @@ class Trainer:
             image = amp.input_to(batch.image, self.device, self.channels_last)
             targets = batch.targets[:, idx].to(self.device, non_blocking=True)
             annotated = batch.annotated[:, idx]
-            if t["negative_ratio"] != "all":  # SAT: a sample's positives + some of its negatives
+            if t["negative_ratio"] != "all":  # the recipe caps each sample's negative pairs
                 present = batch.targets[:, idx].flatten(2).amax(-1) > 0
                 annotated = torch.from_numpy(loss_pairs(annotated.numpy(), present.numpy(), t["negative_ratio"],
                                                         int(t["max_queries"]), self.query_rng))
