@@ -42,7 +42,7 @@ class DatasetTable:
         self.layout = layout
         self.datasets: list[str] = []
         self.classes: list[list[str]] = []
-        self.slots: dict[str, int] = {}                 # aligned: each class's channel
+        self.slots: dict[str, int] = {}                 # aligned / class: each class's channel
         self.moved: dict[tuple[int, str], int] = {}     # aligned: (task, class) whose slot a later add took
         if table:
             if not isinstance(table, Mapping):
@@ -100,7 +100,7 @@ class DatasetTable:
     @property
     def width(self) -> int:
         """Channels of the head: the largest label set ("position"), or one past the highest
-        channel ("aligned")."""
+        channel ("aligned", "class")."""
         return max((max((self.channel(t, c) for c in cs), default=0) + 1 for t, cs in enumerate(self.classes)),
                    default=1)
 
