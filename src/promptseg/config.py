@@ -97,7 +97,7 @@ DEFAULT_VALIDATION: dict[str, Any] = {
 #: another method whose recipe to use. A run YAML sets any of them to override its recipe.
 RECIPE_KEYS = ("recipe", "optimizer", "lr", "weight_decay", "momentum", "warmup_steps", "schedule",
                "schedule_power", "final_lr_ratio", "ema", "clip_grad", "dataset_sampling", "max_queries",
-               "negative_ratio")
+               "negative_ratio", "head_lr_scale")
 OPTIMIZERS = ("adamw", "sgd", "lamb")
 SCHEDULES = ("cosine", "poly", "exponential", "constant")
 DATASET_SAMPLING = ("uniform", "sqrt", "proportional")
@@ -194,6 +194,8 @@ def check_recipe(t: Mapping[str, Any], where: str = "train.") -> None:
     for key in ("lr", "weight_decay", "clip_grad"):
         if given(key):
             _number(t[key], where + key)
+    if given("head_lr_scale"):
+        _number(t["head_lr_scale"], where + "head_lr_scale", open_low=True)
     if given("schedule_power"):
         _number(t["schedule_power"], where + "schedule_power", open_low=True)
     for key in ("momentum", "ema"):

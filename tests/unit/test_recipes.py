@@ -23,6 +23,7 @@ def test_every_method_has_its_papers_recipe():
     sat = apply_recipe(_cfg("sat"))["train"]
     assert (sat["optimizer"], sat["lr"], sat["dataset_sampling"]) == ("adamw", 1e-4, "sqrt")
     assert sat["negative_ratio"] == 0.5 and u["negative_ratio"] == "all"  # SAT caps a sample's negatives
+    assert s["head_lr_scale"] == 30 and u["head_lr_scale"] == 1.0  # UniSeg's static head learns faster
 
 
 def test_run_yaml_overrides_any_recipe_key_and_can_borrow_a_recipe():
@@ -113,3 +114,39 @@ def test_trainer_uses_the_recipe_saves_the_average_and_resumes_it(tmp_path):
     assert torch.equal(saved[name], ema[name].detach().cpu())
     assert not torch.equal(saved[name], raw_weights[name].detach().cpu())
     assert load_training_state(out.parent / "last")["ema"] is not None
+
+
+def test_head_lr_scale_speeds_up_only_the_static_read_out():
+    """UniSeg's 1x1x1 heads (pre-head, head, deep-supervision heads) get lr x head_lr_scale, the
+    rest the recipe's lr, and the schedule scales both; at scale 1, or for a conditioner whose head
+    is generated (Universal Model), the optimiser has the one group it always had."""
+    from promptseg.models.build import build_model
+    from promptseg.train.recipes import build_scheduler, scale_head_lr
+
+    classes = ["liver", "spleen", "pancreas"]
+    cfg = resolve_config({"conditioner": {"name": "uniseg", "dataset_classes": {"A": ["liver"], "B": ["spleen", "pancreas"]}},
+                          "backbone": {"name": "unet", "preset": "small"},
+                          "train": {"steps": 100, "recipe": "cpu-short", "head_lr_scale": 30}})
+    t = apply_recipe(cfg)["train"]
+    model = build_model(cfg, classes)
+    head = model.conditioner.head_parameters()
+    c = model.conditioner
+    expected = {id(p) for m in (c.pre_head, c.head, *c.ds_heads.values()) for p in m.parameters()}
+    assert {id(p) for p in head} == expected and len(c.ds_heads) >= 1
+    opt = build_optimizer(scale_head_lr(list(model.parameters()), head, t), t)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([t["lr"], 30 * t["lr"]])
+    assert {id(p) for p in opt.param_groups[1]["params"]} == expected
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    sched = build_scheduler(opt, t)
+    for _ in range(50):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[1]["lr"] == pytest.approx(30 * opt.param_groups[0]["lr"])
+
+    one = build_optimizer(scale_head_lr(list(model.parameters()), head, {**t, "head_lr_scale": 1.0}), t)
+    assert len(one.param_groups) == 1
+    universal = build_model(resolve_config({"conditioner": {"name": "onehot"}, "backbone": {"name": "unet", "preset": "small"}}),
+                            classes)
+    assert universal.conditioner.head_parameters() == []
+    with pytest.raises(ConfigError, match="train.head_lr_scale"):
+        _cfg("uniseg", head_lr_scale=0)

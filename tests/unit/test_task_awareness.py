@@ -16,18 +16,12 @@ import torch
 from promptseg.config import resolve_config
 from promptseg.train.trainer import Trainer
 
-# conditioner section, optimiser: each method's paper recipe (UniSeg: SGD 1e-2, momentum 0.99,
-# Nesterov, poly decay -- its linear head barely moves in 60 AdamW 2e-3 steps; Hermes: AdamW).
-METHODS = {"uniseg": ({"name": "uniseg"}, "sgd"), "hermes": ({"name": "hermes"}, "adamw")}
+# conditioner section of each method: both train with the CPU recipe (AdamW 2e-3, no EMA; for
+# UniSeg its static head at lr x head_lr_scale), not a paper's long schedule.
+METHODS = {"uniseg": {"name": "uniseg"}, "hermes": {"name": "hermes"}}
 
 
-def paper_optimiser(trainer: Trainer, kind: str) -> None:
-    """UniSeg's nnU-Net recipe in place of the trainer's AdamW (until per-method recipes land)."""
-    if kind == "sgd":
-        trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.01, momentum=0.99, nesterov=True,
-                                            weight_decay=3e-5)
-        trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda s: (1 - s / STEPS) ** 0.9)
-STEPS = 60
+STEPS = 100  # UniSeg's spleen mask is still empty after 60 (its logits already rank it)
 ORGANS = "PhantomC_organs"  # annotates liver, spleen, both kidneys, pancreas, aorta
 
 
@@ -51,14 +45,13 @@ def trained(request, data):
     raw = {
         "seed": 0, "datasets": [{"path": d} for d in datasets], "output": str(root / request.param),
         "plan": {"name": "universal_ct", "spacing": None}, "backbone": {"name": "unet", "preset": "small"},
-        "conditioner": METHODS[request.param][0], "cache_dir": str(root / "cache"),
+        "conditioner": METHODS[request.param], "cache_dir": str(root / "cache"),
         "train": {"steps": STEPS, "batch_size": 2, "patch_size": [32, 32, 32], "lr": 0.002, "warmup_steps": 5,
                   "checkpoint_every": 1000, "num_threads": 1, "max_queries": 6, "rot90_prob": 0.0,
                   # a 60-step test: the CPU recipe (AdamW, no EMA), not a paper's long schedule
                   "recipe": "cpu-short"},
     }
     trainer = Trainer(resolve_config(raw), device="cpu", progress=False)
-    paper_optimiser(trainer, METHODS[request.param][1])
     trainer.run()
     case = next(c for c in trainer.cases if c.dataset == ORGANS)
     crop = tuple(slice(0, s - s % 16) for s in case.image.shape[1:])
@@ -81,14 +74,8 @@ def test_the_run_records_which_classes_each_dataset_annotates(trained):
     assert table[ORGANS] == classes and table["PhantomA_liver"] == ["liver", "liver tumor"]
 
 
-def _known_gap(method: str) -> None:
-    if method == "uniseg":  # measured: after 60 steps every UniSeg logit is still < 0 (positives -0.7 vs -1.0)
-        pytest.xfail("UniSeg's head does not yet learn the phantom classes in a 60-step CPU run (issue 17)")
-
-
 def test_two_prompts_give_their_own_masks(trained):
     method, _, logits, targets, classes = trained
-    _known_gap(method)
     a, b = classes.index("liver"), classes.index("spleen")
     masks = logits > 0
     assert (masks[a] != masks[b]).mean() > 0.01, f"{method}: liver and spleen masks are the same"
@@ -99,7 +86,6 @@ def test_two_prompts_give_their_own_masks(trained):
 
 def test_no_class_dies(trained):
     method, _, logits, targets, classes = trained
-    _known_gap(method)
     for k, name in enumerate(classes):
         pos, neg = logits[k][targets[k]], logits[k][~targets[k]]
         assert pos.size, name

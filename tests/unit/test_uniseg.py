@@ -323,7 +323,7 @@ def test_checkpoints_record_the_layout_and_old_ones_load_by_position(image, tmp_
     with torch.no_grad():
         torch.testing.assert_close(back(image[:1], ["aorta", "pancreas"]), new(image[:1], ["aorta", "pancreas"]))
 
-    old = make_model(seed=6, dataset_classes=TABLE).eval()
+    old = make_model(seed=6, dataset_classes=TABLE, channel_layout="position").eval()
     save_checkpoint(old, tmp_path / "old", config)
     meta = json.loads((tmp_path / "old" / "checkpoint.json").read_text())
     del meta["config"]["conditioner"]["channel_layout"]  # as written before the option existed

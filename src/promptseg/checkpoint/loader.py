@@ -80,14 +80,16 @@ def sat_checkpoint(model: OfficialSAT, path: Path, device: str | torch.device = 
 
 def _uniseg_as_trained(config: dict, state: dict) -> dict:
     """UniSeg checkpoints saved before `head_width` existed (or on a backbone already that wide)
-    have no `pre_head` weights: rebuild them with `head_width: 0`, as they were trained. (Newer
-    settings, e.g. `channel_layout`, are recorded in every checkpoint: `store.with_conditioner_state`.)"""
+    have no `pre_head` weights: rebuild them with `head_width: 0`, as they were trained; those saved
+    before `channel_layout` existed were "position" models (the default is now "class"; every newer
+    checkpoint records its layout: `store.with_conditioner_state`)."""
     cond = config.get("conditioner")
     if not isinstance(cond, dict) or cond.get("name") != "uniseg":
         return config
     cond = dict(cond)
     if "head_width" not in cond and not any(".pre_head." in k for k in state):
         cond["head_width"] = 0
+    cond.setdefault("channel_layout", "position")  # the only layout before the option existed
     return {**config, "conditioner": cond}
 
 

@@ -63,7 +63,7 @@ from ..config import (
     resolve_config,
     section,
 )
-from .recipes import build_optimizer
+from .recipes import build_optimizer, scale_head_lr
 from .trainer import Trainer, class_list, load_datasets
 
 #: Parts of a run that are the model's architecture: they come from the checkpoint.
@@ -352,7 +352,7 @@ class ExtensionTrainer(Trainer):
         groups = [{"params": decay, "weight_decay": float(t["weight_decay"])}]
         if fixed:
             groups.append({"params": fixed, "weight_decay": 0.0})
-        return build_optimizer(groups, t)
+        return build_optimizer(scale_head_lr(groups, self.model.conditioner.head_parameters(), t), t)
 
     def train_mode(self) -> None:
         super().train_mode()

@@ -88,6 +88,29 @@ def build_optimizer(params: Iterable, t: Mapping[str, Any]) -> torch.optim.Optim
     raise ConfigError(f"train.optimizer must be adamw, sgd or lamb, got {name!r}")
 
 
+def scale_head_lr(groups: Iterable, head: Iterable[torch.nn.Parameter], t: Mapping[str, Any]) -> list:
+    """Parameter groups with the conditioner's static read-out (`head`) split off at
+    lr x `head_lr_scale`; unchanged (same groups, same optimizer state layout) at scale 1.
+    `groups`: tensors or parameter-group dicts."""
+    groups = list(groups)
+    scale = float(t.get("head_lr_scale") or 1.0)
+    if scale == 1.0:
+        return groups
+    if groups and isinstance(groups[0], torch.Tensor):
+        groups = [{"params": groups}]
+    ids = {id(p) for p in head}
+    out = []
+    for g in groups:
+        params = list(g["params"])
+        rest = [p for p in params if id(p) not in ids]
+        mine = [p for p in params if id(p) in ids]
+        if rest:
+            out.append({**g, "params": rest})
+        if mine:
+            out.append({**g, "params": mine, "lr": float(g.get("lr", t["lr"])) * scale})
+    return out
+
+
 def lr_multiplier(step: int, t: Mapping[str, Any]) -> float:
     """LR factor at `step`: linear warm-up, then the recipe's decay over the remaining steps."""
     warm, total = int(t["warmup_steps"]), int(t["steps"])

@@ -27,7 +27,7 @@ from ..io.atomic import atomic_write
 from ..runtime import resolve_device
 from ..taxonomy import Taxonomy, default_taxonomy, load_taxonomy
 from .losses import masked_bce_dice, with_deep_supervision
-from .recipes import apply_recipe, build_ema, build_optimizer, build_scheduler
+from .recipes import apply_recipe, build_ema, build_optimizer, build_scheduler, scale_head_lr
 from .validate import split_cases, validate
 
 
@@ -168,8 +168,11 @@ class Trainer:
         return build_model(self.config, self.classes, in_channels=in_channels, taxonomy=self.taxonomy)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        """The recipe's optimiser over the parameters that require gradients (all in plain training)."""
-        return build_optimizer([p for p in self.model.parameters() if p.requires_grad], self.config["train"])
+        """The recipe's optimiser over the parameters that require gradients (all in plain training);
+        the conditioner's static read-out at lr x `head_lr_scale`."""
+        t = self.config["train"]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return build_optimizer(scale_head_lr(params, self.model.conditioner.head_parameters(), t), t)
 
     def train_mode(self) -> None:
         """Put the network in training mode before each step."""

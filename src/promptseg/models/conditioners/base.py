@@ -151,6 +151,13 @@ class Conditioner(nn.Module):
         per-dataset tasks). A method ignores what it does not use."""
         raise NotImplementedError(f"{type(self).__name__} cannot add classes")
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The static read-out that maps decoder features to logits (e.g. a 1x1x1 conv head), whose
+        learning rate the recipe's `head_lr_scale` multiplies. A head whose weights are *generated*
+        (the Universal Model's controller, SAT's query MLP) needs none: its generator already moves
+        it many times faster than a plain weight under Adam. Default: none."""
+        return []
+
     def config_updates(self) -> dict[str, Any]:
         """Conditioner config entries every checkpoint saves (`checkpoint.store.with_conditioner_state`):
         what rebuilds this conditioner as it is, e.g. after `add_classes` (default none)."""

@@ -17,15 +17,21 @@ What the papers and the UniSeg code (Upstream/.../Prompt_generic_UNet.py) fix, a
 A task is a DATASET (the paper's definition), read from `dataset_classes` (dataset -> the classes
 it annotates; the trainer fills it from the manifests, see `datasets.DatasetTable`):
 - FUSE outputs N = number of datasets task channels; a sample's own dataset's channel is selected;
-- the head is a 1x1x1 conv with a channel per label of a dataset (M >= the largest label set),
-  so class identity lives in the head's output channel, not only in the one bottleneck channel.
-  `channel_layout` "position" (default; UniSeg's code) uses the class's place in its dataset's
-  list, so one channel is the spleen in one dataset and the liver in another and only the task
-  prompt tells them apart; "aligned" gives a class the same channel in every dataset that
-  annotates it; "class" one channel per class. Measured on the phantom bench's 4 datasets (300
-  steps, cpu-short recipe, held-out phantoms): mean Dice position 0.27, aligned 0.17, class 0.21,
-  class without the task prior 0.21 -- the layout is not what holds UniSeg back there (every
-  layout learns liver, some learn pancreas or the kidneys), so the paper's layout stays.
+- the head is a 1x1x1 conv over per-class channels. `channel_layout` "class" (default) gives
+  every class a channel of its own; "position" (UniSeg's code) uses the class's place in its
+  dataset's list, so one channel is the spleen in one dataset and the liver in another and only
+  the task prompt tells them apart; "aligned" gives a class the same channel in every dataset
+  that annotates it. The task (FUSE channel) is the sample's dataset in every layout.
+- the static head learns at lr x `head_lr_scale` (the recipe key; `head_parameters`). Why both
+  (phantom bench: 4 partially labelled datasets, small U-Net, 300 steps, AdamW 2e-3, held-out
+  phantoms; session 8 of issue 17): at the backbone's lr the head is what is slow -- position
+  0.27, class 0.21 mean Dice; the same class-layout model whose 8-8-1 head weights are produced
+  by a per-class MLP (as the Universal Model's are) 0.63, with the same head as plain weights
+  0.11; a plain head at lr x 30: position 0.51, **class 0.82 (seed 1: 0.82)**. A generator
+  moves its output ~||h||_1 times faster than Adam moves a weight; the scale gives the plain
+  head that speed without changing the model. With a fast head, a channel per class beats
+  sharing channels across datasets (0.82 vs 0.51), so "class" is the default and the paper's
+  "position" an option (checkpoints that predate the option load as "position").
   Each channel is a sigmoid (binary) map:
   promptseg's classes overlap (an organ includes its tumours), which a softmax over a dataset's
   classes cannot express, so the masked BCE + Dice loss is kept (the paper: softmax, Dice + CE);
@@ -167,7 +173,7 @@ class UniSegConditioner(Conditioner):
         dataset_classes: dict[str, Sequence[str]] | None = None,
         deep_supervision: bool = True,
         head_width: int = 32,
-        channel_layout: str = "position",
+        channel_layout: str = "class",
     ):
         super().__init__(class_names)
         if len(set(self.class_names)) != len(self.class_names):
@@ -248,6 +254,11 @@ class UniSegConditioner(Conditioner):
 
     def _heads(self) -> list[ChannelHead]:
         return [self.head, *self.ds_heads.values()] if self.head is not None else []
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The static read-out: pre-head, head and deep-supervision heads (`head_lr_scale`)."""
+        mods = [m for m in (self.pre_head, *self._heads()) if m is not None]
+        return [p for m in mods for p in m.parameters()]
 
     # -- per forward ----------------------------------------------------------------------------------
     def prepare(self, prompts: PromptBatch, batch_size: int) -> Context:
@@ -335,14 +346,19 @@ class UniSegConditioner(Conditioner):
     # -- continual learning --------------------------------------------------------------------------
     def class_parameters(self) -> dict[str, list[ClassPart]]:
         """Each class owns the row of its (default) dataset in the task channels (FUSE output
-        filter, bias, norm affine); classes of one dataset share it."""
+        filter, bias, norm affine; classes of one dataset share it) and, in the "class" layout,
+        its own rows of the heads."""
         keys = [f"task_channels.{k}" for k in ("weight", "bias", "norm_weight", "norm_bias")]
         if self.task_channels is None:
             return {n: [] for n in self.class_names}
+        heads = ["head"] + [f"ds_heads.{k}" for k in self.ds_heads]
         out = {}
         for n in self.class_names:
             t = self.table.default(n)
             out[n] = [ClassPart(k, slice(t, t + 1)) for k in keys]
+            if self.table.layout == "class":  # its own head channel (other layouts share channels)
+                c = self.table.channel(t, n)
+                out[n] += [ClassPart(f"{h}.{w}", slice(c, c + 1)) for h in heads for w in ("weight", "bias")]
         return out
 
     def config_updates(self) -> dict:
