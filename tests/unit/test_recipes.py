@@ -24,6 +24,7 @@ def test_every_method_has_its_papers_recipe():
     assert (sat["optimizer"], sat["lr"], sat["dataset_sampling"]) == ("adamw", 1e-4, "sqrt")
     assert sat["negative_ratio"] == 0.5 and u["negative_ratio"] == "all"  # SAT caps a sample's negatives
     assert s["head_lr_scale"] == 30 and u["head_lr_scale"] == 1.0  # UniSeg's static head learns faster
+    assert sat["head_lr_scale"] == 100  # and SAT's text projection
 
 
 def test_run_yaml_overrides_any_recipe_key_and_can_borrow_a_recipe():
@@ -148,5 +149,9 @@ def test_head_lr_scale_speeds_up_only_the_static_read_out():
     universal = build_model(resolve_config({"conditioner": {"name": "onehot"}, "backbone": {"name": "unet", "preset": "small"}}),
                             classes)
     assert universal.conditioner.head_parameters() == []
+    sat = build_model(resolve_config({"conditioner": {"name": "sat", "d_model": 32, "depth": 1, "heads": 2, "ffn_dim": 32},
+                                      "backbone": {"name": "unet", "preset": "small"}}), classes,
+                      embeddings=torch.randn(len(classes), 384))
+    assert {id(p) for p in sat.conditioner.head_parameters()} == {id(p) for p in sat.conditioner.text_proj.parameters()}
     with pytest.raises(ConfigError, match="train.head_lr_scale"):
         _cfg("uniseg", head_lr_scale=0)

@@ -152,10 +152,11 @@ class Conditioner(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} cannot add classes")
 
     def head_parameters(self) -> list[nn.Parameter]:
-        """The static read-out that maps decoder features to logits (e.g. a 1x1x1 conv head), whose
-        learning rate the recipe's `head_lr_scale` multiplies. A head whose weights are *generated*
-        (the Universal Model's controller, SAT's query MLP) needs none: its generator already moves
-        it many times faster than a plain weight under Adam. Default: none."""
+        """The plain weights that tell classes apart (a static 1x1x1 read-out head, a projection of
+        class-name embeddings into queries), whose learning rate the recipe's `head_lr_scale`
+        multiplies: at the backbone's lr they are what a short run learns last. A head whose weights
+        are *generated* per class (the Universal Model's controller MLPs) needs none: the generator
+        already moves them many times faster than Adam moves a weight. Default: none."""
         return []
 
     def config_updates(self) -> dict[str, Any]:

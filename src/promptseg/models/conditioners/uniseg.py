@@ -27,7 +27,8 @@ it annotates; the trainer fills it from the manifests, see `datasets.DatasetTabl
   phantoms; session 8 of issue 17): at the backbone's lr the head is what is slow -- position
   0.27, class 0.21 mean Dice; the same class-layout model whose 8-8-1 head weights are produced
   by a per-class MLP (as the Universal Model's are) 0.63, with the same head as plain weights
-  0.11; a plain head at lr x 30: position 0.51, **class 0.82 (seed 1: 0.82)**. A generator
+  0.11; a plain head at lr x 30: position 0.51, **class 0.82 (seed 1: 0.82)**; on phantoms of
+  another seed than the bench's, which chose nothing: position 0.55, class 0.83 / 0.80. A generator
   moves its output ~||h||_1 times faster than Adam moves a weight; the scale gives the plain
   head that speed without changing the model. With a fast head, a channel per class beats
   sharing channels across datasets (0.82 vs 0.51), so "class" is the default and the paper's
