@@ -155,3 +155,25 @@ def test_head_lr_scale_speeds_up_only_the_static_read_out():
     assert {id(p) for p in sat.conditioner.head_parameters()} == {id(p) for p in sat.conditioner.text_proj.parameters()}
     with pytest.raises(ConfigError, match="train.head_lr_scale"):
         _cfg("uniseg", head_lr_scale=0)
+
+
+def test_resuming_with_another_head_lr_scale_is_a_one_line_error(tmp_path):
+    """A run saved with one optimiser layout (e.g. started before `head_lr_scale` existed) and
+    resumed with a scale that splits off the head: a CheckpointError naming the key, not torch's."""
+    from promptseg.data.phantoms import make_phantom_datasets
+    from promptseg.errors import CheckpointError
+    from promptseg.train.trainer import Trainer
+
+    data = make_phantom_datasets(tmp_path / "data", seed=0, n_train=(0, 0, 1, 0), n_test=0, shape=(36, 36, 36))
+    raw = {"output": "run", "datasets": [str(data["PhantomC_organs"])], "plan": {"name": "universal_ct", "spacing": None},
+           "backbone": {"name": "unet", "preset": "small", "widths": [4, 8]}, "conditioner": {"name": "uniseg"},
+           "train": {"steps": 3, "batch_size": 1, "patch_size": [32, 32, 32], "checkpoint_every": 1, "num_threads": 1,
+                     "recipe": "cpu-short", "head_lr_scale": 1}}
+    n = torch.get_num_threads()
+    try:
+        Trainer(resolve_config(raw, tmp_path), device="cpu", progress=False).run(max_steps=1)
+        raw["train"]["head_lr_scale"] = 30
+        with pytest.raises(CheckpointError, match="head_lr_scale"):
+            Trainer(resolve_config(raw, tmp_path), device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(n)

@@ -89,9 +89,9 @@ def build_optimizer(params: Iterable, t: Mapping[str, Any]) -> torch.optim.Optim
 
 
 def scale_head_lr(groups: Iterable, head: Iterable[torch.nn.Parameter], t: Mapping[str, Any]) -> list:
-    """Parameter groups with the conditioner's static read-out (`head`) split off at
-    lr x `head_lr_scale`; unchanged (same groups, same optimizer state layout) at scale 1.
-    `groups`: tensors or parameter-group dicts."""
+    """Parameter groups with the conditioner's head parameters (`head`: Conditioner.head_parameters)
+    split off at lr x `head_lr_scale`; unchanged (same groups, same optimizer state layout) at
+    scale 1. `groups`: tensors or parameter-group dicts."""
     groups = list(groups)
     scale = float(t.get("head_lr_scale") or 1.0)
     if scale == 1.0:

@@ -169,7 +169,7 @@ class Trainer:
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """The recipe's optimiser over the parameters that require gradients (all in plain training);
-        the conditioner's static read-out at lr x `head_lr_scale`."""
+        the conditioner's head parameters at lr x `head_lr_scale`."""
         t = self.config["train"]
         params = [p for p in self.model.parameters() if p.requires_grad]
         return build_optimizer(scale_head_lr(params, self.model.conditioner.head_parameters(), t), t)
@@ -193,6 +193,12 @@ class Trainer:
             state = read_training_state(ckpt, meta)
             if state is None:
                 raise CheckpointError(f"{ckpt}: no training state to resume from")
+            saved_groups = len(state["optimizer"].get("param_groups", []))
+            if saved_groups != len(self.optimizer.param_groups):
+                raise CheckpointError(
+                    f"{ckpt}: its optimiser has {saved_groups} parameter group(s), this run's has "
+                    f"{len(self.optimizer.param_groups)}: was the run started with another train.head_lr_scale? "
+                    "(runs from before the key existed resume with head_lr_scale: 1)")
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.amp.load_state_dict(state.get("amp"))
