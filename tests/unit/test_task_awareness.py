@@ -48,7 +48,7 @@ def trained(request, data):
         "conditioner": METHODS[request.param], "cache_dir": str(root / "cache"),
         "train": {"steps": STEPS, "batch_size": 2, "patch_size": [32, 32, 32], "lr": 0.002, "warmup_steps": 5,
                   "checkpoint_every": 1000, "num_threads": 1, "max_queries": 6, "rot90_prob": 0.0,
-                  # a 60-step test: the CPU recipe (AdamW, no EMA), not a paper's long schedule
+                  # a short test: the CPU recipe (AdamW, no EMA), not a paper's long schedule
                   "recipe": "cpu-short"},
     }
     trainer = Trainer(resolve_config(raw), device="cpu", progress=False)

@@ -278,10 +278,11 @@ class Trainer:
             prompts = self.model.prompt_batch(names, modality=batch.modality, datasets=batch.datasets,
                                               batch_size=batch.image.shape[0])
             image = amp.input_to(batch.image, self.device, self.channels_last)
-            targets = batch.targets[:, idx].to(self.device, non_blocking=True)
+            asked = batch.targets[:, idx]
+            targets = asked.to(self.device, non_blocking=True)
             annotated = batch.annotated[:, idx]
             if t["negative_ratio"] != "all":  # the recipe caps each sample's negative pairs
-                present = batch.targets[:, idx].flatten(2).amax(-1) > 0
+                present = asked.flatten(2).amax(-1) > 0
                 annotated = torch.from_numpy(loss_pairs(annotated.numpy(), present.numpy(), t["negative_ratio"],
                                                         int(t["max_queries"]), self.query_rng))
             annotated = annotated.to(self.device)
