@@ -185,3 +185,47 @@ def test_build_model_from_config_and_state_dict_round_trip(image):
     assert torch.equal(b.conditioner.embeddings, emb)
     with torch.no_grad():
         assert torch.allclose(a(image), b(image))
+
+
+def test_text_norm_rescales_embeddings_and_old_checkpoints_load_as_trained(tmp_path):
+    """"rms" (the default) makes a class code blind to its embedding's length -- sentence encoders'
+    unit vectors count as much as the image half; "none" (official weights, checkpoints from
+    before the option) uses them as given, and a checkpoint without the key loads as "none"."""
+    import json
+
+    from promptseg.checkpoint import load_checkpoint, save_checkpoint
+    from promptseg.models.official import OFFICIAL_CONFIG
+
+    torch.manual_seed(0)
+    emb = torch.randn(2, 24)
+    rms = UniversalConditioner(["a", "b"], embeddings=emb)
+    raw = UniversalConditioner(["a", "b"], embeddings=emb, text_norm="none")
+    raw.text_proj.load_state_dict(rms.text_proj.state_dict())
+    idx = torch.tensor([0, 1])
+    assert rms.text_norm == "rms" and rms.config_updates() == {"text_norm": "rms"}
+    scaled = UniversalConditioner(["a", "b"], embeddings=emb / emb.norm(dim=-1, keepdim=True))
+    scaled.text_proj.load_state_dict(rms.text_proj.state_dict())
+    torch.testing.assert_close(scaled.task_codes(idx), rms.task_codes(idx))        # length does not matter
+    unit = emb * (24 ** 0.5 / emb.norm(dim=-1, keepdim=True))
+    torch.testing.assert_close(rms.task_codes(idx), F.relu(rms.text_proj(unit)))
+    torch.testing.assert_close(raw.task_codes(idx), F.relu(raw.text_proj(emb)))
+    assert not torch.allclose(raw.task_codes(idx), rms.task_codes(idx))
+    assert rms.head_parameters() == list(rms.text_proj.parameters())
+    assert all(c["conditioner"]["text_norm"] == "none" for c in OFFICIAL_CONFIG.values())
+    with pytest.raises(Exception, match="text_norm"):
+        UniversalConditioner(["a"], embeddings=emb[:1], text_norm="l2")
+
+    torch.manual_seed(1)
+    old = UniversalSegmenter(UNet(preset="small"), UniversalConditioner(NAMES, embeddings=torch.randn(4, 24),
+                                                                       text_norm="none")).eval()
+    save_checkpoint(old, tmp_path / "old", {"backbone": {"name": "unet", "preset": "small"},
+                                            "conditioner": {"name": "universal"}})
+    meta = json.loads((tmp_path / "old" / "checkpoint.json").read_text())
+    assert meta["config"]["conditioner"]["text_norm"] == "none"   # every new checkpoint records it
+    del meta["config"]["conditioner"]["text_norm"]                  # as written before the option
+    (tmp_path / "old" / "checkpoint.json").write_text(json.dumps(meta))
+    back = load_checkpoint(tmp_path / "old").eval()
+    assert back.conditioner.text_norm == "none"
+    x = torch.randn(1, 1, *SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x, ["liver", "spleen"]), old(x, ["liver", "spleen"]))

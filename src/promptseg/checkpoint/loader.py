@@ -78,15 +78,20 @@ def sat_checkpoint(model: OfficialSAT, path: Path, device: str | torch.device = 
     return Checkpoint(model.eval().to(device), config, model.class_names, model.taxonomy, plans, meta, path)
 
 
-def _uniseg_as_trained(config: dict, state: dict) -> dict:
-    """UniSeg checkpoints saved before `head_width` existed (or on a backbone already that wide)
-    have no `pre_head` weights: rebuild them with `head_width: 0`, as they were trained; those saved
-    before `channel_layout` existed were "position" models (the default is now "class"; every newer
-    checkpoint records its layout: `store.with_conditioner_state`)."""
+def _as_trained(config: dict, state: dict) -> dict:
+    """Rebuild old checkpoints as they were trained. Universal Model checkpoints saved before
+    `text_norm` existed used their embeddings as given ("none"; the default is now "rms"). UniSeg
+    checkpoints saved before `head_width` existed (or on a backbone already that wide) have no
+    `pre_head` weights: `head_width: 0`; those saved before `channel_layout` existed were
+    "position" models (the default is now "class"). Every newer checkpoint records these
+    (`store.with_conditioner_state`)."""
     cond = config.get("conditioner")
-    if not isinstance(cond, dict) or cond.get("name") != "uniseg":
+    if not isinstance(cond, dict) or cond.get("name", "universal") not in ("uniseg", "universal"):
         return config
     cond = dict(cond)
+    if cond.get("name", "universal") == "universal":
+        cond.setdefault("text_norm", "none")  # the only scaling before the option existed
+        return {**config, "conditioner": cond}
     if "head_width" not in cond and not any(".pre_head." in k for k in state):
         cond["head_width"] = 0
     cond.setdefault("channel_layout", "position")  # the only layout before the option existed
@@ -126,7 +131,7 @@ def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify
     taxonomy = taxonomy_from_record(meta.get("taxonomy"), str(ckpt))
     shape = meta.get("embedding_shape")
     embeddings = torch.zeros(*shape) if shape else None
-    config = _uniseg_as_trained(meta["config"], state)
+    config = _as_trained(meta["config"], state)
     model = uniseg_model(taxonomy) if is_uniseg_config(config) else build_model(
         config, meta["class_names"], embeddings=embeddings, in_channels=meta.get("in_channels", 1), taxonomy=taxonomy)
     load_state_strict(model, state, str(ckpt))

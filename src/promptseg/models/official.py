@@ -37,11 +37,11 @@ BACKBONES = ("unet", "swinunetr")
 OFFICIAL_CONFIG: dict[str, dict[str, Any]] = {
     "unet": {
         "backbone": {"name": "unet", "preset": "official_unet"},
-        "conditioner": {"name": "universal", "head": "shared"},
+        "conditioner": {"name": "universal", "head": "shared", "text_norm": "none"},
     },
     "swinunetr": {
         "backbone": {"name": "swinunetr", "feature_size": 48, "downsample": "official"},
-        "conditioner": {"name": "universal", "head": "shared"},
+        "conditioner": {"name": "universal", "head": "shared", "text_norm": "none"},
     },
 }
 

@@ -12,6 +12,14 @@ Wiring (universal-model papers and the official `Universal_model`):
   1x1x1 conv (written as a batched matmul).
 The parts shared with the DoDNet-style one-hot variant live in `DynamicHeadConditioner`; a
 subclass only says how a class is encoded (`task_codes`).
+
+Not the official code's (for models trained here, `text_norm="rms"`): each text embedding is
+rescaled to unit RMS per dimension before the Linear. Sentence encoders (MiniLM) return unit-norm
+vectors, so each entry is ~1/sqrt(E) (0.05) against the image half's O(1) and the one-hot code's 1;
+the class codes then hardly move the controller, and classes die. Phantom bench, validation
+phantoms, universal recipe, 600 steps, mean Dice over 2 seeds: raw 0.71 (one seed), rms 0.81,
+rms with the text projection at lr x30 (`head_parameters`, recipe `head_lr_scale`) 0.87 -- the
+one-hot baseline's 0.86. Official weights load with `text_norm="none"` (their CLIP features as is).
 """
 from __future__ import annotations
 
@@ -26,6 +34,9 @@ from ..backbones.blocks import group_count
 from .base import ClassPart, Conditioner, Context, PromptBatch, PromptError
 
 BOTTLENECK_KEY = "universal.bottleneck"
+# "rms": each text embedding rescaled to unit RMS per dimension (models trained here);
+# "none": as the encoder gave it (the official weights and checkpoints saved before the option)
+TEXT_NORMS = ("rms", "none")
 
 
 def dynamic_param_sizes(channels: int = 8, layers: int = 3) -> tuple[list[int], list[int]]:
@@ -248,9 +259,13 @@ class UniversalConditioner(DynamicHeadConditioner):
         text_encoder: str | None = None,
         template: str | None = None,
         templates: dict[str, str] | None = None,
+        text_norm: str = "rms",
         **kwargs,
     ):
         super().__init__(class_names, head=head, hidden=hidden, **kwargs)
+        if text_norm not in TEXT_NORMS:
+            raise ConfigError(f"universal: text_norm must be one of {', '.join(TEXT_NORMS)}, got {text_norm!r}")
+        self.text_norm = text_norm
         # Which encoder/template made the embeddings (recorded so new classes are embedded alike).
         self.text_encoder = text_encoder
         self.template = template
@@ -277,7 +292,19 @@ class UniversalConditioner(DynamicHeadConditioner):
 
     def task_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """[K, hidden], or [K, M, hidden] with one code per template."""
-        return F.relu(self.text_proj(self.embeddings[indices]))
+        emb = self.embeddings[indices]
+        if self.text_norm == "rms":
+            emb = emb * (emb.shape[-1] ** 0.5 / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        return F.relu(self.text_proj(emb))
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The text projection: the one plain layer whose job is to tell the classes' codes apart
+        (the controllers' weights are generated per class and already move fast)."""
+        return list(self.text_proj.parameters())
+
+    def config_updates(self) -> dict:
+        """Checkpoints record how the text embeddings were scaled (older ones: "none", loader)."""
+        return {"text_norm": self.text_norm}
 
     def modality_rows(self, modality, batch_size: int) -> list[int]:
         """Template row of each sample's modality (the first template's when none is given)."""
