@@ -20,6 +20,7 @@ def test_every_method_has_its_papers_recipe():
     assert (s["optimizer"], s["lr"], s["momentum"], s["schedule"]) == ("sgd", 1e-2, 0.99, "poly")
     h = apply_recipe(_cfg("hermes"))["train"]
     assert h["optimizer"] == "lamb" and h["ema"] > 0 and h["clip_grad"] > 0 and h["warmup_steps"] == 20
+    assert (h["schedule"], h["schedule_power"]) == ("poly", 0.9)  # the authors' code: exp. warm-up, then poly
     sat = apply_recipe(_cfg("sat"))["train"]
     assert (sat["optimizer"], sat["lr"], sat["dataset_sampling"]) == ("adamw", 1e-4, "sqrt")
     assert sat["negative_ratio"] == 0.5 and u["negative_ratio"] == "all"  # SAT caps a sample's negatives
