@@ -161,3 +161,27 @@ def test_learn_real_ct_trains_with_the_suites_learn_recipe(monkeypatch, tmp_path
     assert seen == {"recipe": bench.suite_settings("real-ct")["learn_recipe"]}
     bench.learn_real_ct(tmp_path, train={"recipe": "universal", "lr": 0.1})
     assert seen == {"recipe": "universal", "lr": 0.1}
+
+
+def test_validation_split_scores_other_phantoms_after_the_same_training(tmp_path, monkeypatch):
+    """`--split validation`: the same training datasets, scored on phantoms of another generator
+    seed (never the reported test phantoms); a seed equal to the training one and the real-CT suite
+    (one scored scan) are refused."""
+    small = {**bench.suite_settings("phantom"),
+             "phantoms": {"seed": 0, "n_train": [1, 1, 1, 1], "n_test": 1, "shape": [40, 32, 24], "spacing": [8.0, 8.0, 8.0]},
+             "validation": {"seed": 7, "n_test": 1}}
+    monkeypatch.setattr(bench, "suite_settings", lambda name: small)
+    test = bench.phantom_suite(tmp_path / "t")
+    val = bench.phantom_suite(tmp_path / "v", "validation")
+    assert [p.name for p in test.datasets] == [p.name for p in val.datasets]
+    for a, b in zip(test.datasets, val.datasets):  # identical training data
+        img = sorted((a / "imagesTr").iterdir())[0]
+        assert np.array_equal(read_image(img).array, read_image(b / "imagesTr" / img.name).array)
+    t_img, v_img = read_image(test.test_cases[0].image).array, read_image(val.test_cases[0].image).array
+    assert not np.array_equal(t_img, v_img) and "validation" in str(val.test_cases[0].image)
+    assert "VALIDATION" in val.title and "seed 7" in val.note
+    small["validation"] = {"seed": 0}
+    with pytest.raises(ConfigError, match="must differ"):
+        bench.phantom_suite(tmp_path / "w", "validation")
+    with pytest.raises(ConfigError, match="no validation split"):
+        bench.build_suite("real-ct", tmp_path / "r", split="validation")

@@ -16,6 +16,10 @@ logits on the scored cases give each class's prompt share and mean positive logi
 (`bench_diagnostics.py`), so a task-blind model or a dead class is flagged in the table, never a
 silent 0. `--seeds N` repeats every method with seeds s, s+1, ... and reports mean +- sd.
 
+`--split validation` scores on cases no reported figure uses (phantom suite: phantoms of another
+generator seed, `validation:` in configs/bench.yaml) -- the split to choose settings on, so the
+test split's table stays untuned. Its runs live under OUT/<suite>-validation/.
+
 Outputs under OUT/<suite>/: data/, cache/, <method>/{run.yaml, run/, predictions/} (with
 several seeds: <method>/seed<i>/...), results.json and table.md (the printed table, with the
 command that made it).
@@ -49,6 +53,7 @@ from .bench_diagnostics import checkpoint_diagnostics
 from .bench_report import finite_mean, fmt, format_table, similarity_lines
 
 SUITES = ("phantom", "real-ct")
+SPLITS = ("test", "validation")
 SPLIT_TAG = "promptseg partial split"  # dataset.json description prefix: ours, safe to overwrite
 
 
@@ -219,18 +224,30 @@ def _run_body(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     return body
 
 
-def phantom_suite(work: str | Path) -> Suite:
-    """Phantom datasets written under WORK/data (deterministic: regenerated identically each time)."""
+def phantom_suite(work: str | Path, split: str = "test") -> Suite:
+    """Phantom datasets written under WORK/data (deterministic: regenerated identically each time);
+    scored on the held-out phantoms of the same generator (`test`) or, for `validation`, on
+    phantoms of the generator seed the suite's `validation:` names (WORK/validation)."""
     from ..data.phantoms import make_phantom_datasets
 
     work = Path(work)
     s = suite_settings("phantom")
     p = dict(s.get("phantoms") or {})
+    geometry = {k: p[k] for k in ("shape", "spacing") if k in p}
     folders = make_phantom_datasets(work / "data", seed=int(p.get("seed", 0)), n_train=p.get("n_train", (8, 8, 8, 4)),
-                                    n_test=int(p.get("n_test", 4)), **{k: p[k] for k in ("shape", "spacing") if k in p})
+                                    n_test=int(p.get("n_test", 4)), **geometry)
     test = folders.pop("PhantomTest_full")
-    return Suite("phantom", s["title"], " ".join(s["note"].split()), list(folders.values()),
-                 nnunet_test_cases(test), _run_body(s, work))
+    title, note = s["title"], " ".join(s["note"].split())
+    if split == "validation":
+        v = dict(s.get("validation") or {})
+        if int(v.get("seed", p.get("seed", 0))) == int(p.get("seed", 0)):
+            raise ConfigError("bench.yaml: the phantom suite's validation seed must differ from its phantoms' seed")
+        test = make_phantom_datasets(work / "validation", seed=int(v["seed"]), n_train=(0, 0, 0, 0),
+                                     n_test=int(v.get("n_test", 4)), **geometry)["PhantomTest_full"]
+        title = f"{title} [VALIDATION split]"
+        note = (f"Scored on {v.get('n_test', 4)} validation phantoms of generator seed {v['seed']} (not the "
+                f"reported test phantoms): choose settings here. Trained as the test split.")
+    return Suite("phantom", title, note, list(folders.values()), nnunet_test_cases(test), _run_body(s, work))
 
 
 def real_ct_suite(work: str | Path, data_dir: str | Path | None = None, test_scan: str | None = None) -> Suite:
@@ -250,10 +267,15 @@ def real_ct_suite(work: str | Path, data_dir: str | Path | None = None, test_sca
     return Suite("real-ct", s["title"], note, list(folders.values()), [test], _run_body(s, work))
 
 
-def build_suite(name: str, work: str | Path, data_dir: str | Path | None = None) -> Suite:
+def build_suite(name: str, work: str | Path, data_dir: str | Path | None = None, split: str = "test") -> Suite:
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if name == "phantom":
-        return phantom_suite(work)
+        return phantom_suite(work, split)
     if name == "real-ct":
+        if split != "test":
+            raise ConfigError("the real-ct suite has one scored scan and no validation split; choose settings "
+                              "on `--suite phantom --split validation`")
         return real_ct_suite(work, data_dir)
     raise ConfigError(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
 
@@ -438,9 +460,11 @@ def machine_line(device: str = "auto") -> str:
 
 def compare(suite: str, methods: Sequence[str] | None = None, steps: int | None = None, out: str | Path = "bench_out",
             device: str = "auto", data_dir: str | Path | None = None, progress: bool = True,
-            threads: int | None = None, command: str = "", resume: bool = False, seeds: int = 1) -> dict[str, Any]:
+            threads: int | None = None, command: str = "", resume: bool = False, seeds: int = 1,
+            split: str = "test") -> dict[str, Any]:
     """Train and score every method on one suite (`seeds` times each, seeds s, s+1, ...); print and
-    write the table. Returns results.json's content.
+    write the table. Returns results.json's content. `split="validation"` scores on the suite's
+    validation cases instead, in OUT/<suite>-validation.
 
     `resume` keeps the runs an earlier, interrupted call already finished with the same run YAML.
     """
@@ -453,9 +477,9 @@ def compare(suite: str, methods: Sequence[str] | None = None, steps: int | None 
     methods = list(dict.fromkeys(methods or method_names()))
     for m in methods:
         conditioner_config(m)  # unknown names fail before any work
-    work = Path(out).resolve() / suite
+    work = Path(out).resolve() / (suite if split == "test" else f"{suite}-{split}")
     t0 = time.time()
-    s = build_suite(suite, work, data_dir)
+    s = build_suite(suite, work, data_dir, split)
     rows: list[MethodResult] = []
     table = format_table(s, rows, command, machine_line(device))
     for m in methods:
@@ -471,7 +495,7 @@ def compare(suite: str, methods: Sequence[str] | None = None, steps: int | None 
         table = format_table(s, rows, command, machine_line(device))  # rewritten per method: a killed run keeps its rows
         atomic_write(work / "table.md", table)
     result = {
-        "suite": suite, "title": s.title, "note": s.note, "command": command, "device": device,
+        "suite": suite, "split": split, "title": s.title, "note": s.note, "command": command, "device": device,
         "threads": threads, "seeds": int(seeds), "minutes": (time.time() - t0) / 60.0, "machine": machine_line(device),
         "datasets": [str(p) for p in s.datasets], "test_cases": [str(c.image) for c in s.test_cases],
         "methods": [{**asdict(r), "mean_dice": r.mean_dice} for r in rows],
@@ -529,6 +553,8 @@ def _echo_argv(args) -> list[str]:
         out += ["--threads", str(args.threads)]
     if args.seeds != 1:
         out += ["--seeds", str(args.seeds)]
+    if getattr(args, "split", "test") != "test":
+        out += ["--split", args.split]
     return out
 
 
@@ -544,6 +570,9 @@ def add_compare_arguments(p) -> None:
     p.add_argument("--seeds", type=int, default=1, help="runs per method (seeds s, s+1, ...): the table shows mean ± sd")
     p.add_argument("--resume", action="store_true",
                    help="keep methods an interrupted run already finished (same run YAML); train the rest")
+    p.add_argument("--split", default="test", choices=SPLITS,
+                   help="score on the test cases (report these) or the validation cases (choose settings "
+                        "on these; phantom suite only)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -552,7 +581,7 @@ def run_compare_args(args) -> int:
     command = "promptseg bench compare " + " ".join(shlex.quote(a) for a in _echo_argv(args))
     compare(args.suite, methods=args.methods, steps=args.steps, out=args.out, device=args.device,
             data_dir=args.data, progress=not args.quiet, threads=args.threads, command=command,
-            resume=args.resume, seeds=args.seeds)
+            resume=args.resume, seeds=args.seeds, split=args.split)
     return 0
 
 
