@@ -24,7 +24,7 @@ def test_every_method_has_its_papers_recipe():
     sat = apply_recipe(_cfg("sat"))["train"]
     assert (sat["optimizer"], sat["lr"], sat["dataset_sampling"]) == ("adamw", 1e-4, "sqrt")
     assert sat["negative_ratio"] == 0.5 and u["negative_ratio"] == "all"  # SAT caps a sample's negatives
-    assert s["head_lr_scale"] == 30 and u["head_lr_scale"] == 30  # UniSeg's head, the Universal text projection
+    assert s["head_lr_scale"] == 100 and u["head_lr_scale"] == 30  # UniSeg's head, the Universal text projection
     assert apply_recipe(_cfg("onehot"))["train"]["head_lr_scale"] == 1.0  # no head parameters to scale
     assert sat["head_lr_scale"] == 100  # and SAT's text projection
 
