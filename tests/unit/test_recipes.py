@@ -122,7 +122,7 @@ def test_trainer_uses_the_recipe_saves_the_average_and_resumes_it(tmp_path):
 def test_head_lr_scale_speeds_up_only_the_static_read_out():
     """UniSeg's 1x1x1 heads (pre-head, head, deep-supervision heads) get lr x head_lr_scale, the
     rest the recipe's lr, and the schedule scales both; at scale 1, or for a conditioner whose head
-    is generated (Universal Model), the optimiser has the one group it always had."""
+    is generated from one-hot codes, the optimiser has the one group it always had."""
     from promptseg.models.build import build_model
     from promptseg.train.recipes import build_scheduler, scale_head_lr
 
@@ -159,7 +159,7 @@ def test_head_lr_scale_speeds_up_only_the_static_read_out():
         _cfg("uniseg", head_lr_scale=0)
 
 
-def test_resuming_with_another_head_lr_scale_is_a_one_line_error(tmp_path):
+def test_resuming_with_another_head_lr_scale_or_conditioner_setting_is_a_one_line_error(tmp_path):
     """A run saved with one optimiser layout (e.g. started before `head_lr_scale` existed) and
     resumed with a scale that splits off the head: a CheckpointError naming the key, not torch's."""
     from promptseg.data.phantoms import make_phantom_datasets
@@ -176,6 +176,12 @@ def test_resuming_with_another_head_lr_scale_is_a_one_line_error(tmp_path):
         Trainer(resolve_config(raw, tmp_path), device="cpu", progress=False).run(max_steps=1)
         raw["train"]["head_lr_scale"] = 30
         with pytest.raises(CheckpointError, match="head_lr_scale"):
+            Trainer(resolve_config(raw, tmp_path), device="cpu", progress=False)
+        # the same weights under another conditioner setting (a default that changed since the run
+        # started) would resume as another model: refused, naming the key and the saved value
+        raw["train"]["head_lr_scale"] = 1
+        raw["conditioner"]["channel_layout"] = "position"
+        with pytest.raises(CheckpointError, match="conditioner.channel_layout: class"):
             Trainer(resolve_config(raw, tmp_path), device="cpu", progress=False)
     finally:
         torch.set_num_threads(n)

@@ -3,7 +3,7 @@
 `open_checkpoint(path) -> Checkpoint(model, config, classes, taxonomy, plans, meta)` for native
 folders and official `.pth` files; `load_checkpoint(path)` when only the model is wanted.
 """
-from .loader import Checkpoint, load_checkpoint, open_checkpoint, plans_of
+from .loader import Checkpoint, as_trained, load_checkpoint, open_checkpoint, plans_of
 from .store import (
     META,
     STATE,
@@ -20,7 +20,7 @@ from .store import (
 )
 
 __all__ = [
-    "Checkpoint", "open_checkpoint", "load_checkpoint", "plans_of", "save_checkpoint", "find_checkpoint", "latest",
+    "Checkpoint", "as_trained", "open_checkpoint", "load_checkpoint", "plans_of", "save_checkpoint", "find_checkpoint", "latest",
     "read_meta", "read_weights", "read_training_state", "load_training_state", "load_state_strict", "sha256",
     "META", "STATE", "WEIGHTS",
 ]

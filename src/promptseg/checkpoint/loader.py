@@ -78,7 +78,7 @@ def sat_checkpoint(model: OfficialSAT, path: Path, device: str | torch.device = 
     return Checkpoint(model.eval().to(device), config, model.class_names, model.taxonomy, plans, meta, path)
 
 
-def _as_trained(config: dict, state: dict) -> dict:
+def as_trained(config: dict, state: dict) -> dict:
     """Rebuild old checkpoints as they were trained. Universal Model and SAT checkpoints saved
     before `text_norm` existed used their embeddings as given ("none"; the defaults are now "rms"
     and "centred"). UniSeg checkpoints saved before `head_width` existed (or on a backbone already
@@ -131,7 +131,7 @@ def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", verify
     taxonomy = taxonomy_from_record(meta.get("taxonomy"), str(ckpt))
     shape = meta.get("embedding_shape")
     embeddings = torch.zeros(*shape) if shape else None
-    config = _as_trained(meta["config"], state)
+    config = as_trained(meta["config"], state)
     model = uniseg_model(taxonomy) if is_uniseg_config(config) else build_model(
         config, meta["class_names"], embeddings=embeddings, in_channels=meta.get("in_channels", 1), taxonomy=taxonomy)
     load_state_strict(model, state, str(ckpt))

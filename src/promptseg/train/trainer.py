@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import latest, load_state_strict, read_meta, read_training_state, read_weights, save_checkpoint
+from ..checkpoint import as_trained, latest, load_state_strict, read_meta, read_training_state, read_weights, save_checkpoint
 from ..data.augment import build_augmenter
 from ..data.loader import batch_stream
 from ..errors import CheckpointError, ConfigError
@@ -183,12 +183,23 @@ class Trainer:
         return batch
 
     # ------------------------------------------------------------------------------------
+    def _check_same_conditioner(self, ckpt: Path, meta: dict) -> None:
+        """A run saved under other conditioner settings than this run builds (a default that
+        changed since: `text_norm`, UniSeg's `channel_layout`) would resume as another model with
+        the same weights: refuse in one line that names the key and the value to set."""
+        saved = (as_trained(meta.get("config") or {}, {}).get("conditioner") or {})
+        for key, value in self.model.conditioner.config_updates().items():
+            if isinstance(value, (str, int, float, bool)) and key in saved and saved[key] != value:
+                raise CheckpointError(f"{ckpt}: saved with conditioner.{key}: {saved[key]}, this run builds "
+                                      f"{value}; set conditioner.{key}: {saved[key]} in the run YAML to resume it")
+
     def _resume(self) -> None:
         """Continue from the newest complete `last` checkpoint (hashes checked; a corrupt one is an
         error, never a silent restart), and drop log lines after its step."""
         ckpt = latest(self.out / "last")
         if ckpt is not None:
             meta = read_meta(ckpt)
+            self._check_same_conditioner(ckpt, meta)
             load_state_strict(self.model, read_weights(ckpt, meta), str(ckpt))
             state = read_training_state(ckpt, meta)
             if state is None:
