@@ -194,8 +194,16 @@ def check_recipe(t: Mapping[str, Any], where: str = "train.") -> None:
     for key in ("lr", "weight_decay", "clip_grad"):
         if given(key):
             _number(t[key], where + key)
-    if given("head_lr_scale"):
-        _number(t["head_lr_scale"], where + "head_lr_scale", open_low=True)
+    if given("head_lr_scale"):  # a number, or per conditioner: {uniseg: 30, default: 1}
+        scale = t["head_lr_scale"]
+        if isinstance(scale, Mapping):
+            if not scale or not all(isinstance(k, str) for k in scale):
+                raise ConfigError(f"{where}head_lr_scale: a number or a mapping conditioner name -> number, "
+                                  f"got {scale!r}")
+            for k, v in scale.items():
+                _number(v, f"{where}head_lr_scale.{k}", open_low=True)
+        else:
+            _number(scale, where + "head_lr_scale", open_low=True)
     if given("schedule_power"):
         _number(t["schedule_power"], where + "schedule_power", open_low=True)
     for key in ("momentum", "ema"):

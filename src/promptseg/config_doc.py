@@ -67,7 +67,8 @@ MEANINGS = {
     "train.negative_ratio": "annotated classes absent from a sample's crop that count in its loss, per class "
                             "present: a number (SAT: 0.5) or all",
     "train.head_lr_scale": "lr multiplier of the weights that tell classes apart (UniSeg's 1x1x1 heads, the Universal "
-                           "Model's and SAT's text projections; none for one-hot codes or Hermes)",
+                           "Model's and SAT's text projections; none for one-hot codes or Hermes); a number or "
+                           "{conditioner: number, default: number}",
     "train.workers": "processes that fill the preprocessing cache",
     "inference.window": "sliding-window size (voxels of the plan's grid)",
     "inference.overlap": "window overlap, in [0, 1)",

@@ -185,3 +185,18 @@ def test_resuming_with_another_head_lr_scale_or_conditioner_setting_is_a_one_lin
             Trainer(resolve_config(raw, tmp_path), device="cpu", progress=False)
     finally:
         torch.set_num_threads(n)
+
+
+def test_a_borrowed_recipe_can_give_each_method_its_own_head_lr_scale():
+    """cpu-short is borrowed by every method at 5x the Universal Model's lr: UniSeg's static head
+    and SAT's text projection need x30 there, the Universal Model's text projection x1."""
+    short = {m: apply_recipe(_cfg(m, recipe="cpu-short"))["train"]["head_lr_scale"]
+             for m in ("universal", "uniseg", "sat", "hermes")}
+    assert short == {"universal": 1, "uniseg": 30, "sat": 30, "hermes": 30}
+    t = apply_recipe(_cfg("uniseg", head_lr_scale={"uniseg": 7, "default": 2}))["train"]
+    assert t["head_lr_scale"] == 7
+    assert apply_recipe(_cfg("sat", head_lr_scale={"uniseg": 7}))["train"]["head_lr_scale"] == 1.0
+    with pytest.raises(ConfigError, match="head_lr_scale.uniseg"):
+        _cfg("uniseg", head_lr_scale={"uniseg": 0})
+    with pytest.raises(ConfigError, match="head_lr_scale"):
+        _cfg("uniseg", head_lr_scale={})

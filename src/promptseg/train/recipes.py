@@ -51,6 +51,14 @@ def method_recipe(name: str) -> dict[str, Any]:
     return {**table["default"], **(table.get(name) or {}), "recipe": name}
 
 
+def method_value(value: Any, method: str) -> Any:
+    """A recipe value given per conditioner ({uniseg: 30, default: 1}: a budget recipe borrowed by
+    several methods, whose heads need different speeds at its lr) -> the run's conditioner's."""
+    if isinstance(value, Mapping):
+        return value.get(method, value.get("default", 1.0))
+    return value
+
+
 def warmup_steps(value: int | float, steps: int) -> int:
     """Warm-up length in steps: an integer as is, a fraction of the run's steps rounded."""
     return int(value) if isinstance(value, int) else int(round(float(value) * steps))
@@ -69,6 +77,7 @@ def apply_recipe(config: Mapping[str, Any]) -> dict[str, Any]:
         if t.get(key) is None:
             t[key] = base[key]
     t["warmup_steps"] = warmup_steps(t["warmup_steps"], int(t["steps"]))
+    t["head_lr_scale"] = method_value(t["head_lr_scale"], cfg["conditioner"]["name"])
     check_train(t)
     return cfg
 
