@@ -59,7 +59,9 @@ def varied_random_model():
     def make(backbone: dict, classes: list[str], seed: int):
         torch.manual_seed(seed)
         emb = torch.nn.functional.normalize(torch.randn(len(classes), 384), dim=1)
-        m = build_model({"backbone": backbone, "conditioner": {"name": "universal"}}, classes, embeddings=emb)
+        # text_norm none: the x20 below was sized for unit-norm embeddings as given
+        m = build_model({"backbone": backbone, "conditioner": {"name": "universal", "text_norm": "none"}}, classes,
+                        embeddings=emb)
         with torch.no_grad():
             for mlp in m.conditioner.controllers:
                 mlp[-1].weight.mul_(20.0)
