@@ -52,7 +52,7 @@ def method_recipe(name: str) -> dict[str, Any]:
 
 
 def method_value(value: Any, method: str) -> Any:
-    """A recipe value given per conditioner ({uniseg: 30, default: 1}: a budget recipe borrowed by
+    """A recipe value given per conditioner ({NAME: 30, default: 1}: a budget recipe borrowed by
     several methods, whose heads need different speeds at its lr) -> the run's conditioner's."""
     if isinstance(value, Mapping):
         return value.get(method, value.get("default", 1.0))

@@ -185,8 +185,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------
     def _check_same_conditioner(self, ckpt: Path, meta: dict) -> None:
         """A run saved under other conditioner settings than this run builds (a default that
-        changed since: `text_norm`, UniSeg's `channel_layout`) would resume as another model with
-        the same weights: refuse in one line that names the key and the value to set."""
+        changed since, e.g. `text_norm`, `channel_layout`) would resume as another model with the
+        same weights: refuse in one line that names the key and the value to set."""
         saved = (as_trained(meta.get("config") or {}, {}).get("conditioner") or {})
         for key, value in self.model.conditioner.config_updates().items():
             if isinstance(value, (str, int, float, bool)) and key in saved and saved[key] != value:
