@@ -324,18 +324,16 @@ def test_prompt_batch_indices_and_free_text_share_embeddings(model):
     assert ctx["sat.modality"].tolist() == [0, 0, 0]  # default modality CT
 
 
-def test_text_norm_centres_on_the_built_vocabulary_and_old_checkpoints_load_as_trained(tmp_path, image):
-    """"centred" (the default): the projection sees (embedding - fixed centre) at unit RMS per
+def test_text_norm_centres_on_the_built_vocabulary_and_checkpoints_record_it(tmp_path, image):
+    """"centred" (opt-in): the projection sees (embedding - fixed centre) at unit RMS per
     dimension; the centre is the built classes' mean and stays put when classes are added (old
-    classes' queries never move); a checkpoint from before the option loads as "none"."""
-    import json
-
+    classes' queries never move); "none" (default) has no centre; a checkpoint loads as saved."""
     from promptseg.checkpoint import load_checkpoint, save_checkpoint
 
-    m = make_model()
+    m = make_model(text_norm="centred")
     cond = m.conditioner
     emb = fake_embeddings(CLASSES)
-    assert cond.text_norm == "centred" and cond.config_updates() == {"text_norm": "centred"}
+    assert cond.config_updates() == {"text_norm": "centred"}
     torch.testing.assert_close(cond.text_centre, emb.mean(0))
     t = emb - emb.mean(0)
     torch.testing.assert_close(cond.text_input(emb), t * (E ** 0.5 / t.norm(dim=-1, keepdim=True)))
@@ -343,18 +341,15 @@ def test_text_norm_centres_on_the_built_vocabulary_and_old_checkpoints_load_as_t
     cond.add_classes(["stomach"], fake_embeddings(["stomach"]))
     torch.testing.assert_close(cond.text_centre, emb.mean(0))          # not moved by the new class
     torch.testing.assert_close(cond.text_input(emb), before)
-    assert not hasattr(make_model(text_norm="none").conditioner, "text_centre")
+    plain = make_model().conditioner
+    assert plain.text_norm == "none" and not hasattr(plain, "text_centre") and torch.equal(plain.text_input(emb), emb)
     with pytest.raises(ConfigError, match="text_norm"):
         make_model(text_norm="l2")
 
     cfg = {"backbone": {"name": "unet", "preset": "small"}, "conditioner": {"name": "sat", **CPU_PRESET}}
-    old = make_model(seed=2, text_norm="none").eval()
-    save_checkpoint(old, tmp_path / "old", cfg)
-    meta = json.loads((tmp_path / "old" / "checkpoint.json").read_text())
-    assert meta["config"]["conditioner"]["text_norm"] == "none"
-    del meta["config"]["conditioner"]["text_norm"]          # as written before the option existed
-    (tmp_path / "old" / "checkpoint.json").write_text(json.dumps(meta))
-    back = load_checkpoint(tmp_path / "old").eval()
-    assert back.conditioner.text_norm == "none"
+    model = make_model(seed=2, text_norm="centred").eval()
+    save_checkpoint(model, tmp_path / "m", cfg)                        # the YAML did not say
+    back = load_checkpoint(tmp_path / "m").eval()
+    assert back.conditioner.text_norm == "centred"
     with torch.no_grad():
-        torch.testing.assert_close(back(image, ["liver", "aorta"]), old(image, ["liver", "aorta"]))
+        torch.testing.assert_close(back(image, ["liver", "aorta"]), model(image, ["liver", "aorta"]))

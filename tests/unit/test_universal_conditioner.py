@@ -187,23 +187,21 @@ def test_build_model_from_config_and_state_dict_round_trip(image):
         assert torch.allclose(a(image), b(image))
 
 
-def test_text_norm_rescales_embeddings_and_old_checkpoints_load_as_trained(tmp_path):
-    """"rms" (the default) makes a class code blind to its embedding's length -- sentence encoders'
-    unit vectors count as much as the image half; "none" (official weights, checkpoints from
-    before the option) uses them as given, and a checkpoint without the key loads as "none"."""
-    import json
-
+def test_text_norm_rescales_embeddings_and_checkpoints_record_it(tmp_path):
+    """"none" (the default, the official code) uses the embeddings as given; "rms" makes a class
+    code blind to its embedding's length (unit RMS per dimension). A checkpoint records which and
+    loads with it."""
     from promptseg.checkpoint import load_checkpoint, save_checkpoint
     from promptseg.models.official import OFFICIAL_CONFIG
 
     torch.manual_seed(0)
     emb = torch.randn(2, 24)
-    rms = UniversalConditioner(["a", "b"], embeddings=emb)
-    raw = UniversalConditioner(["a", "b"], embeddings=emb, text_norm="none")
-    raw.text_proj.load_state_dict(rms.text_proj.state_dict())
+    raw = UniversalConditioner(["a", "b"], embeddings=emb)
+    rms = UniversalConditioner(["a", "b"], embeddings=emb, text_norm="rms")
+    rms.text_proj.load_state_dict(raw.text_proj.state_dict())
     idx = torch.tensor([0, 1])
-    assert rms.text_norm == "rms" and rms.config_updates() == {"text_norm": "rms"}
-    scaled = UniversalConditioner(["a", "b"], embeddings=emb / emb.norm(dim=-1, keepdim=True))
+    assert raw.text_norm == "none" and rms.config_updates() == {"text_norm": "rms"}
+    scaled = UniversalConditioner(["a", "b"], embeddings=emb / emb.norm(dim=-1, keepdim=True), text_norm="rms")
     scaled.text_proj.load_state_dict(rms.text_proj.state_dict())
     torch.testing.assert_close(scaled.task_codes(idx), rms.task_codes(idx))        # length does not matter
     unit = emb * (24 ** 0.5 / emb.norm(dim=-1, keepdim=True))
@@ -216,16 +214,12 @@ def test_text_norm_rescales_embeddings_and_old_checkpoints_load_as_trained(tmp_p
         UniversalConditioner(["a"], embeddings=emb[:1], text_norm="l2")
 
     torch.manual_seed(1)
-    old = UniversalSegmenter(UNet(preset="small"), UniversalConditioner(NAMES, embeddings=torch.randn(4, 24),
-                                                                       text_norm="none")).eval()
-    save_checkpoint(old, tmp_path / "old", {"backbone": {"name": "unet", "preset": "small"},
-                                            "conditioner": {"name": "universal"}})
-    meta = json.loads((tmp_path / "old" / "checkpoint.json").read_text())
-    assert meta["config"]["conditioner"]["text_norm"] == "none"   # every new checkpoint records it
-    del meta["config"]["conditioner"]["text_norm"]                  # as written before the option
-    (tmp_path / "old" / "checkpoint.json").write_text(json.dumps(meta))
-    back = load_checkpoint(tmp_path / "old").eval()
-    assert back.conditioner.text_norm == "none"
+    model = UniversalSegmenter(UNet(preset="small"), UniversalConditioner(NAMES, embeddings=torch.randn(4, 24),
+                                                                         text_norm="rms")).eval()
+    save_checkpoint(model, tmp_path / "m", {"backbone": {"name": "unet", "preset": "small"},
+                                            "conditioner": {"name": "universal"}})     # the YAML did not say
+    back = load_checkpoint(tmp_path / "m").eval()
+    assert back.conditioner.text_norm == "rms"
     x = torch.randn(1, 1, *SIZE)
     with torch.no_grad():
-        torch.testing.assert_close(back(x, ["liver", "spleen"]), old(x, ["liver", "spleen"]))
+        torch.testing.assert_close(back(x, ["liver", "spleen"]), model(x, ["liver", "spleen"]))

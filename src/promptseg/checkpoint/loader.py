@@ -79,19 +79,14 @@ def sat_checkpoint(model: OfficialSAT, path: Path, device: str | torch.device = 
 
 
 def as_trained(config: dict, state: dict) -> dict:
-    """Rebuild old checkpoints as they were trained. Universal Model and SAT checkpoints saved
-    before `text_norm` existed used their embeddings as given ("none"; the defaults are now "rms"
-    and "centred"). UniSeg checkpoints saved before `head_width` existed (or on a backbone already
-    that wide) have no `pre_head` weights: `head_width: 0`; those saved before `channel_layout`
-    existed were "position" models (the default is now "class"). Every newer checkpoint records
-    these (`store.with_conditioner_state`)."""
+    """Rebuild old checkpoints as they were trained. UniSeg checkpoints saved before `head_width`
+    existed (or on a backbone already that wide) have no `pre_head` weights: `head_width: 0`;
+    those saved before `channel_layout` existed were "position" models (the default is now
+    "class"). Every newer checkpoint records these (`store.with_conditioner_state`)."""
     cond = config.get("conditioner")
-    if not isinstance(cond, dict) or cond.get("name", "universal") not in ("uniseg", "universal", "sat"):
+    if not isinstance(cond, dict) or cond.get("name") != "uniseg":
         return config
     cond = dict(cond)
-    if cond.get("name", "universal") in ("universal", "sat"):
-        cond.setdefault("text_norm", "none")  # the only scaling before the option existed
-        return {**config, "conditioner": cond}
     if "head_width" not in cond and not any(".pre_head." in k for k in state):
         cond["head_width"] = 0
     cond.setdefault("channel_layout", "position")  # the only layout before the option existed
