@@ -21,7 +21,7 @@ from promptseg.checkpoint import WEIGHTS, find_checkpoint, load_checkpoint, open
 
 ORGANS = ["spleen", "right kidney", "left kidney", "liver", "aorta", "pancreas"]
 TRAIN = {"steps": 2, "batch_size": 1, "patch_size": [32, 32, 32], "lr": 0.003, "warmup_steps": 1,
-         "checkpoint_every": 100, "num_threads": 1, "rot90_prob": 0.0}
+         "checkpoint_every": 100, "num_threads": 1, "rot90_prob": 0.0, "head_lr_scale": 1}
 
 
 @pytest.fixture(scope="module")

@@ -200,3 +200,16 @@ def test_a_borrowed_recipe_can_give_each_method_its_own_head_lr_scale():
         _cfg("uniseg", head_lr_scale={"uniseg": 0})
     with pytest.raises(ConfigError, match="head_lr_scale"):
         _cfg("uniseg", head_lr_scale={})
+
+
+def test_overriding_the_lr_but_not_the_head_multiplier_warns():
+    """A multiplier chosen at the recipe's lr, kept under a run's much higher lr, killed classes
+    (cpu-short's comment): the run is told, once, which key to set."""
+    with pytest.warns(UserWarning, match="head_lr_scale 30 .*stays"):
+        apply_recipe(_cfg("universal", lr=0.003))
+    import warnings as w
+    with w.catch_warnings():
+        w.simplefilter("error")
+        apply_recipe(_cfg("universal", lr=0.003, head_lr_scale=1))   # said: no warning
+        apply_recipe(_cfg("universal", recipe="cpu-short"))           # a recipe made for that lr
+        apply_recipe(_cfg("onehot", lr=0.003))                        # nothing to multiply

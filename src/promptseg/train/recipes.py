@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Iterable, Mapping
@@ -73,11 +74,18 @@ def apply_recipe(config: Mapping[str, Any]) -> dict[str, Any]:
     if t.get("recipe") and name not in recipes():
         raise ConfigError(f"train.recipe: no recipe {name!r}; known: {', '.join(sorted(recipes()))}")
     base = method_recipe(name)
+    own_lr, own_scale = t.get("lr") is not None, t.get("head_lr_scale") is not None
     for key in RECIPE_KEYS:
         if t.get(key) is None:
             t[key] = base[key]
     t["warmup_steps"] = warmup_steps(t["warmup_steps"], int(t["steps"]))
     t["head_lr_scale"] = method_value(t["head_lr_scale"], cfg["conditioner"]["name"])
+    if own_lr and not own_scale and float(t["head_lr_scale"]) != 1.0 and float(t["lr"]) != float(base["lr"]):
+        # the multiplier was chosen at the recipe's lr: at a much higher one it can kill classes
+        warnings.warn(f"train.lr {t['lr']:g} replaces recipe {name!r}'s {float(base['lr']):g}, but its head_lr_scale "
+                      f"{t['head_lr_scale']:g} (chosen at that lr) stays: set train.head_lr_scale for this lr "
+                      f"(1 = no multiplier), or borrow a recipe made for it (train.recipe: cpu-short)", UserWarning,
+                      stacklevel=2)
     check_train(t)
     return cfg
 
