@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 STEPS, BATCH, SEED = 3, 2, 7
 TRAIN = {"steps": STEPS, "batch_size": BATCH, "patch_size": [32, 32, 32], "lr": 1e-3, "warmup_steps": 1,
-         "checkpoint_every": 2, "num_threads": 1, "rot90_prob": 0.5, "precision": "fp32"}
+         "checkpoint_every": 2, "num_threads": 1, "rot90_prob": 0.5, "precision": "fp32",
+         "head_lr_scale": 30}  # said, not inherited: no lr-override warning on rank 1; two optimiser groups under DDP
 LAUNCH_TIMEOUT = 150
 ORGANS = ["spleen", "right kidney", "left kidney", "liver", "aorta", "pancreas"]
 
