@@ -240,7 +240,7 @@ def phantom_suite(work: str | Path, split: str = "test") -> Suite:
     title, note = s["title"], " ".join(s["note"].split())
     if split == "validation":
         v = dict(s.get("validation") or {})
-        if int(v.get("seed", p.get("seed", 0))) == int(p.get("seed", 0)):
+        if v.get("seed") is None or int(v["seed"]) == int(p.get("seed", 0)):
             raise ConfigError("bench.yaml: the phantom suite's validation seed must differ from its phantoms' seed")
         test = make_phantom_datasets(work / "validation", seed=int(v["seed"]), n_train=(0, 0, 0, 0),
                                      n_test=int(v.get("n_test", 4)), **geometry)["PhantomTest_full"]

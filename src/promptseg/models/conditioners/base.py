@@ -22,6 +22,13 @@ class PromptError(PromptsegError):
     """A prompt the model cannot segment."""
 
 
+def unit_rms(x: torch.Tensor) -> torch.Tensor:
+    """Each row (last axis) rescaled to unit RMS per entry, i.e. norm sqrt(E): a sentence encoder's
+    unit vectors (entries ~1/sqrt(E)) brought to the O(1) scale of the inputs they join
+    (the `text_norm` options of the Universal Model and SAT)."""
+    return x * (x.shape[-1] ** 0.5 / x.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+
 @dataclass
 class PromptBatch:
     """What is asked of one forward pass.

@@ -37,7 +37,7 @@ from torch import nn
 
 from ...errors import ConfigError, InputError
 from ...text import DEFAULT_TEMPLATE
-from .base import ClassPart, Conditioner, Context, PromptBatch, PromptError
+from .base import ClassPart, Conditioner, Context, PromptBatch, PromptError, unit_rms
 from .queries import sample_queries  # noqa: F401 - SAT's sampling rule, importable from here
 
 TextEncoder = Callable[[list[str]], torch.Tensor]
@@ -325,8 +325,7 @@ class SATConditioner(Conditioner):
         """What the text projection sees: the embeddings as `text_norm` says (module docstring)."""
         if self.text_norm == "none":
             return text
-        t = text - self.text_centre.to(text)
-        return t * (t.shape[-1] ** 0.5 / t.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        return unit_rms(text - self.text_centre.to(text))
 
     def queries(self, ctx: Context) -> torch.Tensor:
         """[B, K, d]: projected text embedding + the sample's modality embedding."""

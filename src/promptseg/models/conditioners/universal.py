@@ -33,7 +33,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ..backbones.blocks import group_count
-from .base import ClassPart, Conditioner, Context, PromptBatch, PromptError
+from .base import ClassPart, Conditioner, Context, PromptBatch, PromptError, unit_rms
 
 BOTTLENECK_KEY = "universal.bottleneck"
 # "none" (default): as the encoder gave it (the official code); "rms": each text embedding
@@ -296,7 +296,7 @@ class UniversalConditioner(DynamicHeadConditioner):
         """[K, hidden], or [K, M, hidden] with one code per template."""
         emb = self.embeddings[indices]
         if self.text_norm == "rms":
-            emb = emb * (emb.shape[-1] ** 0.5 / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+            emb = unit_rms(emb)
         return F.relu(self.text_proj(emb))
 
     def head_parameters(self) -> list[nn.Parameter]:
