@@ -52,7 +52,9 @@ MEANINGS = {
     "train.batch_size": "patches per step and process",
     "train.patch_size": "training patch (voxels of the plan's grid)",
     "train.recipe": "borrow a recipe of models/conditioners/recipes.yaml (null: the conditioner's own, its "
-                    "paper's; `cpu-short`: AdamW 2e-3 for runs of a few hundred to 1,500 CPU steps)",
+                    "paper's where that learns in short runs -- the file says where not; `uniseg-sgd`: UniSeg's "
+                    "paper recipe, nnU-Net's SGD; `cpu-short`: AdamW 2e-3 for runs of a few hundred to 1,500 "
+                    "CPU steps)",
     "train.optimizer": "adamw, sgd or lamb (null: the recipe's; every null below likewise)",
     "train.lr": "peak learning rate (reached after the warm-up, then the schedule)",
     "train.weight_decay": "weight decay",
