@@ -185,3 +185,30 @@ def test_validation_split_scores_other_phantoms_after_the_same_training(tmp_path
         bench.phantom_suite(tmp_path / "w", "validation")
     with pytest.raises(ConfigError, match="no validation split"):
         bench.build_suite("real-ct", tmp_path / "r", split="validation")
+
+
+def test_scoring_keeps_the_thread_count_the_bench_was_given(scan, tmp_path):
+    """`bench --threads 1`: predict's default (every core) must not replace it while scoring -- it
+    would carry over to the next method's training, two benches side by side then oversubscribe."""
+    import torch
+
+    from promptseg.checkpoint import save_checkpoint
+    from promptseg.models.build import build_model
+    from promptseg.runtime import machine_threads
+
+    classes = ["liver", "spleen"]
+    torch.manual_seed(0)
+    cfg = {"backbone": {"name": "unet", "preset": "small", "widths": [4, 8]}, "conditioner": {"name": "universal"}}
+    ckpt = save_checkpoint(build_model(cfg, classes, embeddings=torch.randn(2, 384)), tmp_path / "model",
+                           {**cfg, "modality": "CT", "plan": {"name": "universal_ct", "spacing": None},
+                            "inference": {"window": [16, 16, 8], "sw_batch_size": 1}})
+    case = bench.TestCase("x", scan / "image.nii.gz", scan / "labels.nii.gz", {"liver": (5,), "spleen": (1,)})
+    before = torch.get_num_threads()
+    target = 1 if machine_threads() > 1 else 2
+    try:
+        torch.set_num_threads(target)
+        result = bench.score_checkpoint(ckpt, [case], tmp_path / "pred", device="cpu")
+        assert torch.get_num_threads() == target
+    finally:
+        torch.set_num_threads(before)
+    assert set(result.dice) == set(classes)

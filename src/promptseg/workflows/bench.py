@@ -353,12 +353,16 @@ def score_checkpoint(checkpoint: str | Path, cases: Sequence[TestCase], out_dir:
     from ..io import read_label
     from ..taxonomy import default_taxonomy
     from ..checkpoint import open_checkpoint
+    import torch
 
     ckpt = open_checkpoint(checkpoint, device="cpu")
     model = ckpt.model
     params = int(sum(p.numel() for p in model.parameters()))
     classes = list(prompts) if prompts else list(model.class_names)
-    results = predict(ckpt, [c.image for c in cases], out_dir, prompts=classes, device=device, progress=False)
+    # this process's thread count (`bench --threads`), not predict's default of every core, which
+    # would also carry over to the next method's training
+    results = predict(ckpt, [c.image for c in cases], out_dir, prompts=classes, device=device, progress=False,
+                      inference={"threads": torch.get_num_threads()})
     tax = default_taxonomy()
     per_case: dict[str, dict[str, float]] = {}
     seconds = []
