@@ -212,3 +212,11 @@ def test_scoring_keeps_the_thread_count_the_bench_was_given(scan, tmp_path):
     finally:
         torch.set_num_threads(before)
     assert set(result.dice) == set(classes)
+
+
+def test_default_data_dir_is_the_shared_folder_beside_the_clone(monkeypatch):
+    """`bench compare --suite real-ct` without --data finds ../shared/data next to the repository."""
+    monkeypatch.delenv("PROMPTSEG_SHARED_DATA", raising=False)
+    assert bench.default_data_dir() == Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    monkeypatch.setenv("PROMPTSEG_SHARED_DATA", "/elsewhere")
+    assert bench.default_data_dir() == Path("/elsewhere")

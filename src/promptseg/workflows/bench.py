@@ -90,7 +90,7 @@ def suite_settings(suite: str) -> dict[str, Any]:
 def default_data_dir() -> Path:
     """`$PROMPTSEG_SHARED_DATA`, else ../shared/data beside the clone (where CI keeps the scans)."""
     env = os.environ.get("PROMPTSEG_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    return Path(env) if env else Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
 
 # --- datasets ------------------------------------------------------------------------------------
