@@ -325,9 +325,10 @@ def test_prompt_batch_indices_and_free_text_share_embeddings(model):
 
 
 def test_text_norm_centres_on_the_built_vocabulary_and_checkpoints_record_it(tmp_path, image):
-    """"centred" (opt-in): the projection sees (embedding - fixed centre) at unit RMS per
+    """"centred" (the default): the projection sees (embedding - fixed centre) at unit RMS per
     dimension; the centre is the built classes' mean and stays put when classes are added (old
-    classes' queries never move); "none" (default) has no centre; a checkpoint loads as saved."""
+    classes' queries never move); "none" (the authors') has no centre; a checkpoint loads as
+    saved, and one saved before the option existed (no text_norm, no centre) loads as "none"."""
     from promptseg.checkpoint import load_checkpoint, save_checkpoint
 
     m = make_model(text_norm="centred")
@@ -341,8 +342,9 @@ def test_text_norm_centres_on_the_built_vocabulary_and_checkpoints_record_it(tmp
     cond.add_classes(["stomach"], fake_embeddings(["stomach"]))
     torch.testing.assert_close(cond.text_centre, emb.mean(0))          # not moved by the new class
     torch.testing.assert_close(cond.text_input(emb), before)
-    plain = make_model().conditioner
-    assert plain.text_norm == "none" and not hasattr(plain, "text_centre") and torch.equal(plain.text_input(emb), emb)
+    assert make_model().conditioner.text_norm == "centred"
+    plain = make_model(text_norm="none").conditioner
+    assert not hasattr(plain, "text_centre") and torch.equal(plain.text_input(emb), emb)
     with pytest.raises(ConfigError, match="text_norm"):
         make_model(text_norm="l2")
 
@@ -353,3 +355,13 @@ def test_text_norm_centres_on_the_built_vocabulary_and_checkpoints_record_it(tmp
     assert back.conditioner.text_norm == "centred"
     with torch.no_grad():
         torch.testing.assert_close(back(image, ["liver", "aorta"]), model(image, ["liver", "aorta"]))
+
+    import json
+
+    for norm in ("none", "centred"):  # a checkpoint.json without the key, as before the option
+        saved = save_checkpoint(make_model(seed=3, text_norm=norm).eval(), tmp_path / norm, cfg)
+        meta_path = next(p for p in saved.rglob("checkpoint.json"))
+        meta = json.loads(meta_path.read_text())
+        meta["config"]["conditioner"].pop("text_norm")
+        meta_path.write_text(json.dumps(meta))
+        assert load_checkpoint(saved, verify=False).conditioner.text_norm == norm

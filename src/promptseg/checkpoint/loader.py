@@ -82,8 +82,13 @@ def as_trained(config: dict, state: dict) -> dict:
     """Rebuild old checkpoints as they were trained. UniSeg checkpoints saved before `head_width`
     existed (or on a backbone already that wide) have no `pre_head` weights: `head_width: 0`;
     those saved before `channel_layout` existed were "position" models (the default is now
-    "class"). Every newer checkpoint records these (`store.with_conditioner_state`)."""
+    "class"). SAT checkpoints saved before `text_norm` existed used the embeddings as given
+    ("none"; the default is now "centred", whose `text_centre` buffer they lack). Every newer
+    checkpoint records these (`store.with_conditioner_state`)."""
     cond = config.get("conditioner")
+    if isinstance(cond, dict) and cond.get("name") == "sat" and "text_norm" not in cond:
+        centred = any(k.endswith("text_centre") for k in state)
+        return {**config, "conditioner": {**cond, "text_norm": "centred" if centred else "none"}}
     if not isinstance(cond, dict) or cond.get("name") != "uniseg":
         return config
     cond = dict(cond)

@@ -13,14 +13,16 @@ Why this shape (paper §6.3 and the authors' code, model/maskformer.py + transfo
 Only `predict` is implemented (and `on_encoder`, which just records the features): the backbone
 stays a plain U-Net, so SAT trains through the same trainer as every other conditioner.
 
-`text_norm="centred"` (not the authors'; opt-in, the bench's SAT uses it): a text embedding
+`text_norm="centred"` (the default; not the authors': "none" is theirs): a text embedding
 enters the projection minus a fixed centre (the mean embedding of the classes the model was
 built with, a buffer that later classes never move) and rescaled to unit RMS per dimension.
 MiniLM's unit vectors share most of their direction (cosine 0.70-0.97 between our classes;
 after centring -0.01-0.89) and are ~1/sqrt(E) per entry against the modality embedding's ~1, so
 the queries start almost alike. Phantom bench, validation phantoms, SAT's recipe, 600 steps,
 mean Dice over 2 seeds: 0.51 as given, 0.60 centred (lr 1e-4); centred at lr 1e-3 (the recipe
-since): 0.85. Not the default: the published weights were trained without it.
+since): 0.85. The published SAT weights load through models/official_sat.py, not this class;
+checkpoints saved before the option existed have no `text_centre` buffer and load as "none"
+(`checkpoint.as_trained`).
 
 Open vocabulary: embeddings of `class_names` are a buffer (the checkpoint is self-contained);
 any other prompt is embedded at run time by a text encoder (`set_text_encoder`, else
@@ -164,7 +166,7 @@ class SATConditioner(Conditioner):
         text_encoder: str = "minilm",
         template: str = DEFAULT_TEMPLATE,
         text_dim: int | None = None,
-        text_norm: str = "none",
+        text_norm: str = "centred",
     ):
         super().__init__(class_names)
         if len(set(self.class_names)) != len(self.class_names):
