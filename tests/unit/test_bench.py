@@ -163,7 +163,7 @@ def test_learn_real_ct_trains_with_the_suites_learn_recipe(monkeypatch, tmp_path
     assert seen == {"recipe": "universal", "lr": 0.1}
 
 
-def test_validation_split_scores_other_phantoms_after_the_same_training(tmp_path, monkeypatch):
+def test_validation_split_scores_other_phantoms_after_the_same_training(tmp_path, monkeypatch, capsys):
     """`--split validation`: the same training datasets, scored on phantoms of another generator
     seed (never the reported test phantoms); a seed equal to the training one and the real-CT suite
     (one scored scan) are refused."""
@@ -172,7 +172,9 @@ def test_validation_split_scores_other_phantoms_after_the_same_training(tmp_path
              "validation": {"seed": 7, "n_test": 1}}
     monkeypatch.setattr(bench, "suite_settings", lambda name: small)
     test = bench.phantom_suite(tmp_path / "t")
-    val = bench.phantom_suite(tmp_path / "v", "validation")
+    assert "phantoms" in capsys.readouterr().err  # a progress bar, unless --quiet:
+    val = bench.phantom_suite(tmp_path / "v", "validation", progress=False)
+    assert "phantoms" not in capsys.readouterr().err
     assert [p.name for p in test.datasets] == [p.name for p in val.datasets]
     for a, b in zip(test.datasets, val.datasets):  # identical training data
         img = sorted((a / "imagesTr").iterdir())[0]

@@ -454,8 +454,8 @@ def _write_dataset(root: Path, name: str, classes, tumour_ranges, stream: int, n
 
 
 def make_phantom_datasets(root: str | Path, seed: int = 0, n_train=(8, 8, 8, 4), n_test: int = 4,
-                          shape=DEFAULT_SHAPE, spacing=DEFAULT_SPACING) -> dict[str, Path]:
-    """Write partially labelled nnU-Net v2 raw folders of phantoms under `root`.
+                          shape=DEFAULT_SHAPE, spacing=DEFAULT_SPACING, progress: bool = True) -> dict[str, Path]:
+    """Write partially labelled nnU-Net v2 raw folders of phantoms under `root` (`progress`: a bar).
 
     `n_train` gives the case counts of PhantomA_liver, PhantomB_kidney, PhantomC_organs and
     PhantomD_pancreas (a 3-tuple, or a 0, leaves D out). PhantomTest_full (`n_test` cases, all
@@ -476,7 +476,8 @@ def make_phantom_datasets(root: str | Path, seed: int = 0, n_train=(8, 8, 8, 4),
     if n_test > 0:
         jobs.append((_TEST_DATASET, int(n_test), True))
     out: dict[str, Path] = {}
-    with tqdm(total=sum(c for _, c, _ in jobs), desc="phantoms", unit="case", leave=False) as bar:
+    with tqdm(total=sum(c for _, c, _ in jobs), desc="phantoms", unit="case", leave=False,
+              disable=not progress) as bar:
         for (name, classes, tumour_ranges, stream), n, test in jobs:
             out[name] = _write_dataset(root, name, classes, tumour_ranges, stream, n, seed, shape,
                                        spacing, test, bar)

@@ -224,7 +224,7 @@ def _run_body(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     return body
 
 
-def phantom_suite(work: str | Path, split: str = "test") -> Suite:
+def phantom_suite(work: str | Path, split: str = "test", progress: bool = True) -> Suite:
     """Phantom datasets written under WORK/data (deterministic: regenerated identically each time);
     scored on the held-out phantoms of the same generator (`test`) or, for `validation`, on
     phantoms of the generator seed the suite's `validation:` names (WORK/validation)."""
@@ -235,7 +235,7 @@ def phantom_suite(work: str | Path, split: str = "test") -> Suite:
     p = dict(s.get("phantoms") or {})
     geometry = {k: p[k] for k in ("shape", "spacing") if k in p}
     folders = make_phantom_datasets(work / "data", seed=int(p.get("seed", 0)), n_train=p.get("n_train", (8, 8, 8, 4)),
-                                    n_test=int(p.get("n_test", 4)), **geometry)
+                                    n_test=int(p.get("n_test", 4)), progress=progress, **geometry)
     test = folders.pop("PhantomTest_full")
     title, note = s["title"], " ".join(s["note"].split())
     if split == "validation":
@@ -243,7 +243,7 @@ def phantom_suite(work: str | Path, split: str = "test") -> Suite:
         if v.get("seed") is None or int(v["seed"]) == int(p.get("seed", 0)):
             raise ConfigError("bench.yaml: the phantom suite's validation seed must differ from its phantoms' seed")
         test = make_phantom_datasets(work / "validation", seed=int(v["seed"]), n_train=(0, 0, 0, 0),
-                                     n_test=int(v.get("n_test", 4)), **geometry)["PhantomTest_full"]
+                                     n_test=int(v.get("n_test", 4)), progress=progress, **geometry)["PhantomTest_full"]
         title = f"{title} [VALIDATION split]"
         note = (f"Scored on {v.get('n_test', 4)} validation phantoms of generator seed {v['seed']} (not the "
                 f"reported test phantoms): choose settings here. Trained as the test split.")
@@ -267,11 +267,12 @@ def real_ct_suite(work: str | Path, data_dir: str | Path | None = None, test_sca
     return Suite("real-ct", s["title"], note, list(folders.values()), [test], _run_body(s, work))
 
 
-def build_suite(name: str, work: str | Path, data_dir: str | Path | None = None, split: str = "test") -> Suite:
+def build_suite(name: str, work: str | Path, data_dir: str | Path | None = None, split: str = "test",
+                progress: bool = True) -> Suite:
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if name == "phantom":
-        return phantom_suite(work, split)
+        return phantom_suite(work, split, progress)
     if name == "real-ct":
         if split != "test":
             raise ConfigError("the real-ct suite has one scored scan and no validation split; choose settings "
@@ -483,7 +484,7 @@ def compare(suite: str, methods: Sequence[str] | None = None, steps: int | None 
         conditioner_config(m)  # unknown names fail before any work
     work = Path(out).resolve() / (suite if split == "test" else f"{suite}-{split}")
     t0 = time.time()
-    s = build_suite(suite, work, data_dir, split)
+    s = build_suite(suite, work, data_dir, split, progress)
     rows: list[MethodResult] = []
     table = format_table(s, rows, command, machine_line(device))
     for m in methods:
