@@ -20,9 +20,9 @@ MiniLM's unit vectors share most of their direction (cosine 0.70-0.97 between ou
 after centring -0.01-0.89) and are ~1/sqrt(E) per entry against the modality embedding's ~1, so
 the queries start almost alike. Phantom bench, validation phantoms, SAT's recipe, 600 steps,
 mean Dice over 2 seeds: 0.51 as given, 0.60 centred (lr 1e-4); centred at lr 1e-3 (the recipe
-since): 0.85, as given at that lr 0.75. The published SAT weights load through models/official_sat.py, not this class;
-checkpoints saved before the option existed have no `text_centre` buffer and load as "none"
-(`checkpoint.as_trained`).
+since): 0.85, as given at that lr 0.75. The published SAT weights load through
+models/official_sat.py, not this class; checkpoints saved before the option existed have no
+`text_centre` buffer and load as "none" (`checkpoint.as_trained`).
 
 Open vocabulary: embeddings of `class_names` are a buffer (the checkpoint is self-contained);
 any other prompt is embedded at run time by a text encoder (`set_text_encoder`, else
