@@ -223,3 +223,14 @@ def test_text_norm_rescales_embeddings_and_checkpoints_record_it(tmp_path):
     x = torch.randn(1, 1, *SIZE)
     with torch.no_grad():
         torch.testing.assert_close(back(x, ["liver", "spleen"]), model(x, ["liver", "spleen"]))
+
+
+def test_a_checkpoint_from_before_text_norm_is_read_as_trained():
+    """A Universal Model config without `text_norm` predates the option: "none", said explicitly,
+    so a resume under another setting is refused (trainer) instead of rebuilding another model."""
+    from promptseg.checkpoint import as_trained
+
+    assert as_trained({"conditioner": {"name": "universal"}}, {})["conditioner"]["text_norm"] == "none"
+    assert as_trained({"conditioner": {}}, {})["conditioner"]["text_norm"] == "none"  # universal is the default name
+    assert as_trained({"conditioner": {"name": "universal", "text_norm": "rms"}}, {})["conditioner"]["text_norm"] == "rms"
+    assert "text_norm" not in as_trained({"conditioner": {"name": "onehot"}}, {})["conditioner"]

@@ -79,22 +79,23 @@ def sat_checkpoint(model: OfficialSAT, path: Path, device: str | torch.device = 
 
 
 def as_trained(config: dict, state: dict) -> dict:
-    """Rebuild old checkpoints as they were trained. UniSeg checkpoints saved before `head_width`
+    """Rebuild old checkpoints as they were trained. Universal Model and SAT checkpoints saved
+    before `text_norm` existed used their embeddings as given ("none"; SAT's default is now
+    "centred", whose `text_centre` buffer they lack). UniSeg checkpoints saved before `head_width`
     existed (or on a backbone already that wide) have no `pre_head` weights: `head_width: 0`;
     those saved before `channel_layout` existed were "position" models (the default is now
-    "class"). SAT checkpoints saved before `text_norm` existed used the embeddings as given
-    ("none"; the default is now "centred", whose `text_centre` buffer they lack). Every newer
-    checkpoint records these (`store.with_conditioner_state`)."""
+    "class"). Every newer checkpoint records these (`store.with_conditioner_state`)."""
     cond = config.get("conditioner")
-    if isinstance(cond, dict) and cond.get("name") == "sat" and "text_norm" not in cond:
-        centred = any(k.endswith("text_centre") for k in state)
-        return {**config, "conditioner": {**cond, "text_norm": "centred" if centred else "none"}}
-    if not isinstance(cond, dict) or cond.get("name") != "uniseg":
+    if not isinstance(cond, dict):
         return config
     cond = dict(cond)
-    if "head_width" not in cond and not any(".pre_head." in k for k in state):
-        cond["head_width"] = 0
-    cond.setdefault("channel_layout", "position")  # the only layout before the option existed
+    name = cond.get("name", "universal")
+    if name in ("universal", "sat") and "text_norm" not in cond:
+        cond["text_norm"] = "centred" if any(k.endswith("text_centre") for k in state) else "none"
+    elif name == "uniseg":
+        if "head_width" not in cond and not any(".pre_head." in k for k in state):
+            cond["head_width"] = 0
+        cond.setdefault("channel_layout", "position")  # the only layout before the option existed
     return {**config, "conditioner": cond}
 
 

@@ -247,7 +247,7 @@ class SATConditioner(Conditioner):
         return list(self.text_proj.parameters())
 
     def config_updates(self) -> dict:
-        """Checkpoints record how text embeddings enter."""
+        """Checkpoints record how text embeddings enter (older ones: "none", `checkpoint.as_trained`)."""
         return {"text_norm": self.text_norm}
 
     def set_text_encoder(self, fn: TextEncoder | None) -> None:

@@ -305,7 +305,7 @@ class UniversalConditioner(DynamicHeadConditioner):
         return list(self.text_proj.parameters())
 
     def config_updates(self) -> dict:
-        """Checkpoints record how the text embeddings were scaled."""
+        """Checkpoints record how the text embeddings were scaled (older ones: "none", `checkpoint.as_trained`)."""
         return {"text_norm": self.text_norm}
 
     def modality_rows(self, modality, batch_size: int) -> list[int]:
