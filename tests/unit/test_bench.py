@@ -137,9 +137,25 @@ def test_resume_reuses_a_finished_method_only_for_the_same_yaml(scan, tmp_path, 
     assert len(calls) == 3
 
 
+def test_a_class_post_processing_removed_is_flagged_pruned(scan, tmp_path, monkeypatch):
+    """The network found the class (raw Dice 0.81) but the written masks score 0: flagged, never a
+    silent 0 (Hermes' postcava on the real-CT suite, session 11: the largest-component rule kept a
+    pelvic false positive bigger than the true vena cava)."""
+    suite = bench.Suite("t", "title", "note", [scan], [], {"train": {"steps": 10}})
+    monkeypatch.setattr(bench, "train_run", lambda yml, **k: bench.TrainResult(Path("ckpt"), 10, 6.0, 0.5))
+    monkeypatch.setattr(bench, "score_checkpoint", lambda *a, **k: bench.ScoreResult(
+        {"liver": 0.9, "postcava": 0.0, "spleen": 0.3}, {}, 1.5, 1000))
+    monkeypatch.setattr(bench, "checkpoint_diagnostics", lambda *a, **k: {
+        "liver": ClassDiagnostics(0.4, 2.0, raw_dice=0.95), "postcava": ClassDiagnostics(0.5, 6.4, raw_dice=0.81),
+        "spleen": ClassDiagnostics(0.5, -1.0, ["dead"], raw_dice=0.4)})
+    r = bench.train_and_score(suite, "hermes", tmp_path / "hermes")
+    assert {c: d["flags"] for c, d in r.diagnostics.items()} == {"liver": [], "postcava": ["pruned"], "spleen": ["dead"]}
+    assert "0.000 (pruned)" in bench.format_table(suite, [r])
+
+
 def test_seeds_give_mean_and_sd_and_flags_are_marked():
     suite = bench.Suite("t", "my suite", "note", [], [], {})
-    diag = {"liver": {"prompt_share": 0.5, "positive_logit": 3.0, "flags": []},
+    diag = {"liver": {"prompt_share": 0.5, "positive_logit": 3.0, "raw_dice": 0.9, "flags": []},
             "spleen": {"prompt_share": 0.01, "positive_logit": -9.0, "flags": ["blind", "dead"]}}
     rows = [bench.MethodResult("sat", 10**6, 5, 0.5, 1.0, 1.0, {"liver": d, "spleen": 0.0}, seed=i,
                                diagnostics=diag if i else {**diag, "spleen": {**diag["spleen"], "flags": ["dead"]}})
@@ -150,7 +166,7 @@ def test_seeds_give_mean_and_sd_and_flags_are_marked():
     assert cells[4] == "0.850 ± 0.071"
     assert cells[5] == "0.000 ± 0.000 (dead, blind 1/2)"  # a 0 Dice never stands unexplained
     assert "spleen: dead, blind 1/2" in cells[-1]
-    assert "| sat | 0.50 / 3.0 | 0.01 / -9.0 |" in text  # the diagnostics table
+    assert "| sat | 0.50 / 3.0 / 0.90 | 0.01 / -9.0 / - |" in text  # the diagnostics table
 
 
 def test_learn_real_ct_trains_with_the_suites_learn_recipe(monkeypatch, tmp_path):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from promptseg.evaluation.prompt_diagnostics import diagnose, flagged, positive_logits, prompt_shares
+from promptseg.evaluation.prompt_diagnostics import (ClassDiagnostics, diagnose, flag_pruned, flagged, overlaps,
+                                                     positive_logits, prompt_shares)
 
 
 def test_a_task_blind_output_has_zero_prompt_share():
@@ -49,3 +50,22 @@ def test_dead_and_blind_classes_are_flagged_and_pooled_over_cases():
     assert b["spleen"].flags == ["blind", "dead"]  # spleen's voxels get liver's map: -6
     with pytest.raises(ValueError):
         diagnose([(blind, [liver])], ["liver", "spleen"])
+
+
+def test_raw_dice_is_the_networks_own_mask_pooled_over_cases():
+    logits = torch.tensor([[3.0, 2.0, -1.0, 5.0], [-4.0, -4.0, -4.0, -4.0]])
+    ref = np.array([True, True, True, False])
+    assert overlaps(logits, [ref, None]) == [(2, 6), (0, 0)]  # mask = voxels 0, 1, 3
+    other = (torch.tensor([[1.0, -1.0, -1.0, -1.0], [0.0, 0.0, 0.0, 0.0]]), [np.array([True, False, False, False]), None])
+    d = diagnose([(logits, [ref, None]), other], ["liver", "spleen"])
+    assert d["liver"].raw_dice == pytest.approx(2 * 3 / 8)  # (2 + 1) shared of (6 + 2) voxels
+    assert math.isnan(d["spleen"].raw_dice)                # no reference anywhere: not measurable
+
+
+def test_pruned_when_the_written_masks_lose_what_the_network_found():
+    d = {"kept": ClassDiagnostics(raw_dice=0.8), "lost": ClassDiagnostics(raw_dice=0.8, flags=["dead"]),
+         "weak": ClassDiagnostics(raw_dice=0.1), "unscored": ClassDiagnostics(raw_dice=0.8)}
+    flag_pruned(d, {"kept": 0.75, "lost": 0.0, "weak": 0.06, "unscored": math.nan})
+    assert flagged(d) == {"lost": ["dead", "pruned"]}
+    flag_pruned(d, {"kept": 0.75, "lost": 0.0, "weak": 0.06})
+    assert d["lost"].flags == ["dead", "pruned"]  # once

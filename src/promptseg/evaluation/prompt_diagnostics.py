@@ -7,6 +7,10 @@ apart from a class that is merely hard, so a 0 Dice is explained, never silently
   map runs against the mean map (it lights up where the other classes are dark).
 - positive logit: the mean logit on the class's reference voxels. Below the decision logit
   (0 = probability 0.5) the model calls the class's own voxels background on average ("dead").
+- raw Dice: the network's own mask (logit above the decision logit, network grid, before any
+  post-processing) against the reference, pooled over cases. A written mask far below it
+  ("pruned") means post-processing threw away what the network found -- e.g. the keep-the-largest-
+  component rule keeping a false-positive blob that outgrew the true organ.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import torch
 
 BLIND = "blind"
 DEAD = "dead"
+PRUNED = "pruned"
 
 
 @dataclass
@@ -28,6 +33,7 @@ class ClassDiagnostics:
     prompt_share: float = math.nan
     positive_logit: float = math.nan
     flags: list[str] = field(default_factory=list)
+    raw_dice: float = math.nan
 
 
 def prompt_shares(logits: torch.Tensor) -> list[float]:
@@ -53,12 +59,28 @@ def positive_logits(logits: torch.Tensor, masks: Sequence[np.ndarray | None]) ->
     return out
 
 
+def overlaps(logits: torch.Tensor, masks: Sequence[np.ndarray | None], decision_logit: float = 0.0
+             ) -> list[tuple[int, int]]:
+    """Per class, (|network mask & reference|, |network mask| + |reference|); a None mask: (0, 0)."""
+    out = []
+    for k, m in enumerate(masks):
+        if m is None:
+            out.append((0, 0))
+            continue
+        ref = torch.as_tensor(np.asarray(m, dtype=bool))
+        pred = logits[k] > decision_logit
+        out.append((int((pred & ref).sum()), int(pred.sum()) + int(ref.sum())))
+    return out
+
+
 def diagnose(per_case: Sequence[tuple[torch.Tensor, Sequence[np.ndarray | None]]], classes: Sequence[str],
              blind_share: float = 0.05, dead_logit: float = 0.0) -> dict[str, ClassDiagnostics]:
-    """Class -> figures over cases: prompt share averaged over cases, positive logit pooled over
-    all reference voxels; flagged `blind` below `blind_share`, `dead` below `dead_logit`."""
+    """Class -> figures over cases: prompt share averaged over cases, positive logit and raw Dice
+    pooled over all reference voxels; flagged `blind` below `blind_share`, `dead` below `dead_logit`
+    (also the decision logit of the raw masks)."""
     shares: dict[str, list[float]] = {c: [] for c in classes}
     sums = {c: [0.0, 0] for c in classes}
+    dice_parts = {c: [0, 0] for c in classes}
     for logits, masks in per_case:
         if logits.shape[0] != len(classes) or len(masks) != len(classes):
             raise ValueError(f"{logits.shape[0]} logit maps and {len(masks)} masks for {len(classes)} classes")
@@ -68,16 +90,30 @@ def diagnose(per_case: Sequence[tuple[torch.Tensor, Sequence[np.ndarray | None]]
         for c, (total, n) in zip(classes, positive_logits(logits, masks)):
             sums[c][0] += total
             sums[c][1] += n
+        for c, (inter, size) in zip(classes, overlaps(logits, masks, dead_logit)):
+            dice_parts[c][0] += inter
+            dice_parts[c][1] += size
     out = {}
     for c in classes:
+        inter, size = dice_parts[c]
         d = ClassDiagnostics(float(np.mean(shares[c])) if shares[c] else math.nan,
-                             sums[c][0] / sums[c][1] if sums[c][1] else math.nan)
+                             sums[c][0] / sums[c][1] if sums[c][1] else math.nan,
+                             raw_dice=2.0 * inter / size if size else math.nan)
         if math.isfinite(d.prompt_share) and d.prompt_share < blind_share:
             d.flags.append(BLIND)
         if math.isfinite(d.positive_logit) and d.positive_logit < dead_logit:
             d.flags.append(DEAD)
         out[c] = d
     return out
+
+
+def flag_pruned(diagnostics: Mapping[str, ClassDiagnostics], dice: Mapping[str, float],
+                ratio: float = 0.5) -> None:
+    """Flag `pruned` (in place) where the written masks' Dice is below `ratio` x the raw Dice."""
+    for c, d in diagnostics.items():
+        final = dice.get(c, math.nan)
+        if math.isfinite(d.raw_dice) and math.isfinite(final) and final < ratio * d.raw_dice and PRUNED not in d.flags:
+            d.flags.append(PRUNED)
 
 
 def flagged(diagnostics: Mapping[str, ClassDiagnostics]) -> dict[str, list[str]]:

@@ -65,7 +65,8 @@ def format_table(suite, rows: Sequence[Any], command: str = "", machine: str = "
                   f"method; only `conditioner:` (and so each method's own training recipe) differs. Dice per class on "
                   f"the scored set{per}; timings on this machine. Flags: blind = the prompt explains under the "
                   f"threshold share of the class's logit variance; dead = the class's own voxels get a mean logit "
-                  f"below the decision logit.", ""]
+                  f"below the decision logit; pruned = the written masks score under half the network's raw Dice "
+                  f"(post-processing removed what it found).", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
     if machine:
@@ -91,17 +92,19 @@ def format_table(suite, rows: Sequence[Any], command: str = "", machine: str = "
 
 
 def diagnostics_table(methods: Mapping[str, Sequence[Any]], classes: Sequence[str]) -> str:
-    """Per method and class: prompt share of the logit variance / mean logit on the class's voxels
-    (means over seeds)."""
+    """Per method and class: prompt share of the logit variance / mean logit on the class's voxels /
+    raw Dice of the network's masks before post-processing (means over seeds)."""
     lines = ["Prompt diagnostics (share of the class's logit variance the prompt explains / mean logit on "
-             "its reference voxels; blind < share threshold, dead < decision logit):", "",
+             "its reference voxels / Dice of the network's own masks before post-processing; blind < share "
+             "threshold, dead < decision logit):", "",
              "| method | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
     for method, runs in methods.items():
         cells = [method]
         for c in classes:
             share = finite_mean((r.diagnostics.get(c) or {}).get("prompt_share") for r in runs)
             logit = finite_mean((r.diagnostics.get(c) or {}).get("positive_logit") for r in runs)
-            cells.append(f"{fmt(share, 2)} / {fmt(logit, 1)}")
+            raw = finite_mean((r.diagnostics.get(c) or {}).get("raw_dice") for r in runs)
+            cells.append(f"{fmt(share, 2)} / {fmt(logit, 1)} / {fmt(raw, 2)}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
