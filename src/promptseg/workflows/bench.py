@@ -44,12 +44,12 @@ import yaml
 
 from ..errors import ConfigError, InputError, PromptsegError
 from ..evaluation.evaluate import json_safe
+from ..evaluation.prompt_diagnostics import flag_pruned
 from ..io.atomic import atomic_directory, atomic_write, refuse_foreign
 from ..io.formats import WRITABLE, case_id, channel_file, image_ending
 from ..io.labeltable import load_table, parse_label_mapping, read_label_json
 from ..text import DEFAULT_TEMPLATE, embed_classes
 from ..text.similarity import closest_pairs
-from ..evaluation.prompt_diagnostics import flag_pruned
 from .bench_diagnostics import checkpoint_diagnostics
 from .bench_report import finite_mean, fmt, format_table, similarity_lines
 
