@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import yaml
 
 from promptseg.evaluation.prompt_diagnostics import ClassDiagnostics
 
-from promptseg.workflows import bench
+from promptseg.workflows import bench, bench_diagnostics
 from promptseg.errors import ConfigError, InputError
 from promptseg.io import read_image, read_label, write_image
 from promptseg.io.volume import Volume
@@ -145,7 +146,12 @@ def test_a_class_post_processing_removed_is_flagged_pruned(scan, tmp_path, monke
     monkeypatch.setattr(bench, "train_run", lambda yml, **k: bench.TrainResult(Path("ckpt"), 10, 6.0, 0.5))
     monkeypatch.setattr(bench, "score_checkpoint", lambda *a, **k: bench.ScoreResult(
         {"liver": 0.9, "postcava": 0.0, "spleen": 0.3}, {}, 1.5, 1000))
-    monkeypatch.setattr(bench, "checkpoint_diagnostics", lambda *a, **k: {
+    # the checkpoint's logits are stubbed below the real checkpoint_diagnostics, which flags
+    monkeypatch.setattr(bench_diagnostics, "open_checkpoint", lambda *a, **k: SimpleNamespace(
+        model=SimpleNamespace(class_names=["liver", "postcava", "spleen"])))
+    monkeypatch.setattr(bench_diagnostics, "case_logits", lambda *a, **k: None)
+    monkeypatch.setattr(bench_diagnostics, "class_thresholds", lambda ckpt, classes: [0.5] * len(classes))
+    monkeypatch.setattr(bench_diagnostics, "diagnose", lambda *a, **k: {
         "liver": ClassDiagnostics(0.4, 2.0, raw_dice=0.95), "postcava": ClassDiagnostics(0.5, 6.4, raw_dice=0.81),
         "spleen": ClassDiagnostics(0.5, -1.0, ["dead"], raw_dice=0.4)})
     r = bench.train_and_score(suite, "hermes", tmp_path / "hermes")

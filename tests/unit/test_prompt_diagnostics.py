@@ -62,6 +62,15 @@ def test_raw_dice_is_the_networks_own_mask_pooled_over_cases():
     assert math.isnan(d["spleen"].raw_dice)                # no reference anywhere: not measurable
 
 
+def test_raw_masks_are_cut_at_each_class_threshold_as_predict_cuts_them():
+    logits = torch.tensor([[3.0, 2.0, -1.0, 5.0], [3.0, 2.0, -1.0, 5.0]])
+    ref = np.array([True, True, True, False])
+    # p > 0.95 is logit > 2.94: voxels 0 and 3 only; p > 0.2 is logit > -1.39: every voxel
+    assert overlaps(logits, [ref, ref], [0.95, 0.2]) == [(1, 5), (3, 7)]
+    d = diagnose([(logits, [ref, ref])], ["liver", "spleen"], thresholds=[0.95, 0.2])
+    assert d["liver"].raw_dice == pytest.approx(2 / 5) and d["spleen"].raw_dice == pytest.approx(6 / 7)
+
+
 def test_pruned_when_the_written_masks_lose_what_the_network_found():
     d = {"kept": ClassDiagnostics(raw_dice=0.8), "lost": ClassDiagnostics(raw_dice=0.8, flags=["dead"]),
          "weak": ClassDiagnostics(raw_dice=0.1), "unscored": ClassDiagnostics(raw_dice=0.8)}
@@ -69,3 +78,14 @@ def test_pruned_when_the_written_masks_lose_what_the_network_found():
     assert flagged(d) == {"lost": ["dead", "pruned"]}
     flag_pruned(d, {"kept": 0.75, "lost": 0.0, "weak": 0.06})
     assert d["lost"].flags == ["dead", "pruned"]  # once
+
+
+def test_the_bench_cuts_raw_masks_where_predict_cuts_them(varied_random_model):
+    """A checkpoint's inference.thresholds (any spelling) win over the default 0.5, as in predict."""
+    from types import SimpleNamespace
+
+    from promptseg.workflows.bench_diagnostics import class_thresholds
+
+    model = varied_random_model({"name": "unet", "preset": "small"}, ["liver", "spleen"], 0)
+    ckpt = SimpleNamespace(model=model, config={"inference": {"thresholds": {"Liver": 0.7}}})
+    assert class_thresholds(ckpt, ["liver", "spleen"]) == [0.7, 0.5]

@@ -7,8 +7,8 @@ apart from a class that is merely hard, so a 0 Dice is explained, never silently
   map runs against the mean map (it lights up where the other classes are dark).
 - positive logit: the mean logit on the class's reference voxels. Below the decision logit
   (0 = probability 0.5) the model calls the class's own voxels background on average ("dead").
-- raw Dice: the network's own mask (logit above the decision logit, network grid, before any
-  post-processing) against the reference, pooled over cases. A written mask far below it
+- raw Dice: the network's own mask (probability above the class's cut-off, as `predict` applies it,
+  network grid, before any post-processing) against the reference, pooled over cases. A written mask far below it
   ("pruned") means post-processing threw away what the network found -- e.g. the keep-the-largest-
   component rule keeping a false-positive blob that outgrew the true organ.
 """
@@ -24,6 +24,8 @@ import torch
 BLIND = "blind"
 DEAD = "dead"
 PRUNED = "pruned"
+#: Default of bench.yaml's `diagnostics.pruned_ratio`: written Dice under this share of the raw Dice.
+PRUNED_RATIO = 0.5
 
 
 @dataclass
@@ -47,37 +49,49 @@ def prompt_shares(logits: torch.Tensor) -> list[float]:
     return [float(o / t) if t > 0 else math.nan for o, t in zip(own.tolist(), total.tolist())]
 
 
-def positive_logits(logits: torch.Tensor, masks: Sequence[np.ndarray | None]) -> list[tuple[float, int]]:
+def _as_masks(masks: Sequence[np.ndarray | torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """Reference masks as bool tensors, converted once per case (None stays None: the reference
+    does not name the class)."""
+    return [m if m is None or (isinstance(m, torch.Tensor) and m.dtype == torch.bool)
+            else torch.as_tensor(np.asarray(m, dtype=bool)) for m in masks]
+
+
+def positive_logits(logits: torch.Tensor, masks: Sequence[np.ndarray | torch.Tensor | None]
+                    ) -> list[tuple[float, int]]:
     """Per class, (sum of logits on its reference voxels, voxel count); a None mask counts 0."""
     out = []
-    for k, m in enumerate(masks):
-        if m is None or not np.any(m):
-            out.append((0.0, 0))
-            continue
-        sel = torch.as_tensor(np.asarray(m, dtype=bool))
-        out.append((float(logits[k][sel].double().sum()), int(sel.sum())))
+    for k, sel in enumerate(_as_masks(masks)):
+        n = 0 if sel is None else int(sel.sum())
+        out.append((float(logits[k][sel].double().sum()), n) if n else (0.0, 0))
     return out
 
 
-def overlaps(logits: torch.Tensor, masks: Sequence[np.ndarray | None], decision_logit: float = 0.0
-             ) -> list[tuple[int, int]]:
-    """Per class, (|network mask & reference|, |network mask| + |reference|); a None mask: (0, 0)."""
+def overlaps(logits: torch.Tensor, masks: Sequence[np.ndarray | torch.Tensor | None],
+             thresholds: Sequence[float] | None = None) -> list[tuple[int, int]]:
+    """Per class, (|network mask & reference|, |network mask| + |reference|); a None mask: (0, 0).
+    The network mask is probability > the class's threshold (0.5 each when None)."""
     out = []
-    for k, m in enumerate(masks):
-        if m is None:
+    for k, ref in enumerate(_as_masks(masks)):
+        if ref is None:
             out.append((0, 0))
             continue
-        ref = torch.as_tensor(np.asarray(m, dtype=bool))
-        pred = logits[k] > decision_logit
+        pred = logits[k] > _logit(thresholds[k] if thresholds is not None else 0.5)
         out.append((int((pred & ref).sum()), int(pred.sum()) + int(ref.sum())))
     return out
 
 
+def _logit(p: float) -> float:
+    """The logit of probability p (a cut-off on probabilities applied to logits)."""
+    p = min(max(float(p), 1e-12), 1.0 - 1e-12)
+    return math.log(p / (1.0 - p))
+
+
 def diagnose(per_case: Sequence[tuple[torch.Tensor, Sequence[np.ndarray | None]]], classes: Sequence[str],
-             blind_share: float = 0.05, dead_logit: float = 0.0) -> dict[str, ClassDiagnostics]:
+             blind_share: float = 0.05, dead_logit: float = 0.0,
+             thresholds: Sequence[float] | None = None) -> dict[str, ClassDiagnostics]:
     """Class -> figures over cases: prompt share averaged over cases, positive logit and raw Dice
-    pooled over all reference voxels; flagged `blind` below `blind_share`, `dead` below `dead_logit`
-    (also the decision logit of the raw masks)."""
+    pooled over all reference voxels; flagged `blind` below `blind_share`, `dead` below `dead_logit`.
+    `thresholds`: each class's probability cut-off for the raw masks (0.5 when None)."""
     shares: dict[str, list[float]] = {c: [] for c in classes}
     sums = {c: [0.0, 0] for c in classes}
     dice_parts = {c: [0, 0] for c in classes}
@@ -87,10 +101,11 @@ def diagnose(per_case: Sequence[tuple[torch.Tensor, Sequence[np.ndarray | None]]
         for c, s in zip(classes, prompt_shares(logits)):
             if math.isfinite(s):
                 shares[c].append(s)
-        for c, (total, n) in zip(classes, positive_logits(logits, masks)):
+        refs = _as_masks(masks)
+        for c, (total, n) in zip(classes, positive_logits(logits, refs)):
             sums[c][0] += total
             sums[c][1] += n
-        for c, (inter, size) in zip(classes, overlaps(logits, masks, dead_logit)):
+        for c, (inter, size) in zip(classes, overlaps(logits, refs, thresholds)):
             dice_parts[c][0] += inter
             dice_parts[c][1] += size
     out = {}
@@ -108,7 +123,7 @@ def diagnose(per_case: Sequence[tuple[torch.Tensor, Sequence[np.ndarray | None]]
 
 
 def flag_pruned(diagnostics: Mapping[str, ClassDiagnostics], dice: Mapping[str, float],
-                ratio: float = 0.5) -> None:
+                ratio: float = PRUNED_RATIO) -> None:
     """Flag `pruned` (in place) where the written masks' Dice is below `ratio` x the raw Dice."""
     for c, d in diagnostics.items():
         final = dice.get(c, math.nan)

@@ -44,7 +44,6 @@ import yaml
 
 from ..errors import ConfigError, InputError, PromptsegError
 from ..evaluation.evaluate import json_safe
-from ..evaluation.prompt_diagnostics import flag_pruned
 from ..io.atomic import atomic_directory, atomic_write, refuse_foreign
 from ..io.formats import WRITABLE, case_id, channel_file, image_ending
 from ..io.labeltable import load_table, parse_label_mapping, read_label_json
@@ -442,10 +441,8 @@ def train_and_score(suite: Suite, method: str, run_dir: str | Path, steps: int |
     if pred_dir.exists():
         shutil.rmtree(pred_dir)
     sc = score_checkpoint(tr.checkpoint, suite.test_cases, pred_dir, device=device)
-    settings = dict(bench_settings().get("diagnostics") or {})
-    pruned_ratio = float(settings.pop("pruned_ratio", 0.5))
-    diag = checkpoint_diagnostics(tr.checkpoint, suite.test_cases, settings, device=device)
-    flag_pruned(diag, sc.dice, pruned_ratio)
+    diag = checkpoint_diagnostics(tr.checkpoint, suite.test_cases, bench_settings().get("diagnostics"),
+                                  device=device, dice=sc.dice)
     result = MethodResult(method, sc.params, tr.steps, tr.seconds_per_step, sc.seconds_per_volume, tr.seconds / 60.0,
                           sc.dice, sc.per_case, str(yml), str(tr.checkpoint), int(suite.run.get("seed", 0)) + seed_offset,
                           {c: asdict(d) for c, d in diag.items()})

@@ -15,11 +15,13 @@ import torch
 
 from ..checkpoint import open_checkpoint
 from ..evaluation.labelmap import LabelMap
-from ..evaluation.prompt_diagnostics import ClassDiagnostics, diagnose
+from ..evaluation.prompt_diagnostics import PRUNED_RATIO, ClassDiagnostics, diagnose, flag_pruned
 from ..inference import sliding_window_logits
+from ..inference.settings import inference_settings
 from ..io import read_image, read_label
 from ..preprocess import apply_to_label, get_plan, preprocess_image
 from ..runtime import resolve_device
+from ..taxonomy.query import resolve_queries
 
 
 def case_logits(ckpt, image_path: Path, label_path: Path, labels: Mapping[str, tuple[int, ...]],
@@ -44,11 +46,28 @@ def case_logits(ckpt, image_path: Path, label_path: Path, labels: Mapping[str, t
     return logits.float(), masks
 
 
+def class_thresholds(ckpt, classes: Sequence[str]) -> list[float]:
+    """Each class's probability cut-off as `predict` applies it (the checkpoint's
+    inference.thresholds > the taxonomy's > 0.5), so raw masks are cut where written ones are."""
+    model = ckpt.model
+    given = inference_settings(ckpt.config.get("inference"))["thresholds"]
+    return [q.threshold for q in resolve_queries(list(classes), model.taxonomy, model.class_names,
+                                                 model.canonical, given)]
+
+
 def checkpoint_diagnostics(checkpoint: str | Path, cases: Sequence[Any], settings: Mapping[str, Any] | None = None,
-                           device: str = "auto") -> dict[str, ClassDiagnostics]:
-    """Class -> prompt share, mean positive logit and flags of a checkpoint over the test cases
-    (`cases`: the bench's TestCase objects; `settings`: bench.yaml's `diagnostics:` thresholds)."""
+                           device: str = "auto", dice: Mapping[str, float] | None = None
+                           ) -> dict[str, ClassDiagnostics]:
+    """Class -> prompt share, mean positive logit, raw Dice and flags of a checkpoint over the test
+    cases (`cases`: the bench's TestCase objects; `settings`: bench.yaml's `diagnostics:` section).
+    With `dice` (the written masks' Dice per class), classes post-processing emptied are flagged
+    `pruned` at `settings['pruned_ratio']`."""
+    settings = dict(settings or {})
+    pruned_ratio = float(settings.pop("pruned_ratio", PRUNED_RATIO))
     ckpt = open_checkpoint(checkpoint, device="cpu")
     classes = list(ckpt.model.class_names)
     per_case = [case_logits(ckpt, c.image, c.label, c.labels, classes, device) for c in cases]
-    return diagnose(per_case, classes, **dict(settings or {}))
+    diag = diagnose(per_case, classes, thresholds=class_thresholds(ckpt, classes), **settings)
+    if dice is not None:
+        flag_pruned(diag, dice, pruned_ratio)
+    return diag
