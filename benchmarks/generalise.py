@@ -8,6 +8,7 @@ one per conditioner) give one column each.
 
 Run:  .venv/bin/python benchmarks/generalise.py --model universal=runs/multimodal/best
       .venv/bin/python benchmarks/generalise.py --model universal=runs/u/best --model hermes=runs/h/best
+      .venv/bin/python benchmarks/generalise.py --model universal=runs/multimodal/best --mirror
 A figure printed as "-" means the model does not know that class.
 """
 from __future__ import annotations
@@ -35,8 +36,9 @@ def held_out(ckpt, given: list[str] | None) -> list[str]:
     return list(patients)
 
 
-def score(ckpt, data: Path, patients: list[str], threads: int) -> dict[str, list[float]]:
-    """Modality -> tumour Dice of each held-out patient that has that modality."""
+def score(ckpt, data: Path, patients: list[str], threads: int, mirror: bool = False) -> dict[str, list[float]]:
+    """Modality -> tumour Dice of each held-out patient that has that modality (`mirror`:
+    test-time mirroring, `inference.mirror`)."""
     from promptseg.evaluation.metrics import dice
     from promptseg.inference.api import predict_image
     from promptseg.io.readers import read_image, read_label
@@ -49,7 +51,8 @@ def score(ckpt, data: Path, patients: list[str], threads: int) -> dict[str, list
             image, mask = data / p / f"{stem}_image.nii.gz", data / p / f"{stem}_mask.nii.gz"
             if not image.is_file():
                 continue
-            pred = predict_image(str(image), ckpt, [CLASS], modality=mod, inference={"threads": threads})
+            pred = predict_image(str(image), ckpt, [CLASS], modality=mod,
+                                 inference={"threads": threads, "mirror": mirror})
             gt = read_label(mask, reference=read_image(image)).array > 0
             out[mod].append(dice(pred.masks[CLASS].array > 0, gt, empty_score=math.nan))
     return out
@@ -65,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder holding sts_sarcoma (default: ../shared/data beside the clone)")
     ap.add_argument("--patients", nargs="+", default=None, help="patients to score (default: the run's hold-out)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--mirror", action="store_true",
+                    help="also score each model with test-time mirroring (inference.mirror): a NAME+mirror column")
     args = ap.parse_args(argv)
     data = Path(args.data) / "sts_sarcoma"
     if not data.is_dir():
@@ -76,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         name = name or ckpt.config.get("conditioner", {}).get("name", path)
         patients = held_out(ckpt, args.patients)
         columns[name] = (score(ckpt, data, patients, args.threads), patients, ckpt.step)
+        if args.mirror:
+            columns[f"{name}+mirror"] = (score(ckpt, data, patients, args.threads, mirror=True), patients, ckpt.step)
     print(f"\ngeneralise: '{CLASS}' Dice on held-out sarcoma patients (input grid, predictor path)")
     for name, (_, patients, step) in columns.items():
         print(f"  {name}: step {step}, patients {', '.join(patients)}")

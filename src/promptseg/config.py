@@ -53,6 +53,9 @@ DEFAULT_INFERENCE: dict[str, Any] = {
     "roi_spacing": [6.0, 6.0, 6.0],   # grid of the pass that locates the asked classes (roi=True)
     "roi_margin_mm": 15.0,            # margin around the located classes
     "rules": None,       # overrides of postprocess_rules.yaml
+    # test-time mirroring (nnU-Net's): the windows also run flipped along the axes that do not swap
+    # left and right (those training mirrors along), logits averaged; 4x the network time
+    "mirror": False,
 }
 
 DEFAULT_TRAIN: dict[str, Any] = {
@@ -354,6 +357,8 @@ def inference_settings(inference: Mapping[str, Any] | None) -> dict[str, Any]:
     cfg["runtime"] = runtime_name(cfg["runtime"], "inference.runtime")
     if cfg["interpolation"] not in ("linear", "nearest"):
         raise ConfigError(f"inference.interpolation must be linear or nearest, got {cfg['interpolation']!r}")
+    if not isinstance(cfg["mirror"], bool):
+        raise ConfigError(f"inference.mirror must be true or false, got {cfg['mirror']!r}")
     if cfg["threads"] is not None and int(cfg["threads"]) < 1:
         raise ConfigError(f"inference.threads must be >= 1, got {cfg['threads']!r}")
     for key in ("fast_spacing", "roi_spacing"):

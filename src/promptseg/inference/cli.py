@@ -27,6 +27,8 @@ def _predict(args) -> int:
         inference["precision"] = args.precision
     if args.runtime is not None:
         inference["runtime"] = args.runtime
+    if args.mirror:
+        inference["mirror"] = True
     if args.roi and not args.prompt:
         raise ConfigError("--roi computes only what --prompt asks: give at least one --prompt")
 
@@ -85,6 +87,9 @@ def register(sub) -> None:
                    help="nifti (default), dicom-seg, rtstruct; several allowed; DICOM outputs need a DICOM series input")
     p.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass (default: checkpoint's)")
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: checkpoint's)")
+    p.add_argument("--mirror", action="store_true",
+                   help="test-time mirroring (nnU-Net's): average over flips along the axes that do not swap "
+                        "left and right; 4x the network time")
     p.add_argument("--fast", action="store_true",
                    help="run on a 3 mm grid (about 8x fewer voxels); an approximation for a model trained at 1.5 mm")
     p.add_argument("--roi", action="store_true",

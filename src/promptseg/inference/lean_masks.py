@@ -47,6 +47,7 @@ def sliding_window_masks(
     runtime: str = "torch",
     compiled: dict | None = None,
     blend: str = "logits",
+    mirror_axes: Sequence[int] = (),
 ):
     """Per-class bool masks and uint16 probabilities [K, X, Y, Z] (numpy, CPU) for `image` [1, C, ...].
 
@@ -61,6 +62,7 @@ def sliding_window_masks(
     `blend`: what the Gaussian averages, "logits" (MONAI) or "probabilities" (each window's sigmoid,
     as some authors blend); the masks are then prob > t. A model with `window_weights(roi)` gives
     its own Gaussian weights (a published method's map may differ from MONAI's near the window faces).
+    `mirror_axes`: test-time mirroring along these spatial axes (`WindowRunner`).
     """
     import numpy as np
     import torch.nn.functional as F
@@ -90,7 +92,7 @@ def sliding_window_masks(
         starts = [s for s in starts if all(s[a] < hi[a] and s[a] + roi[a] > lo[a] for a in range(3))]
     bs = max(1, int(sw_batch_size))
     runner = WindowRunner(model, prompt_batch, dtype, head_chunk, runtime=runtime, cache=compiled,
-                          batches=math.ceil(len(starts) / bs))
+                          batches=math.ceil(len(starts) / bs), mirror_axes=mirror_axes)
     # Stream along axis 0: MONAI's window order is already sorted by it, so the windows run in the
     # same order and the same batches as `sliding_window_inference` -- which matters for models
     # whose normalisation uses batch statistics at inference (the official U-Net's ContBatchNorm).

@@ -40,7 +40,7 @@ from ..runtime import resolve_device, set_threads
 from .confidence import mask_confidence
 from .inputs import plan_outputs
 from .modality import check_modality, choose_modality
-from .postprocess import load_rules, postprocess
+from .postprocess import load_rules, patient_axis, postprocess
 from .prediction import PackedMasks, Prediction
 from .settings import check_coarse, inference_settings, min_window, scaled_plan
 from .lean_masks import sliding_window_masks
@@ -83,6 +83,13 @@ def _grow_region(raw: np.ndarray, region, shape, margin) -> tuple[slice, ...] | 
     if out == tuple(region):  # cannot grow further: touching the crop border only
         return None
     return out
+
+
+def mirror_axes(record) -> tuple[int, ...]:
+    """Test-time mirroring axes of the network grid: every axis but the patient's left-right one,
+    as training mirrors (data/augment.py), so no flip turns a left kidney into a right one."""
+    lr = patient_axis(np.asarray(record.network.direction, dtype=float).reshape(3, 3), "right")[0]
+    return tuple(a for a in range(3) if a != lr)
 
 
 class Predictor:
@@ -230,8 +237,10 @@ class Predictor:
         if self.roi and prompts is not None:
             with _Timer(timings, "locate"):
                 region = self.locate(volume, queries, pre.record, notes)
+        mirror = mirror_axes(pre.record) if s["mirror"] else ()
+        stats["mirror_axes"] = list(mirror)
         with _Timer(timings, "network", self.device):
-            raw, probs = self._network(tensor, pb, thresholds, region, stats, notes)
+            raw, probs = self._network(tensor, pb, thresholds, region, stats, notes, mirror)
             del tensor
         if stats["compile_s"]:  # reported apart: compiling the windows' graph is not network time
             timings["network"] -= stats["compile_s"]
@@ -261,9 +270,10 @@ class Predictor:
         names = {q.label_value: q.name for q in queries}
         return Prediction(label_vol, masks_out, names, timings, volumes, notes, stats, list(queries))
 
-    def _network(self, tensor: torch.Tensor, pb, thresholds, region, stats, notes):
+    def _network(self, tensor: torch.Tensor, pb, thresholds, region, stats, notes, mirror: Sequence[int] = ()):
         """Masks + uint16 probabilities of the crop; with a region, grown until no mask touches its
-        inner faces (so a class the locating pass under-estimated is still complete)."""
+        inner faces (so a class the locating pass under-estimated is still complete). `mirror`:
+        the test-time mirroring axes of the network grid."""
         s = self.settings
         shape = tuple(tensor.shape[2:])
         run = tries = 0
@@ -271,7 +281,7 @@ class Predictor:
         while True:
             st: dict[str, Any] = {}
             raw, probs = self._masks(tensor, pb, thresholds, s["window"], region=region, stats=st,
-                                     progress=self.progress)
+                                     progress=self.progress, mirror_axes=mirror)
             run += st["windows"]
             compile_s += st["compile_s"]
             if region is None:

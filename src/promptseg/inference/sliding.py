@@ -32,13 +32,15 @@ def sliding_window_logits(
     amp: bool | None = None,
     precision: str | None = None,
     head_chunk: int | None = None,
+    mirror_axes: Sequence[int] = (),
 ) -> torch.Tensor:
     """Logits [1, K, X, Y, Z] for `image` [1, C, X, Y, Z], one channel per prompt.
 
     `device` runs the windows (default: the model's device); `out_device` holds the stitched
     logits (default: `device`). `amp` uses float16 autocast on CUDA (default: on for CUDA).
     `precision` (auto/float32/bfloat16/float16) overrides `amp`; `head_chunk` bounds a
-    conditioner's chunked head (class-voxels per chunk, see `WindowRunner`). Runs under
+    conditioner's chunked head (class-voxels per chunk, see `WindowRunner`); `mirror_axes`:
+    test-time mirroring along these spatial axes (`WindowRunner`). Runs under
     `torch.inference_mode`; the model should be in eval mode.
     """
     from monai.inferers import sliding_window_inference
@@ -55,7 +57,7 @@ def sliding_window_logits(
     else:
         use_amp = (device.type == "cuda") if amp is None else (amp and device.type == "cuda")
         dtype = torch.float16 if use_amp else None
-    run = WindowRunner(model, prompt_batch, dtype, head_chunk)
+    run = WindowRunner(model, prompt_batch, dtype, head_chunk, mirror_axes=mirror_axes)
     if device.type != "cpu":
         image = image.to(device, non_blocking=True)  # one copy up, not one per window
     with torch.inference_mode():

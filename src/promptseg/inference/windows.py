@@ -10,6 +10,7 @@ import contextlib
 import math
 import time
 import warnings
+from itertools import combinations
 from typing import Sequence
 
 import torch
@@ -93,6 +94,10 @@ class WindowRunner:
     graph compiled (conversion + compilation cost seconds). A graph that disagrees with PyTorch is
     dropped with a warning and the volume runs in PyTorch. A graph in `cache` was checked when it
     was built, so a later volume runs every batch compiled.
+
+    `mirror_axes` (spatial axes 0-2; empty: off) is nnU-Net's test-time mirroring: each window
+    batch also runs flipped along every non-empty subset of those axes, each result is flipped
+    back, and the logits are averaged (2^n passes).
     """
 
     #: estimated eager network seconds from which runtime 'auto' compiles
@@ -102,8 +107,13 @@ class WindowRunner:
 
     def __init__(self, model, prompt_batch: PromptBatch, dtype: torch.dtype | None = None,
                  head_chunk: int | str | None = "auto", runtime: str = "torch", cache: dict | None = None,
-                 batches: int | None = None):
+                 batches: int | None = None, mirror_axes: Sequence[int] = ()):
         self.model = model
+        axes = sorted({int(a) for a in mirror_axes})
+        if any(a not in (0, 1, 2) for a in axes):
+            raise ValueError(f"mirror_axes must be spatial axes 0, 1, 2; got {list(mirror_axes)}")
+        # tensor dims of every flip: each non-empty subset of the axes (nnU-Net's combinations)
+        self.flips = [[2 + a for a in c] for r in range(1, len(axes) + 1) for c in combinations(axes, r)]
         self.prompt_batch = prompt_batch
         self.dtype = dtype
         self.prepared = None
@@ -165,6 +175,14 @@ class WindowRunner:
         return compiled if compiled.fits(tuple(x.shape)) else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._run(x)
+        if not self.flips:
+            return out
+        for dims in self.flips:  # not in place: a compiled runtime may hand back its own buffer
+            out = out + torch.flip(self._run(torch.flip(x, dims)), dims)
+        return out / (1 + len(self.flips))
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         compiled = self._compiled(x)
         if compiled is not None:
             self.ran.add(self.engine(x.device))
