@@ -17,6 +17,7 @@ from ..checkpoint import open_checkpoint
 from ..evaluation.labelmap import LabelMap
 from ..evaluation.prompt_diagnostics import PRUNED_RATIO, ClassDiagnostics, diagnose, flag_pruned
 from ..inference import sliding_window_logits
+from ..inference.predictor import mirror_axes
 from ..inference.settings import inference_settings
 from ..io import read_image, read_label
 from ..preprocess import apply_to_label, get_plan, preprocess_image
@@ -34,12 +35,12 @@ def case_logits(ckpt, image_path: Path, label_path: Path, labels: Mapping[str, t
     pre = preprocess_image(image, plan)
     label = apply_to_label(read_label(label_path, reference=image), pre.record)
     model = ckpt.model.to(resolve_device(device)).eval()
-    s = ckpt.config.get("inference") or {}
+    s = inference_settings(ckpt.config.get("inference"))
     pb = model.prompt_batch(list(classes), modality=modality, batch_size=1)
     logits = sliding_window_logits(model, torch.from_numpy(pre.array)[None, None], pb,
-                                   window=s.get("window", (96, 96, 96)), overlap=float(s.get("overlap", 0.5)),
-                                   mode=s.get("mode", "gaussian"), sw_batch_size=int(s.get("sw_batch_size", 2)),
-                                   out_device="cpu", precision="float32")[0]
+                                   window=s["window"], overlap=float(s["overlap"]), mode=s["mode"],
+                                   sw_batch_size=int(s["sw_batch_size"]), out_device="cpu", precision="float32",
+                                   mirror_axes=mirror_axes(pre.record) if s["mirror"] else ())[0]
     ref = LabelMap(label, dict(labels), pre.volume.spacing, model.taxonomy, path=label_path)
     whole = tuple(slice(0, n) for n in label.shape)
     masks = [ref.mask(c, whole) if ref.can_score(c) else None for c in classes]
