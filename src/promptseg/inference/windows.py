@@ -120,7 +120,7 @@ class WindowRunner:
         self.runtime = runtime
         self.cache = {} if cache is None else cache
         self.compile_s = 0.0  # seconds spent compiling (counted inside the network time)
-        self.batches = batches
+        self.batches = batches * (1 + len(self.flips)) if batches else batches  # network calls: flips included
         self.ran: set[str] = set()  # engines that ran windows
         self._worth: bool | None = None if runtime == "auto" and batches else True
         self._reference: tuple[torch.Tensor, torch.Tensor] | None = None  # first eager batch, its logits
