@@ -86,13 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ngeneralise: '{CLASS}' Dice on held-out sarcoma patients (input grid, predictor path)")
     for name, (_, patients, step) in columns.items():
         print(f"  {name}: step {step}, patients {', '.join(patients)}")
-    head = f"{'modality':<9}{'class':<22}" + "".join(f"{n + ' mean':>16}{'min':>7}{'n':>4}" for n in columns)
+    width = {n: max(16, len(n) + 7) for n in columns}
+    head = f"{'modality':<9}{'class':<22}" + "".join(f"{n + ' mean':>{width[n]}}{'min':>7}{'n':>4}" for n in columns)
     print(head + "\n" + "-" * len(head))
     for mod in MODALITY_FILES:
         row = f"{mod:<9}{CLASS:<22}"
-        for scores, _, _ in columns.values():
+        for name, (scores, _, _) in columns.items():
             v = [s for s in scores[mod] if not math.isnan(s)]
-            row += f"{np.mean(v):>16.3f}{min(v):>7.3f}{len(v):>4}" if v else f"{'-':>16}{'-':>7}{0:>4}"
+            w = width[name]
+            row += f"{np.mean(v):>{w}.3f}{min(v):>7.3f}{len(v):>4}" if v else f"{'-':>{w}}{'-':>7}{0:>4}"
         print(row)
     return 0
 
