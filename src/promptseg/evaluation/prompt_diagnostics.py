@@ -70,20 +70,17 @@ def overlaps(logits: torch.Tensor, masks: Sequence[np.ndarray | torch.Tensor | N
              thresholds: Sequence[float] | None = None) -> list[tuple[int, int]]:
     """Per class, (|network mask & reference|, |network mask| + |reference|); a None mask: (0, 0).
     The network mask is probability > the class's threshold (0.5 each when None)."""
+    refs = _as_masks(masks)
+    probs = [0.5] * len(refs) if thresholds is None else [float(t) for t in thresholds]
+    cuts = torch.logit(torch.tensor(probs, dtype=torch.float64)).tolist()  # the cut-offs as logits
     out = []
-    for k, ref in enumerate(_as_masks(masks)):
+    for k, ref in enumerate(refs):
         if ref is None:
             out.append((0, 0))
             continue
-        pred = logits[k] > _logit(thresholds[k] if thresholds is not None else 0.5)
+        pred = logits[k] > cuts[k]
         out.append((int((pred & ref).sum()), int(pred.sum()) + int(ref.sum())))
     return out
-
-
-def _logit(p: float) -> float:
-    """The logit of probability p (a cut-off on probabilities applied to logits)."""
-    p = min(max(float(p), 1e-12), 1.0 - 1e-12)
-    return math.log(p / (1.0 - p))
 
 
 def diagnose(per_case: Sequence[tuple[torch.Tensor, Sequence[np.ndarray | None]]], classes: Sequence[str],
