@@ -71,3 +71,20 @@ def test_worker_streams_are_reproducible_and_carry_modality():
     mods = {m for x in a for m in x.modality}
     assert mods <= {"CT", "MR", "PET"} and len(mods) > 1
     assert all(m == d.split("_")[1] for x in a for m, d in zip(x.modality, x.datasets))
+
+
+def test_a_worker_leaves_through_os_exit_after_flushing_so_no_static_destructor_runs():
+    """The loader's worker hook (see `_exit_worker_quietly`): exit handlers registered before it
+    (and, past them, C++ static destructors) are skipped; what the worker printed still arrives."""
+    import subprocess
+    import sys
+
+    code = ("import atexit, sys\n"
+            "atexit.register(print, 'finalised')\n"
+            "from promptseg.data.loader import _exit_worker_quietly\n"
+            "_exit_worker_quietly(0)\n"
+            "sys.stdout.write('batch done')\n"
+            "sys.exit(3)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0
+    assert r.stdout == "batch done"

@@ -64,6 +64,8 @@ def run_device(model, image: torch.Tensor, device) -> torch.device:
 #: kernel launches: the CPU size made 25,920 baddbmm launches for one clinical CT on an H100
 #: (benchmarks/gpu_predict.py, SegResNet + 32 classes; 1.9 s of host time, 0.27 s on the GPU), so
 #: chunks there are 128x larger (a 32-class head's 8-channel intermediate: 0.5 GB in float32).
+#: Measured after the change, same script and CT, H100: network stage 6.23 -> 2.76 s per CT,
+#: peak allocated 1.65 -> 3.38 GB (within FLARE's 4 GB).
 HEAD_CHUNK = {"cpu": 131072, "cuda": 1 << 24}
 
 
