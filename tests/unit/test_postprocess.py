@@ -9,9 +9,9 @@ from promptseg.inference.postprocess import (
     largest_components,
     load_rules,
     midline,
-    patient_axis,
     postprocess,
 )
+from promptseg.io.volume import patient_axis
 
 SHAPE = (40, 30, 30)
 LPS_GRID = np.eye(3)  # a grid stored LPS: axis 0 runs toward the patient's LEFT

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..errors import InputError, PromptsegError
 from ..io.atomic import atomic_path, atomic_write
+from ..io.volume import patient_axis
 from ..preprocess import Plan, get_plan
 from ..taxonomy import default_taxonomy
 from .check import label_counts
@@ -174,16 +175,6 @@ class _Job:
     allowed: frozenset = frozenset()  # label values the dataset declares; others are an error
 
 
-def lr_axis_of(record: dict) -> tuple[int, bool]:
-    """(left-right axis, right toward high index) from the network grid's LPS direction columns.
-
-    Plans in RAS give (0, True); a plan that keeps the file's axes still gets the right answer.
-    """
-    d = np.asarray(record["network"]["direction"], dtype=np.float64).reshape(3, 3)
-    axis = int(np.argmax(np.abs(d[0, :])))  # LPS x (toward patient Left) component of each axis
-    return axis, bool(d[0, axis] < 0)
-
-
 def _preprocess(job: _Job):
     from ..io import read_image, read_label
     from ..preprocess import apply_to_label, preprocess_image
@@ -240,10 +231,10 @@ def _run_job(job: _Job) -> dict:
     if action == "preprocessed":
         _save_npy(arrays[0], image)
         _save_npy(arrays[1], label)
-    lr_axis, right_high = lr_axis_of(record)
+    lr_axis, toward_right = patient_axis(record["network"]["direction"], "right")
     targets, split = label_to_targets_with_info(label, job.mappings, job.classes, job.taxonomy,
                                                 image=np.asarray(image[0]), lr_axis=lr_axis,
-                                                right_is_high=right_high)
+                                                right_is_high=toward_right > 0)
     _save_npy(arrays[2], targets.astype(np.uint8))
     meta = {
         "cache_version": CACHE_VERSION, "case": job.case.id, "dataset": job.dataset, "modality": job.modality,

@@ -21,7 +21,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .cache import lr_axis_of
+from ..io.volume import patient_axis
+
 
 MAX_FG_POINTS = 20000
 
@@ -168,7 +169,7 @@ class PatchSampler:
             if self.augment is not None:
                 self.augment.reseed(int(self.rng.integers(2**31)))
                 record = getattr(case, "record", None)
-                img, tgt = self.augment(img, tgt, lr_axis_of(record)[0] if record else 0)
+                img, tgt = self.augment(img, tgt, patient_axis(record["network"]["direction"], "right")[0] if record else 0)
             images.append(img)
             targets.append(tgt)
             annotated.append(ann)

@@ -24,13 +24,11 @@ import yaml
 
 from ..config import read_yaml
 from ..errors import ConfigError
+from ..io.volume import patient_axis
 from ..masks import bbox, close_cube, dilate_cube, half_space, largest_components, midline, split_left_right
 from ..masks import body_mask as body_mask_from_image  # noqa: F401  (public name of inference)
 from ..taxonomy import ClassInfo, Taxonomy, default_taxonomy
 from .threads import ordered_thread_map
-
-_RAS_DIRECTION = np.diag([-1.0, -1.0, 1.0])  # RAS grid written in the LPS convention of Volume
-
 
 # --- rules -------------------------------------------------------------------------------------
 @lru_cache(maxsize=1)
@@ -54,18 +52,6 @@ def load_rules(override: str | Path | Mapping[str, Any] | None = None) -> dict[s
 
 
 # --- geometry helpers --------------------------------------------------------------------------
-def patient_axis(direction: np.ndarray | None, toward: str) -> tuple[int, int]:
-    """(array axis, sign) of the axis closest to the patient's `toward` ('right' or 'superior').
-
-    sign = +1 when increasing the index moves toward it. `direction` columns are LPS unit vectors.
-    """
-    d = _RAS_DIRECTION if direction is None else np.asarray(direction, dtype=float).reshape(3, 3)
-    row, flip = {"right": (0, -1.0), "left": (0, 1.0), "superior": (2, 1.0), "inferior": (2, -1.0)}[toward]
-    comp = d[row, :] * flip  # how much each array axis points toward `toward`
-    axis = int(np.argmax(np.abs(comp)))
-    return axis, (1 if comp[axis] > 0 else -1)
-
-
 def grow_region(mask: np.ndarray, closing: int = 5, dilation: int = 5) -> np.ndarray:
     """`mask` closed then dilated with cubes of the given sides (the region a lesion may occupy).
 

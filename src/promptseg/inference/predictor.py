@@ -40,7 +40,8 @@ from ..runtime import resolve_device, set_threads
 from .confidence import mask_confidence
 from .inputs import plan_outputs
 from .modality import check_modality, choose_modality
-from .postprocess import load_rules, patient_axis, postprocess
+from ..io.volume import patient_axis
+from .postprocess import load_rules, postprocess
 from .prediction import PackedMasks, Prediction
 from .settings import check_coarse, inference_settings, min_window, scaled_plan
 from .lean_masks import sliding_window_masks
@@ -88,7 +89,7 @@ def _grow_region(raw: np.ndarray, region, shape, margin) -> tuple[slice, ...] | 
 def mirror_axes(record) -> tuple[int, ...]:
     """Test-time mirroring axes of the network grid: every axis but the patient's left-right one,
     as training mirrors (data/augment.py), so no flip turns a left kidney into a right one."""
-    lr = patient_axis(np.asarray(record.network.direction, dtype=float).reshape(3, 3), "right")[0]
+    lr = patient_axis(record.network.direction, "right")[0]
     return tuple(a for a in range(3) if a != lr)
 
 

@@ -15,7 +15,23 @@ from pathlib import Path
 
 import numpy as np
 
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])  # also the LPS direction of a RAS grid
+
+
+def patient_axis(direction: np.ndarray | None, toward: str) -> tuple[int, int]:
+    """(array axis, sign) of the axis closest to the patient's `toward` ('right', 'left',
+    'superior' or 'inferior'); sign = +1 when increasing the index moves toward it.
+
+    `direction`: 3x3, columns the LPS unit vectors of the array axes (`Volume.direction`, a
+    preprocessing record's network grid); None = a RAS grid. The one place that says which array
+    axis is the patient's left-right one (augmentation, label splitting, post-processing and
+    test-time mirroring all ask here).
+    """
+    d = _LPS_TO_RAS if direction is None else np.asarray(direction, dtype=float).reshape(3, 3)
+    row, flip = {"right": (0, -1.0), "left": (0, 1.0), "superior": (2, 1.0), "inferior": (2, -1.0)}[toward]
+    comp = d[row, :] * flip  # how much each array axis points toward `toward`
+    axis = int(np.argmax(np.abs(comp)))
+    return axis, (1 if comp[axis] > 0 else -1)
 
 
 @dataclass
