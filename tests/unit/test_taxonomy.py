@@ -78,3 +78,17 @@ def test_user_file_cannot_steal_a_name(tmp_path):
     f.write_text("classes:\n  - {id: 2000, name: ivc}\n")
     with pytest.raises(TaxonomyError, match="already a name of 'postcava'"):
         load_taxonomy(f)
+
+
+@pytest.mark.parametrize("threshold", ["0", "1", "1.5", "-0.2", "high", "true"])
+def test_a_class_threshold_outside_0_1_is_refused_naming_file_and_class(tmp_path, threshold):
+    f = tmp_path / "cut.yaml"
+    f.write_text(f"classes:\n  - {{id: 3000, name: pineal cyst, threshold: {threshold}}}\n")
+    with pytest.raises(TaxonomyError, match=r"cut\.yaml: class 'pineal cyst' has threshold .*between 0 and 1"):
+        load_taxonomy(f)
+
+
+def test_a_class_threshold_inside_0_1_is_kept(tmp_path):
+    f = tmp_path / "cut.yaml"
+    f.write_text("classes:\n  - {id: 3000, name: pineal cyst, threshold: 0.3}\n")
+    assert load_taxonomy(f).resolve("pineal cyst").threshold == 0.3

@@ -176,6 +176,12 @@ def _parse(doc: dict, source: str) -> tuple[list[ClassInfo], str]:
             raise TaxonomyError(f"{source}: class {raw['name']!r} has kind {kind!r}; use one of {KINDS}")
         if lat not in LATERALITIES:
             raise TaxonomyError(f"{source}: class {raw['name']!r} has laterality {lat!r}")
+        if "threshold" in raw:  # a probability cut-off; 0 or 1 would make every mask all or nothing
+            t = raw["threshold"]
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < float(t) < 1.0:
+                raise TaxonomyError(f"{source}: class {raw['name']!r} has threshold {t!r}; "
+                                    "use a probability strictly between 0 and 1")
+            raw["threshold"] = float(t)
         unknown = set(raw) - set(ClassInfo.__dataclass_fields__)
         if unknown:
             raise TaxonomyError(f"{source}: class {raw['name']!r} has unknown fields {sorted(unknown)}")
