@@ -157,6 +157,8 @@ def test_a_class_post_processing_removed_is_flagged_pruned(scan, tmp_path, monke
     r = bench.train_and_score(suite, "hermes", tmp_path / "hermes")
     assert {c: d["flags"] for c, d in r.diagnostics.items()} == {"liver": [], "postcava": ["pruned"], "spleen": ["dead"]}
     assert "0.000 (pruned)" in bench.format_table(suite, [r])
+    assert "under 0.5 x the network's raw Dice" in bench.format_table(suite, [r])
+    assert "under 0.25 x the network's raw Dice" in bench.format_table(suite, [r], pruned_ratio=0.25)
 
 
 def test_seeds_give_mean_and_sd_and_flags_are_marked():

@@ -44,6 +44,7 @@ import yaml
 
 from ..errors import ConfigError, InputError, PromptsegError
 from ..evaluation.evaluate import json_safe
+from ..evaluation.prompt_diagnostics import PRUNED_RATIO
 from ..io.atomic import atomic_directory, atomic_write, refuse_foreign
 from ..io.formats import WRITABLE, case_id, channel_file, image_ending
 from ..io.labeltable import load_table, parse_label_mapping, read_label_json
@@ -487,7 +488,8 @@ def compare(suite: str, methods: Sequence[str] | None = None, steps: int | None 
     t0 = time.time()
     s = build_suite(suite, work, data_dir, split, progress)
     rows: list[MethodResult] = []
-    table = format_table(s, rows, command, machine_line(device))
+    pruned_ratio = float((bench_settings().get("diagnostics") or {}).get("pruned_ratio", PRUNED_RATIO))
+    table = format_table(s, rows, command, machine_line(device), pruned_ratio)
     for m in methods:
         for i in range(int(seeds)):
             print(f"[bench {suite}] {m} (seed {i + 1}/{seeds}): training {steps or s.run['train']['steps']} steps",
@@ -498,7 +500,7 @@ def compare(suite: str, methods: Sequence[str] | None = None, steps: int | None 
             print(f"[bench {suite}] {m}: mean Dice {fmt(r.mean_dice)}, {r.seconds_per_step:.2f} s/step, "
                   f"{r.seconds_per_volume:.2f} s/volume; flagged: {flags or 'none'}", file=sys.stderr, flush=True)
             rows.append(r)
-        table = format_table(s, rows, command, machine_line(device))  # rewritten per method: a killed run keeps its rows
+        table = format_table(s, rows, command, machine_line(device), pruned_ratio)  # rewritten per method: a killed run keeps its rows
         atomic_write(work / "table.md", table)
     result = {
         "suite": suite, "split": split, "title": s.title, "note": s.note, "command": command, "device": device,

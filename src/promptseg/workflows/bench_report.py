@@ -11,6 +11,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..evaluation.prompt_diagnostics import PRUNED_RATIO
+
 
 def fmt(v: float | None, digits: int = 3) -> str:
     return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
@@ -51,9 +53,11 @@ def class_flags(runs: Sequence[Any], cls: str) -> list[str]:
     return [f if n == len(runs) else f"{f} {n}/{len(runs)}" for f, n in counts.items()]
 
 
-def format_table(suite, rows: Sequence[Any], command: str = "", machine: str = "") -> str:
+def format_table(suite, rows: Sequence[Any], command: str = "", machine: str = "",
+                 pruned_ratio: float = PRUNED_RATIO) -> str:
     """Markdown: title, note, command, then method | params (M) | s/step | s/volume | Dice... |
-    mean Dice | flags, and the prompt-diagnostics table when the rows carry diagnostics."""
+    mean Dice | flags, and the prompt-diagnostics table when the rows carry diagnostics.
+    `pruned_ratio`: the one the rows were flagged with (bench.yaml's `diagnostics`), for the legend."""
     classes = list(dict.fromkeys(c for r in rows for c in r.dice))
     methods = by_method(rows)
     seeds = max((len(v) for v in methods.values()), default=1)
@@ -65,7 +69,7 @@ def format_table(suite, rows: Sequence[Any], command: str = "", machine: str = "
                   f"method; only `conditioner:` (and so each method's own training recipe) differs. Dice per class on "
                   f"the scored set{per}; timings on this machine. Flags: blind = the prompt explains under the "
                   f"threshold share of the class's logit variance; dead = the class's own voxels get a mean logit "
-                  f"below the decision logit; pruned = the written masks score under half the network's raw Dice "
+                  f"below the decision logit; pruned = the written masks score under {pruned_ratio:g} x the network's raw Dice "
                   f"(post-processing removed what it found).", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
