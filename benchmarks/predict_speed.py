@@ -514,7 +514,8 @@ def main() -> int:
             continue
         print(f"{preset:<18}{name:<10}" + "".join(f"{r['timings'].get(s, float('nan')):>12.2f}" for s in STAGES))
     print()
-    print("wall = read -> written files (the issue's target: <= 60 s, <= 4096 MB on 2 cores); process = python "
+    print("wall = read -> written files (issue 20's target for `lean`: <= 30 s and <= 4096 MB on 2 cores, the "
+          "stages after the network <= 10 s); process = python "
           "start, imports and checkpoint load included; windows = windows evaluated; GFLOP/s = counted window "
           "FLOPs x windows / network seconds; %mm = of this machine's matmul rate in the row's precision; "
           "Dice>= = lowest per-class Dice against the reference (lean-raw; and lean-raw-torch), against lean-torch "
