@@ -418,7 +418,7 @@ def read_yaml(path: str | Path, what: str) -> Any:
     if not p.is_file():
         raise ConfigError(f"{p}: {what} not found")
     try:
-        return yaml.safe_load(p.read_text())
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
 

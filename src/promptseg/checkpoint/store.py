@@ -125,7 +125,7 @@ def save_checkpoint(
 
 def read_meta(ckpt_dir: Path) -> dict[str, Any]:
     try:
-        meta = json.loads((Path(ckpt_dir) / META).read_text())
+        meta = json.loads((Path(ckpt_dir) / META).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{Path(ckpt_dir) / META}: unreadable ({str(exc).splitlines()[0]})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

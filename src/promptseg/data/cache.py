@@ -209,7 +209,7 @@ def _run_job(job: _Job) -> dict:
     old = None
     if meta_path.is_file():
         try:
-            old = json.loads(meta_path.read_text())
+            old = json.loads(meta_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, OSError):
             old = None
     fps = _fingerprints(job.case, (old or {}).get("sources"))

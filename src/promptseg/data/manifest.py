@@ -181,7 +181,7 @@ class DatasetManifest:
         if not path.is_file():
             raise InputError(path, "manifest file not found")
         try:
-            doc = yaml.safe_load(path.read_text())
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise InputError(path, f"not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
         return cls.from_dict(doc, path, taxonomy)
@@ -266,7 +266,7 @@ def _modality_from_channels(channels: list[str]) -> str:
 
 def _read_json(path: Path) -> dict:
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(path, f"not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
@@ -418,7 +418,7 @@ def _scan_plain(root: Path, labels_file: Path | None, pairs_file: Path | None) -
     if pairs_file is not None:
         pairs_file = Path(pairs_file)
         base = pairs_file.parent
-        for lineno, line in enumerate(pairs_file.read_text().splitlines(), 1):
+        for lineno, line in enumerate(pairs_file.read_text(encoding="utf-8").splitlines(), 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue

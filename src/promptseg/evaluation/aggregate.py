@@ -173,7 +173,7 @@ def write_csv(rows: Sequence[Row], path: str | Path, columns: Sequence[str]) -> 
 
 def read_csv(path: str | Path, numeric: Sequence[str] = ()) -> list[Row]:
     """Read a table written by `write_csv`; columns in `numeric` become floats ('' -> NaN)."""
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     for r in rows:
         for c in numeric:

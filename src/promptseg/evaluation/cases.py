@@ -71,7 +71,7 @@ def _dataset_name(root: Path) -> str:
         p = folder / "dataset.json"
         if p.is_file():
             try:
-                name = json.loads(p.read_text()).get("name")
+                name = json.loads(p.read_text(encoding="utf-8")).get("name")
             except (OSError, ValueError, AttributeError):
                 name = None
             if isinstance(name, str) and name.strip():

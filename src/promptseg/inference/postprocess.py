@@ -33,7 +33,7 @@ from .threads import ordered_thread_map
 # --- rules -------------------------------------------------------------------------------------
 @lru_cache(maxsize=1)
 def _packaged_rules() -> dict[str, Any]:
-    text = resources.files("promptseg.inference").joinpath("postprocess_rules.yaml").read_text()
+    text = resources.files("promptseg.inference").joinpath("postprocess_rules.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
 
 

@@ -29,7 +29,7 @@ def write_labels_json(path: Path, names: Mapping[int, str]) -> Path:
     table: dict[str, str] = {}
     if path.is_file():
         try:
-            old = json.loads(path.read_text())
+            old = json.loads(path.read_text(encoding="utf-8"))
             if isinstance(old, dict):
                 table.update({str(k): str(v) for k, v in old.items()})
         except (OSError, json.JSONDecodeError):

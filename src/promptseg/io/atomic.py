@@ -76,7 +76,7 @@ def refuse_foreign(final: str | Path, tag: str, what: str) -> None:
     if not final.exists():
         return
     try:
-        desc = json.loads((final / "dataset.json").read_text()).get("description", "")
+        desc = json.loads((final / "dataset.json").read_text(encoding="utf-8")).get("description", "")
     except (OSError, ValueError, AttributeError):
         desc = ""
     if not str(desc).startswith(tag):

@@ -93,7 +93,7 @@ def load_table(path: str | Path):
     """The document of a label-table file: JSON for .json, else YAML; one-line errors."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(path, "label table not found") from None
     except (OSError, UnicodeDecodeError) as exc:

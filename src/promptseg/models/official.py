@@ -61,7 +61,7 @@ _BACKBONE_ROOTS = re.compile(r"^(swinViT|encoder\d+|decoder\d+|down_tr\d+|up_tr\
 @lru_cache(maxsize=1)
 def official_facts() -> dict[str, Any]:
     """The content of official_keys.json (layout, parameter counts, checkpoint conventions)."""
-    text = resources.files("promptseg.models").joinpath("official_keys.json").read_text()
+    text = resources.files("promptseg.models").joinpath("official_keys.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 
@@ -216,7 +216,7 @@ def load_official(path: str | Path, backbone: str | None = None):
 @lru_cache(maxsize=1)
 def official_settings() -> dict[str, Any]:
     """Plan, inference settings and post-processing facts of the official code (data file)."""
-    return yaml.safe_load(resources.files("promptseg.models").joinpath("official_settings.yaml").read_text())
+    return yaml.safe_load(resources.files("promptseg.models").joinpath("official_settings.yaml").read_text(encoding="utf-8"))
 
 
 def official_run_config(backbone: str) -> dict[str, Any]:

@@ -181,7 +181,7 @@ def _gaussian_weights(crop: tuple[int, int, int]) -> torch.Tensor:
 @lru_cache(maxsize=1)
 def sat_settings() -> dict[str, Any]:
     """Preprocessing, inference settings and modality codes of the authors' code (data file)."""
-    return yaml.safe_load(resources.files("promptseg.models").joinpath("official_sat_settings.yaml").read_text())
+    return yaml.safe_load(resources.files("promptseg.models").joinpath("official_sat_settings.yaml").read_text(encoding="utf-8"))
 
 
 def sat_modality(modality: str) -> str:
@@ -383,7 +383,7 @@ def load_sat_model(folder: str | Path) -> OfficialSAT:
     folder = Path(folder)
     if not (folder / SAT_META).is_file() or not (folder / SAT_WEIGHTS).is_file():
         raise InputError(folder, f"not an imported SAT model (needs {SAT_META} and {SAT_WEIGHTS})")
-    meta = json.loads((folder / SAT_META).read_text())
+    meta = json.loads((folder / SAT_META).read_text(encoding="utf-8"))
     model = OfficialSAT(**meta["spec"])
     state = load_file(str(folder / SAT_WEIGHTS))
     state["_extra_state"] = {"vocabulary": meta["vocabulary"], "modalities": meta["modalities"]}

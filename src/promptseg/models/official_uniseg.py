@@ -43,14 +43,14 @@ from .state import read_torch_file, state_mismatch
 @lru_cache(maxsize=1)
 def uniseg_settings() -> dict[str, Any]:
     """Network shape, task table, preprocessing and inference settings of the published model."""
-    text = resources.files("promptseg.models").joinpath("official_uniseg_settings.yaml").read_text()
+    text = resources.files("promptseg.models").joinpath("official_uniseg_settings.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
 
 
 @lru_cache(maxsize=1)
 def uniseg_key_facts() -> dict[str, Any]:
     """The content of official_uniseg_keys.json (the authors' state-dict names and shapes)."""
-    return json.loads(resources.files("promptseg.models").joinpath("official_uniseg_keys.json").read_text())
+    return json.loads(resources.files("promptseg.models").joinpath("official_uniseg_keys.json").read_text(encoding="utf-8"))
 
 
 def uniseg_layout() -> dict[str, tuple[int, ...]]:

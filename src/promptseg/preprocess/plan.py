@@ -117,7 +117,7 @@ _DEFAULTS_KEY = "modality_defaults"  # the one entry of plans.yaml that is not a
 
 @lru_cache(maxsize=1)
 def _plans_yaml() -> dict[str, Any]:
-    text = resources.files("promptseg.preprocess").joinpath("plans.yaml").read_text()
+    text = resources.files("promptseg.preprocess").joinpath("plans.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text) or {}
 
 

@@ -195,7 +195,7 @@ def read_classes_file(path: str | Path) -> list[ClassInfo]:
     if not p.is_file():
         raise TaxonomyError(f"{p}: taxonomy file not found")
     try:
-        doc = yaml.safe_load(p.read_text())
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise TaxonomyError(f"{p}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
     return _parse(doc, str(p))[0]
@@ -203,7 +203,7 @@ def read_classes_file(path: str | Path) -> list[ClassInfo]:
 
 @lru_cache(maxsize=1)
 def _packaged() -> Taxonomy:
-    text = resources.files("promptseg.taxonomy").joinpath("classes.yaml").read_text()
+    text = resources.files("promptseg.taxonomy").joinpath("classes.yaml").read_text(encoding="utf-8")
     classes, version = _parse(yaml.safe_load(text), "classes.yaml")
     return Taxonomy(classes, version=version)
 

@@ -42,7 +42,7 @@ def _keys(name: str) -> set[str]:
 @lru_cache(maxsize=1)
 def sat_vocabulary() -> dict[str, SATTerm]:
     """Term name -> SATTerm, from the packaged data file."""
-    doc = yaml.safe_load(resources.files("promptseg.taxonomy").joinpath("sat_vocabulary.yaml").read_text())
+    doc = yaml.safe_load(resources.files("promptseg.taxonomy").joinpath("sat_vocabulary.yaml").read_text(encoding="utf-8"))
     return {t["name"]: SATTerm(t["name"], tuple(t["modalities"]), tuple(t["regions"])) for t in doc["terms"]}
 
 

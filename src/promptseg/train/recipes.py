@@ -27,7 +27,7 @@ RECIPE_PACKAGE = "promptseg.models.conditioners"
 
 @lru_cache(maxsize=1)
 def _recipes_text() -> str:
-    return resources.files(RECIPE_PACKAGE).joinpath(RECIPE_FILE).read_text()
+    return resources.files(RECIPE_PACKAGE).joinpath(RECIPE_FILE).read_text(encoding="utf-8")
 
 
 def recipes() -> dict[str, dict[str, Any]]:

@@ -69,7 +69,7 @@ def truncate_log(path: Path, step: int) -> None:
     and any line a kill cut short, so no step is ever logged twice."""
     if not path.is_file():
         return
-    lines = path.read_text().splitlines(keepends=True)
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     keep = []
     for line in lines:
         try:

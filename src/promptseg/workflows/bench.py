@@ -61,7 +61,7 @@ SPLIT_TAG = "promptseg partial split"  # dataset.json description prefix: ours, 
 # --- settings ------------------------------------------------------------------------------------
 @lru_cache(maxsize=1)
 def _settings_text() -> str:
-    return resources.files("promptseg.configs").joinpath("bench.yaml").read_text()
+    return resources.files("promptseg.configs").joinpath("bench.yaml").read_text(encoding="utf-8")
 
 
 def bench_settings() -> dict[str, Any]:
@@ -330,7 +330,7 @@ def train_run(run_yaml: str | Path, device: str = "auto", progress: bool = True)
     rc = cli_main(argv)
     if rc:
         raise PromptsegError(f"{run_yaml}: `promptseg {' '.join(argv)}` failed (exit {rc})")
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
     secs = [float(r["seconds"]) for r in log]
     # median step time: robust to other jobs' bursts on a shared machine (the mean is in `seconds`)
     per_step = float(np.median(np.diff(secs))) if len(secs) > 1 else secs[-1]
@@ -426,8 +426,8 @@ def train_and_score(suite: Suite, method: str, run_dir: str | Path, steps: int |
     record = run_dir / "result.json"
     if reuse and record.is_file():
         try:
-            doc = json.loads(record.read_text())
-            if doc.get("run_yaml_text") == yml.read_text():
+            doc = json.loads(record.read_text(encoding="utf-8"))
+            if doc.get("run_yaml_text") == yml.read_text(encoding="utf-8"):
                 doc.pop("run_yaml_text")
                 doc.pop("mean_dice", None)
                 doc["dice"] = _nans(doc["dice"])
@@ -447,7 +447,7 @@ def train_and_score(suite: Suite, method: str, run_dir: str | Path, steps: int |
     result = MethodResult(method, sc.params, tr.steps, tr.seconds_per_step, sc.seconds_per_volume, tr.seconds / 60.0,
                           sc.dice, sc.per_case, str(yml), str(tr.checkpoint), int(suite.run.get("seed", 0)) + seed_offset,
                           {c: asdict(d) for c, d in diag.items()})
-    doc = {**asdict(result), "mean_dice": result.mean_dice, "run_yaml_text": yml.read_text()}
+    doc = {**asdict(result), "mean_dice": result.mean_dice, "run_yaml_text": yml.read_text(encoding="utf-8")}
     atomic_write(record, json.dumps(json_safe(doc), indent=1) + "\n")
     return result
 

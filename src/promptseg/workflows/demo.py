@@ -64,7 +64,7 @@ def run_demo(out: Path, steps: int | None = None, device: str = "auto", n_test: 
     t0 = time.time()
     print(f"[1/4] phantom datasets -> {out / 'data'}")
     folders = make_phantom_datasets(out / "data", seed=0, n_test=n_test)
-    raw = yaml.safe_load(resources.files("promptseg.configs").joinpath("demo.yaml").read_text())
+    raw = yaml.safe_load(resources.files("promptseg.configs").joinpath("demo.yaml").read_text(encoding="utf-8"))
     if steps is not None:
         raw["train"]["steps"] = steps
     atomic_write(out / "demo.yaml", yaml.safe_dump(raw, sort_keys=False))
