@@ -32,7 +32,7 @@ import torch
 from ..checkpoint import Checkpoint
 from ..errors import ConfigError, InputError
 from ..io import read_image
-from ..io.volume import Volume
+from ..io.volume import Volume, patient_axis
 from ..preprocess import get_plan, preprocess_image
 from ..taxonomy.query import Query, resolve_queries
 from ..masks import bbox, body_mask
@@ -40,7 +40,6 @@ from ..runtime import resolve_device, set_threads
 from .confidence import mask_confidence
 from .inputs import plan_outputs
 from .modality import check_modality, choose_modality
-from ..io.volume import patient_axis
 from .postprocess import load_rules, postprocess
 from .prediction import PackedMasks, Prediction
 from .settings import check_coarse, inference_settings, min_window, scaled_plan

@@ -134,7 +134,8 @@ def invert_classes(
     def resample(i: int):
         """Class i on the oriented input grid: (region, mask, uint16 probability) or None."""
         keep = np.asarray(kept[classes[i]], dtype=bool)
-        if interpolation == "nearest" or not np.array_equal(keep, raw[i]):
+        changed = interpolation == "linear" and not np.array_equal(keep, raw[i])  # by post-processing
+        if interpolation == "nearest" or changed:
             # the mask cannot leave the post-processed one grown by a voxel (see below), so the
             # box is the kept mask's, plus that voxel and one for the interpolation's corners:
             # speckle the post-processing removed far away costs nothing to resample
@@ -152,7 +153,7 @@ def invert_classes(
         plans = [_axis_plan(n_res[a], n_or[a], lo[a], hi[a]) for a in range(3)]
         if any(len(p[0]) == 0 for p in plans):
             return None
-        keep_s, raw_s = _padded(keep, sub, ext), _padded(raw[i], sub, ext)
+        keep_s = _padded(keep, sub, ext)
         near = [np.clip(nearest_indices(n_res[a], n_or[a])[plans[a][0]] - lo[a], 0, hi[a] - lo[a] - 1)
                 for a in range(3)]
         if interpolation == "linear":
@@ -161,10 +162,10 @@ def invert_classes(
                 p = _lerp(p, a, plans[a][1], plans[a][2], plans[a][3])
             mask = (p > PROB_SCALE * float(queries[i].threshold)).numpy()
             prob = p.round_().to(torch.uint16).numpy()  # values in [0, PROB_SCALE]: no int32 detour
-            if not np.array_equal(keep_s, raw_s):  # post-processing changed this class
+            if changed:
                 grown = dilate_cube(keep_s, 3)
                 mask &= _gather(grown, near)
-                added = keep_s & ~raw_s
+                added = keep_s & ~_padded(raw[i], sub, ext)
                 if added.any():
                     mask |= _gather(added, near)
         else:
