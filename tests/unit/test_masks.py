@@ -52,3 +52,24 @@ def test_split_left_right_by_components_and_by_plane(sign):
     left, right = masks.split_left_right(fused, 0, sign, 9.5)
     assert right.sum() == left.sum() == 6 * 16 and not (left & right).any()
     assert np.array_equal(right, fused & masks.half_space(fused.shape, 0, sign, 9.5, "right"))
+
+
+def test_fill_holes_equals_scipy():
+    """Cavities fill; background that reaches any face of the grid stays (scipy's rule)."""
+    from scipy import ndimage
+
+    from promptseg.masks import fill_holes
+
+    rng = np.random.default_rng(5)
+    shell = np.zeros((12, 11, 10), bool)
+    shell[2:10, 2:9, 2:8] = True
+    shell[4:8, 4:7, 4:6] = False                      # a closed cavity: filled
+    open_hole = shell.copy()
+    open_hole[5, 5, 0:5] = False                       # a tunnel to a face: stays open
+    blobs = ndimage.gaussian_filter(rng.random((25, 21, 18)), 1.5) > 0.5
+    cases = [shell, open_hole, blobs, ~blobs, np.zeros((4, 5, 6), bool), np.ones((4, 5, 6), bool),
+             rng.random((9, 1, 7)) > 0.5]
+    for m in cases:
+        got = fill_holes(m)
+        assert got.dtype == bool and np.array_equal(got, ndimage.binary_fill_holes(m))
+    assert fill_holes(shell)[5, 5, 5] and not fill_holes(open_hole)[5, 5, 3]

@@ -63,6 +63,24 @@ def test_lesion_kept_only_near_parent():
     assert np.array_equal(out["liver"], liver)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_lesions_sharing_a_parent_are_each_kept_near_it(workers):
+    """Liver tumour and hepatic vessel tumour share the liver's grown region (grown once, side by
+    side with the kidneys' for the kidney tumour); each lesion keeps only its own voxels near it."""
+    body = box((0, 0, 0), SHAPE)
+    liver = box((10, 5, 5), (20, 15, 15))
+    kidney = box((28, 18, 18), (34, 24, 24))
+    near_liver, far = box((12, 7, 7), (14, 9, 9)), box((30, 2, 2), (33, 5, 5))
+    vessel = box((21, 6, 6), (22, 8, 8))  # 1 voxel beyond the liver: inside the dilation
+    near_kidney = box((29, 19, 19), (31, 21, 21))
+    masks = {"liver": liver, "right kidney": kidney, "liver tumor": near_liver | far,
+             "hepatic vessel tumor": vessel | far | near_kidney, "kidney tumor": near_kidney | near_liver}
+    out = postprocess(masks, body_mask=body, workers=workers)
+    assert np.array_equal(out["liver tumor"], near_liver)
+    assert np.array_equal(out["hepatic vessel tumor"], vessel)
+    assert np.array_equal(out["kidney tumor"], near_kidney)
+
+
 def test_lesion_parent_group_uses_both_kidneys():
     body = box((0, 0, 0), SHAPE)
     right = box((28, 10, 10), (34, 16, 16))  # axis 0 high = patient right

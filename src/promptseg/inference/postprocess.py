@@ -96,7 +96,8 @@ def postprocess(
     parent -> small lesions dropped. Classes the taxonomy does not know pass through unchanged.
     `probs` is accepted for symmetry with `merge` (rules here are binary). Messages about rules
     that could not apply (e.g. a tumour whose organ was not asked) are appended to `notes`.
-    `workers` threads run the per-class largest-component step side by side. `classes`: the
+    `workers` threads run the per-class largest-component step and the lesions' parent regions
+    side by side. `classes`: the
     taxonomy facts of each mask's class when the caller already resolved them (the predictor's
     queries); otherwise they are looked up by name.
     """
@@ -157,21 +158,31 @@ def postprocess(
         keep = (height >= lowest).reshape([shape[si_axis] if a == si_axis else 1 for a in range(3)])
         out[tname] = out[tname] & keep
 
-    # 4. lesions inside their parent organ
+    # 4. lesions inside their parent organ. One grown region per set of parents (liver tumour and
+    # hepatic vessel tumour share the liver's), side by side; every region is grown from the masks
+    # as they stand before this step, so the order of the lesions does not matter
     restrict = rules.get("restrict_to_parent") or {}
     kinds = set(restrict.get("kinds") or [])
+    lesions: list[tuple[str, tuple[str, ...]]] = []
     for name, c in info.items():
         if c.kind not in kinds or not c.parent or not out[name].any():
             continue
-        parents = [by_canonical[p.name] for p in tax.parent_classes(c) if p.name in by_canonical]
+        parents = tuple(by_canonical[p.name] for p in tax.parent_classes(c) if p.name in by_canonical)
         if not parents:
             notes.append(f"{name}: parent {c.parent!r} was not predicted, so the lesion is not restricted to it")
             continue
+        lesions.append((name, parents))
+    parent_sets = list(dict.fromkeys(parents for _, parents in lesions))
+
+    def region_of(parents: tuple[str, ...]) -> np.ndarray:
         organ = np.zeros(shape, bool)
         for p in parents:
             organ |= out[p]
-        region = grow_region(organ, int(restrict.get("closing", 5)), int(restrict.get("dilation", 5)))
-        out[name] = out[name] & region
+        return grow_region(organ, int(restrict.get("closing", 5)), int(restrict.get("dilation", 5)))
+
+    regions = dict(zip(parent_sets, ordered_thread_map(region_of, parent_sets, workers)))
+    for name, parents in lesions:
+        out[name] = out[name] & regions[parents]
 
     # 5. drop lesion specks below a volume
     min_mm3 = float(rules.get("min_lesion_volume_mm3") or 0)

@@ -12,6 +12,20 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..io.volume import Volume
+from .threads import ordered_thread_map
+
+
+def fortran_copy(a: np.ndarray, tile: tuple[int, int, int] = (16, 64, 16)) -> np.ndarray:
+    """A Fortran-ordered copy of the 3D array `a`, transposed tile by tile so that reads and writes
+    stay in cache: a 512x512x224 uint8 plane in 0.15-0.2 s, against 0.4-0.5 s for numpy's (or
+    torch's) one-go transposing copy, which strides across the whole array for every byte."""
+    out = np.empty(a.shape[::-1], dtype=a.dtype)  # C order of the reversed axes = F order of a
+    tx, ty, tz = tile
+    for j in range(0, a.shape[1], ty):
+        for i in range(0, a.shape[0], tx):
+            for k in range(0, a.shape[2], tz):
+                out[k:k + tz, j:j + ty, i:i + tx] = a[i:i + tx, j:j + ty, k:k + tz].transpose(2, 1, 0)
+    return out.transpose(2, 1, 0)
 
 
 class PackedMasks(Mapping):
@@ -27,14 +41,19 @@ class PackedMasks(Mapping):
         self._names = list(names)
         self._like = like
         self._fortran: dict[int, np.ndarray] = {}
-        self._lock = threading.Lock()
+        self._locks = [threading.Lock() for _ in range(len(packed))]
 
     def _plane(self, j: int) -> np.ndarray:
         """Byte plane j (8 classes) in Fortran order, made once (masks are written from threads)."""
-        with self._lock:
+        with self._locks[j]:
             if j not in self._fortran:
-                self._fortran[j] = np.ascontiguousarray(self._packed[j].transpose(2, 1, 0)).transpose(2, 1, 0)
+                self._fortran[j] = fortran_copy(self._packed[j])
             return self._fortran[j]
+
+    def prepare(self, workers: int = 1) -> None:
+        """Make every byte plane's Fortran copy now, `workers` side by side: masks written in class
+        order would otherwise wait for each plane's transpose in turn (~0.2 s each for a 512^2 CT)."""
+        list(ordered_thread_map(self._plane, range(len(self._packed)), int(workers)))
 
     def __getitem__(self, name: str) -> Volume:
         if name not in self._names:

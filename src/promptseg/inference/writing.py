@@ -87,6 +87,9 @@ def write_case(prediction: Prediction, outputs: CaseOutputs, image: Volume | Non
                     return outputs.folder / f"{slug(name)}.nii.gz"
 
                 names = list(prediction.masks)
+                prepare = getattr(prediction.masks, "prepare", None)  # PackedMasks: planes side by side
+                if prepare is not None:
+                    prepare(int(workers))
                 written["masks"] = dict(zip(names, ordered_thread_map(write_mask, names, int(workers))))
             if statistics:
                 write_statistics(work / "statistics.json", prediction, image)

@@ -47,6 +47,28 @@ def _as_plan(plan) -> Plan:
     return plan if isinstance(plan, Plan) else get_plan(plan)
 
 
+def _float32_copy(x: np.ndarray) -> np.ndarray:
+    """A new C-ordered float32 array with `x`'s values (any strides), copied by torch on all its
+    threads. NIfTI arrays arrive Fortran-ordered, so this copy is a transpose: numpy's one-thread
+    cast took 0.9-1.7 s for a 512x512x224 CT, torch's 0.5 s (2 cores). Dtypes torch lacks go
+    through numpy."""
+    import warnings
+
+    import torch
+
+    x = np.asarray(x)
+    flipped = [a for a in range(x.ndim) if x.strides[a] < 0]
+    out = torch.empty(tuple(x.shape), dtype=torch.float32)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a read-only array: torch only reads it
+            t = torch.from_numpy(np.flip(x, flipped) if flipped else x)
+        out.copy_(t.flip(flipped) if flipped else t)
+    except (TypeError, ValueError, RuntimeError):  # big-endian data; a dtype torch cannot flip
+        return np.ascontiguousarray(x, dtype=np.float32)
+    return out.numpy()
+
+
 def preprocess_image(volume: Volume, plan) -> Preprocessed:
     """Reorient, resample (trilinear, corner-aligned), normalise and crop one image."""
     plan = _as_plan(plan)
@@ -57,7 +79,7 @@ def preprocess_image(volume: Volume, plan) -> Preprocessed:
     oriented = reorient_grid(original, perm, flip)
     resampled = resample_grid(oriented, plan.spacing)
 
-    x = np.ascontiguousarray(reorient(np.asarray(volume.array), perm, flip), dtype=np.float32)
+    x = _float32_copy(reorient(np.asarray(volume.array), perm, flip))
     if resampled.shape != oriented.shape:
         x = resample_linear(x, resampled.shape)
     x, stats = apply_intensity(x, plan.intensity, inplace=True)
