@@ -330,7 +330,9 @@ def run_child(argv: list[str]) -> dict:
     result["pipeline_s"] = sum(result["timings"].values())
     result["process_s"] = time.perf_counter() - START
     result["in_child_s"] = time.perf_counter() - t0
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024.0
+    result["page_faults"] = usage.ru_minflt  # fresh memory touched (runtime.kept_heap keeps it low)
     result["vm_hwm_mb"] = vm_hwm_mb()
     return result
 
@@ -347,7 +349,8 @@ def spawn(name: str, common: list[str], extra: list[str], log) -> dict:
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
     r = json.loads(line[len("RESULT "):])
     r["wall_outside_s"] = wall
-    print(f"  {name:<22} done: read->written {r['pipeline_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+    print(f"  {name:<22} done: read->written {r['pipeline_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+          f"{r['page_faults'] / 1e6:.1f}M page faults", flush=True)
     log.write(json.dumps({"row": name, **r}) + "\n")
     return r
 

@@ -63,3 +63,34 @@ def test_set_threads_sets_and_reports():
             runtime.set_threads(-2)
     finally:
         torch.set_num_threads(before)
+
+
+def test_kept_heap_is_set_by_the_outermost_block_and_undone_when_it_ends(monkeypatch):
+    """Validation inside training opens a second block: only the outer one sets and resets."""
+    calls = []
+    monkeypatch.setattr(runtime, "_glibc", lambda: (lambda p, v: calls.append(("opt", p, v)) or 1,
+                                                    lambda pad: calls.append(("trim", pad)) or 1))
+    with pytest.raises(RuntimeError):
+        with runtime.kept_heap() as outer:
+            assert outer is True
+            assert calls == [("opt", p, v) for p, v in runtime._KEPT.items()]
+            with runtime.kept_heap() as inner:
+                assert inner is True
+            assert len(calls) == len(runtime._KEPT)  # the inner block changed nothing
+            raise RuntimeError("a failed batch")    # the settings are undone all the same
+    assert calls[len(runtime._KEPT):] == [("opt", p, v) for p, v in runtime._AFTER.items()] + [("trim", 0)]
+    calls.clear()
+    with runtime.kept_heap(enabled=False) as on:
+        assert on is False
+    assert calls == []
+
+
+def test_glibc_takes_the_kept_heap_settings():
+    """On glibc (this machine, CI) the thresholds are accepted; what they save is measured by
+    benchmarks/predict_speed.py (page faults and network seconds per row), not asserted here."""
+    if runtime._glibc() is None:
+        pytest.skip("not glibc")
+    with runtime.kept_heap() as kept:
+        assert kept is True
+    with runtime.kept_heap(enabled=False) as kept:
+        assert kept is False
