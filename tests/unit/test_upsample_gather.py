@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from promptseg.inference.upsample import _gather
 from promptseg.masks import dilate_cube
@@ -70,3 +71,25 @@ def test_a_post_processed_class_is_resampled_in_its_kept_box_with_the_same_resul
             label_ref, packed_ref = invert_classes(queries, clean_raw, clean_probs, kept, record, interpolation)
             assert packed.any() and np.array_equal(packed, packed_ref), (seed, interpolation)
             assert np.array_equal(label.array, label_ref.array), (seed, interpolation)
+
+
+@pytest.mark.parametrize("sizes", [((9, 7, 5), (17, 13, 5)),    # x, y move; z stays (1.5 -> 0.78 mm in-plane)
+                                   ((9, 7, 5), (17, 7, 5)),     # only the first axis moves: slabs along y
+                                   ((9, 7, 5), (9, 7, 5)),      # nothing moves
+                                   ((9, 7, 5), (20, 15, 11))])  # all three move
+def test_interpolating_the_last_axis_in_slabs_gives_the_one_go_values(sizes, monkeypatch):
+    import torch
+
+    from promptseg.inference import upsample as U
+
+    (n_res, n_or) = sizes
+    plans = [U._axis_plan(a, b, 0, a) for a, b in zip(n_res, n_or)]
+    p = torch.from_numpy((np.random.default_rng(4).random(n_res) * 65000).astype(np.float32))
+    whole = p.clone()
+    for a in range(3):
+        whole = U._lerp(whole, a, plans[a][1], plans[a][2], plans[a][3])
+    monkeypatch.setattr(U, "SLAB_VOXELS", 7)  # slabs of one or two planes: many seams
+    mask, prob = U._interpolate(p.clone(), plans, 30000.0, U._Scratch())
+    assert mask.shape == tuple(whole.shape) == tuple(len(pl[0]) for pl in plans)
+    assert np.array_equal(mask, (whole > 30000.0).numpy())
+    assert prob.dtype == np.uint16 and np.array_equal(prob, whole.round().to(torch.uint16).numpy())

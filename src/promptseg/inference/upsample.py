@@ -57,8 +57,9 @@ def _axis_plan(n_res: int, n_or: int, lo: int, hi: int):
 
 
 class _Scratch(threading.local):
-    """Float buffers one resampling thread reuses from class to class. A fresh array of a class's
-    box on the input grid (~150 MB for a whole-body class of a 512x512x224 CT) costs more in page
+    """Float buffers one resampling thread reuses from class to class for the interpolation passes
+    before the last (which `_interpolate` runs in slabs). A fresh array of a class's box half-way
+    to the input grid (~75 MB for a whole-body class of a 512x512x224 CT) costs more in page
     faults on first touch than the interpolation that fills it: reused, one class's resampling
     takes 0.22 s instead of 0.50 s (benchmarks/predict_speed.py --scale clinical). Two pairs, so a
     pass never writes over the tensor it reads; every class starts on the first pair, so each pair
@@ -99,6 +100,46 @@ def _lerp(x: torch.Tensor, axis: int, i0: np.ndarray, i1: np.ndarray, lam: np.nd
     view = [1, 1, 1]
     view[axis] = -1
     return a.lerp_(b, torch.as_tensor(lam).view(view))
+
+
+#: input-grid voxels per slab of the last interpolation pass (~1 MB of float32: stays in cache)
+SLAB_VOXELS = 1 << 18
+
+
+def _still(n: int, plan) -> bool:
+    """The axis keeps its samples (no interpolation, no re-indexing)."""
+    idx, i0, _, lam = plan
+    return not lam.any() and len(i0) == n and np.array_equal(i0, np.arange(n))
+
+
+def _interpolate(p: torch.Tensor, plans, cut: float, scratch: _Scratch | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(p > cut, round(p) as uint16) of `p` resampled along every axis (`_axis_plan` per axis).
+
+    The last axis that moves is interpolated slab by slab along another axis, straight into the
+    two outputs: its float result, the largest array of a class (~150 MB for a whole-body class
+    of a 512x512x224 CT, two of them per thread), never exists whole, and each slab is compared
+    and rounded while in cache. Every value is the one interpolating in one go gives."""
+    moving = [a for a in range(3) if not _still(p.shape[a], plans[a])]
+    if scratch is not None:
+        scratch.start()
+    for a in moving[:-1]:
+        p = _lerp(p, a, plans[a][1], plans[a][2], plans[a][3], scratch)
+    shape = [len(plans[a][1]) if a in moving else p.shape[a] for a in range(3)]
+    mask = torch.empty(shape, dtype=torch.bool)
+    prob = torch.empty(shape, dtype=torch.uint16)  # values in [0, PROB_SCALE]: no int32 detour
+    if not moving:
+        torch.gt(p, cut, out=mask)
+        prob.copy_(p.round())
+        return mask.numpy(), prob.numpy()
+    last = moving[-1]
+    along = 1 if last == 0 else 0
+    step = max(1, SLAB_VOXELS // max(1, math.prod(shape) // max(1, shape[along])))
+    for lo in range(0, shape[along], step):
+        n = min(step, shape[along] - lo)
+        v = _lerp(p.narrow(along, lo, n), last, plans[last][1], plans[last][2], plans[last][3])
+        torch.gt(v, cut, out=mask.narrow(along, lo, n))
+        prob.narrow(along, lo, n).copy_(v.round_())
+    return mask.numpy(), prob.numpy()
 
 
 def _gather(x: np.ndarray, near: Sequence[np.ndarray]) -> np.ndarray:
@@ -193,11 +234,7 @@ def invert_classes(
                 for a in range(3)]
         if interpolation == "linear":
             p = torch.from_numpy(_padded(probs[i], sub, ext)).float()
-            scratch.start()
-            for a in range(3):
-                p = _lerp(p, a, plans[a][1], plans[a][2], plans[a][3], scratch)
-            mask = (p > PROB_SCALE * float(queries[i].threshold)).numpy()
-            prob = p.round_().to(torch.uint16).numpy()  # values in [0, PROB_SCALE]: no int32 detour
+            mask, prob = _interpolate(p, plans, PROB_SCALE * float(queries[i].threshold), scratch)
             if changed:
                 grown = dilate_cube(keep_s, 3)
                 mask &= _gather(grown, near)
