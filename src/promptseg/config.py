@@ -41,8 +41,9 @@ DEFAULT_INFERENCE: dict[str, Any] = {
     # engine of the windows on a CPU: torch (eager PyTorch) | auto (OpenVINO where the eager
     # estimate is long enough to repay compiling) | openvino | onnxruntime; GPUs always run PyTorch.
     # torch is the default: on the clinical CT (benchmarks/predict_speed.py --scale clinical --presets
-    # small --rows lean-torch,lean-ov, quiet 2 cores) openvino took 79.9 s and 5.1 GB (network 50.6 s +
-    # 7.6 s compiling) against torch's 82.1 s and 3.8 GB (network 60.2 s), masks min Dice 0.978
+    # small --rows lean-torch,lean-ov, quiet 2 cores, with the kept heap of runtime.kept_heap) openvino
+    # took 87.7 s and 5.5 GB (network 60.8 s + 14.1 s compiling) against torch's 73.5 s and 4.2 GB
+    # (network 60.9 s), masks min Dice 0.978
     "runtime": "torch",
     # class-voxels per chunk of the Universal Model's head: auto (131072 on a CPU, cache-sized;
     # 2^24 on a GPU, where each chunk costs kernel launches) | a number | 0 (one go)
