@@ -141,7 +141,8 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     if mask.ndim != 3 or mask.size == 0:
         return ndimage.binary_fill_holes(mask)
     background = cc3d.connected_components(~mask, connectivity=6)
-    faces = [background[0], background[-1], background[:, 0], background[:, -1], background[:, :, 0], background[:, :, -1]]
+    faces = [background[0], background[-1], background[:, 0], background[:, -1],
+             background[:, :, 0], background[:, :, -1]]
     outside = np.unique(np.concatenate([f.ravel() for f in faces]))
     filled = np.ones(int(background.max()) + 1, dtype=bool)  # label 0 = the mask itself
     filled[outside[outside > 0]] = False

@@ -276,15 +276,15 @@ def test_shape_and_grid_mismatches_raise_input_error():
 
 @pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.int32, np.uint8, np.float64, np.float32, ">i2", bool])
 def test_the_float32_copy_equals_numpys_cast_for_any_layout(dtype):
-    """The image is copied to float32 by torch (a transposing copy of a Fortran-ordered NIfTI
-    array); values and C order are numpy's for every layout, flips and dtypes torch cannot flip."""
+    """The image is copied to float32 tile by tile (a transposing copy of a Fortran-ordered NIfTI
+    array); values and C order are numpy's for every layout, flips included, across tile seams."""
     from promptseg.preprocess.pipeline import _float32_copy
 
     a = (np.random.default_rng(0).random((7, 6, 5)) * 30000).astype(dtype)
     frozen = np.asfortranarray(a)
     frozen.flags.writeable = False
     for view in (a, np.asfortranarray(a), a[::-1, :, ::-1], np.asfortranarray(a)[:, ::-1].transpose(2, 0, 1), frozen):
-        out = _float32_copy(view)
+        out = _float32_copy(view, tile=2)
         assert out.dtype == np.float32 and out.flags.c_contiguous
         assert np.array_equal(out, np.ascontiguousarray(view, dtype=np.float32))
         assert not np.shares_memory(out, view)

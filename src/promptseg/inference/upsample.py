@@ -94,9 +94,12 @@ def _lerp(x: torch.Tensor, axis: int, i0: np.ndarray, i1: np.ndarray, lam: np.nd
         return x.index_select(axis, torch.as_tensor(i0))
     shape = list(x.shape)
     shape[axis] = len(i0)
-    a, b = scratch.pair(shape) if scratch is not None else (None, None)
-    a = torch.index_select(x, axis, torch.as_tensor(i0), out=a) if a is not None else x.index_select(axis, torch.as_tensor(i0))
-    b = torch.index_select(x, axis, torch.as_tensor(i1), out=b) if b is not None else x.index_select(axis, torch.as_tensor(i1))
+    first, second = torch.as_tensor(i0), torch.as_tensor(i1)
+    if scratch is not None:
+        a, b = scratch.pair(shape)
+        a, b = torch.index_select(x, axis, first, out=a), torch.index_select(x, axis, second, out=b)
+    else:
+        a, b = x.index_select(axis, first), x.index_select(axis, second)
     view = [1, 1, 1]
     view[axis] = -1
     return a.lerp_(b, torch.as_tensor(lam).view(view))
@@ -108,7 +111,7 @@ SLAB_VOXELS = 1 << 18
 
 def _still(n: int, plan) -> bool:
     """The axis keeps its samples (no interpolation, no re-indexing)."""
-    idx, i0, _, lam = plan
+    _, i0, _, lam = plan
     return not lam.any() and len(i0) == n and np.array_equal(i0, np.arange(n))
 
 

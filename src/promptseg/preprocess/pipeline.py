@@ -47,26 +47,22 @@ def _as_plan(plan) -> Plan:
     return plan if isinstance(plan, Plan) else get_plan(plan)
 
 
-def _float32_copy(x: np.ndarray) -> np.ndarray:
-    """A new C-ordered float32 array with `x`'s values (any strides), copied by torch on all its
-    threads. NIfTI arrays arrive Fortran-ordered, so this copy is a transpose: numpy's one-thread
-    cast took 0.9-1.7 s for a 512x512x224 CT, torch's 0.5 s (2 cores). Dtypes torch lacks go
-    through numpy."""
-    import warnings
+def _float32_copy(x: np.ndarray, tile: int = 32) -> np.ndarray:
+    """A new C-ordered float32 array with `x`'s values, copied in tiles of `tile`^3 voxels.
 
-    import torch
-
+    NIfTI arrays arrive Fortran-ordered, so this copy is a transpose: numpy's one-go cast strides
+    across the whole array for every voxel (0.8-1.7 s for a 512x512x224 CT), tile by tile it stays
+    in cache (0.34 s). Plain numpy, no threads: the cache prepares cases in worker processes."""
     x = np.asarray(x)
-    flipped = [a for a in range(x.ndim) if x.strides[a] < 0]
-    out = torch.empty(tuple(x.shape), dtype=torch.float32)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # a read-only array: torch only reads it
-            t = torch.from_numpy(np.flip(x, flipped) if flipped else x)
-        out.copy_(t.flip(flipped) if flipped else t)
-    except (TypeError, ValueError, RuntimeError):  # big-endian data; a dtype torch cannot flip
-        return np.ascontiguousarray(x, dtype=np.float32)
-    return out.numpy()
+    out = np.empty(x.shape, dtype=np.float32)
+    if x.ndim != 3 or x.flags.c_contiguous:
+        out[...] = x
+        return out
+    for i in range(0, x.shape[0], tile):
+        for j in range(0, x.shape[1], tile):
+            for k in range(0, x.shape[2], tile):
+                out[i:i + tile, j:j + tile, k:k + tile] = x[i:i + tile, j:j + tile, k:k + tile]
+    return out
 
 
 def preprocess_image(volume: Volume, plan) -> Preprocessed:
