@@ -97,9 +97,8 @@ def postprocess(
     `probs` is accepted for symmetry with `merge` (rules here are binary). Messages about rules
     that could not apply (e.g. a tumour whose organ was not asked) are appended to `notes`.
     `workers` threads run the per-class largest-component step and the lesions' parent regions
-    side by side. `classes`: the
-    taxonomy facts of each mask's class when the caller already resolved them (the predictor's
-    queries); otherwise they are looked up by name.
+    side by side. `classes`: the taxonomy facts of each mask's class when the caller already
+    resolved them (the predictor's queries); otherwise they are looked up by name.
     """
     tax = taxonomy or default_taxonomy()
     rules = load_rules(rules)
