@@ -94,7 +94,7 @@ def kept_heap(enabled: bool = True) -> Iterator[bool]:
     forward allocates (the activations of a 96^3 batch are hundreds of MB) is fresh memory that
     costs a page fault per 4 KiB when first written. One clinical CT through the small U-Net with
     32 classes (benchmarks/predict_speed.py --scale clinical, 2 cores): 17 million page faults,
-    network 83-87 s; with the heap kept, 1.3 million and 50 s, the same masks. On leaving, the
+    network 83-87 s; with the heap kept, 2.2 million and 53 s, the same masks. On leaving, the
     thresholds go to glibc's usual steady values and the freed pages go back to the kernel
     (`malloc_trim`), so the stages after it hold no more memory than before. Process-wide while
     it lasts (glibc has one allocator per process); nested blocks (validation inside training)

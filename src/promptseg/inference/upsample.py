@@ -84,13 +84,18 @@ class _Scratch(threading.local):
         return bufs[0][:n].view(*shape), bufs[1][:n].view(*shape)
 
 
+def _still(n: int, i0: np.ndarray, lam: np.ndarray) -> bool:
+    """An axis of `n` samples keeps them: no interpolation (`lam` all 0), no re-indexing (`i0`)."""
+    return not lam.any() and len(i0) == n and np.array_equal(i0, np.arange(n))
+
+
 def _lerp(x: torch.Tensor, axis: int, i0: np.ndarray, i1: np.ndarray, lam: np.ndarray,
           scratch: _Scratch | None = None) -> torch.Tensor:
     """x resampled along `axis`: x[i0] + lam * (x[i1] - x[i0]) (torch.lerp), into `scratch`'s
     buffers when given (the result then lives there until the scratch's next pair)."""
+    if _still(x.shape[axis], i0, lam):
+        return x  # axis not resampled (e.g. z at 1.5 mm both sides): no copy
     if not lam.any():
-        if len(i0) == x.shape[axis] and np.array_equal(i0, np.arange(len(i0))):
-            return x  # axis not resampled (e.g. z at 1.5 mm both sides): no copy
         return x.index_select(axis, torch.as_tensor(i0))
     shape = list(x.shape)
     shape[axis] = len(i0)
@@ -109,12 +114,6 @@ def _lerp(x: torch.Tensor, axis: int, i0: np.ndarray, i1: np.ndarray, lam: np.nd
 SLAB_VOXELS = 1 << 18
 
 
-def _still(n: int, plan) -> bool:
-    """The axis keeps its samples (no interpolation, no re-indexing)."""
-    _, i0, _, lam = plan
-    return not lam.any() and len(i0) == n and np.array_equal(i0, np.arange(n))
-
-
 def _interpolate(p: torch.Tensor, plans, cut: float, scratch: _Scratch | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(p > cut, round(p) as uint16) of `p` resampled along every axis (`_axis_plan` per axis).
 
@@ -122,7 +121,7 @@ def _interpolate(p: torch.Tensor, plans, cut: float, scratch: _Scratch | None = 
     two outputs: its float result, the largest array of a class (~150 MB for a whole-body class
     of a 512x512x224 CT, two of them per thread), never exists whole, and each slab is compared
     and rounded while in cache. Every value is the one interpolating in one go gives."""
-    moving = [a for a in range(3) if not _still(p.shape[a], plans[a])]
+    moving = [a for a in range(3) if not _still(p.shape[a], plans[a][1], plans[a][3])]
     if scratch is not None:
         scratch.start()
     for a in moving[:-1]:
