@@ -12,20 +12,14 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..io.volume import Volume
+from ..preprocess.geometry import copy_in_tiles
 from .threads import ordered_thread_map
 
 
 def fortran_copy(a: np.ndarray, tile: tuple[int, int, int] = (16, 64, 16)) -> np.ndarray:
-    """A Fortran-ordered copy of the 3D array `a`, transposed tile by tile so that reads and writes
-    stay in cache: a 512x512x224 uint8 plane in 0.15-0.2 s, against 0.4-0.5 s for numpy's (or
-    torch's) one-go transposing copy, which strides across the whole array for every byte."""
-    out = np.empty(a.shape[::-1], dtype=a.dtype)  # C order of the reversed axes = F order of a
-    tx, ty, tz = tile
-    for j in range(0, a.shape[1], ty):
-        for i in range(0, a.shape[0], tx):
-            for k in range(0, a.shape[2], tz):
-                out[k:k + tz, j:j + ty, i:i + tx] = a[i:i + tx, j:j + ty, k:k + tz].transpose(2, 1, 0)
-    return out.transpose(2, 1, 0)
+    """A Fortran-ordered copy of the 3D array `a` (`copy_in_tiles`: a 512x512x224 uint8 plane in
+    0.17-0.2 s against 0.4-0.5 s for numpy's or torch's one-go transposing copy)."""
+    return copy_in_tiles(a, np.empty(a.shape, dtype=a.dtype, order="F"), tile)
 
 
 class PackedMasks(Mapping):

@@ -125,6 +125,20 @@ def reorient_grid(grid: Grid, perm: Sequence[int], flip: Sequence[bool]) -> Grid
 
 # ---------------------------------------------------------------- resampling
 
+def copy_in_tiles(src: np.ndarray, dst: np.ndarray, tile: Sequence[int] = (32, 32, 32)) -> np.ndarray:
+    """`dst[...] = src` for two 3D arrays of one shape, tile by tile; returns `dst`. Where their
+    memory orders differ (a Fortran-ordered NIfTI array into C order, or back) the copy is a
+    transpose, and numpy's one-go copy strides across the whole array for every voxel; per tile
+    both stay in cache (a 512x512x224 CT: int16 -> float32 0.34 s against 0.8-1.7 s, uint8 0.17 s
+    against 0.4-0.5 s). Plain numpy, no threads (the cache prepares cases in worker processes)."""
+    tx, ty, tz = (int(t) for t in tile)
+    for i in range(0, src.shape[0], tx):
+        for j in range(0, src.shape[1], ty):
+            for k in range(0, src.shape[2], tz):
+                dst[i:i + tx, j:j + ty, k:k + tz] = src[i:i + tx, j:j + ty, k:k + tz]
+    return dst
+
+
 def resampled_size(n0: int, s0: float, s1: float | None) -> tuple[int, float]:
     """Corner-aligned size and the exact spacing it implies along one axis."""
     if s1 is None or np.isclose(s0, s1, rtol=1e-6, atol=0):
