@@ -22,8 +22,11 @@ Rows, each in a fresh subprocess so peak RSS does not mix:
              what it costs).
   lean       `promptseg predict` as a user runs it (post-processing on), all classes; the windows run
              in the default CPU runtime (inference.runtime; eager PyTorch unless a checkpoint says otherwise).
-  lean-torch / lean-raw-torch   lean / lean-raw with `runtime: torch` (eager PyTorch float32): the
-             masks the compiled runtime must equal (Dice printed), and the time before it.
+  lean-torch / lean-raw-torch   lean / lean-raw with `runtime: torch` and `fused_head: false` (eager
+             PyTorch float32 throughout): the masks the compiled runtime and the compiled head must
+             equal (Dice printed), and the time before them.
+  lean-fused lean with `runtime: torch` and `fused_head: true` (the per-class head compiled by
+             torch.compile; Dice against lean-torch printed).
   lean-ov    lean with `runtime: openvino` (Dice against lean-torch printed).
   lean-1 / lean-8   the same with 1 and 8 prompts: peak RSS against the number of classes.
   fast       --fast (3 mm grid, windows scaled).
@@ -298,6 +301,8 @@ def child_lean(args) -> dict:
         inference["precision"] = args.precision
     if args.runtime:
         inference["runtime"] = args.runtime
+    if args.fused_head is not None:
+        inference["fused_head"] = {"true": True, "false": False}.get(args.fused_head, args.fused_head)
     pred = Predictor(model, inference=inference, device="cpu", progress=False, fast=args.fast, roi=args.roi)
     sampler = RssSampler()
     sampler.start()
@@ -324,6 +329,7 @@ def run_child(argv: list[str]) -> dict:
     ap.add_argument("--runtime", default=None,
                     help="reference child: torch (default) | openvino | onnxruntime; lean child: the inference "
                          "setting (default: the checkpoint's, auto)")
+    ap.add_argument("--fused-head", default=None, help="lean child: inference.fused_head (true | false | auto)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     result = child_reference(args) if args.child == "reference" else child_lean(args)
@@ -431,9 +437,10 @@ def main() -> int:
             "lean-raw": ["lean", "--no-postprocess"],
             "lean-bf16": ["lean", "--no-postprocess", "--precision", "bfloat16"],
             "lean": ["lean"],
-            "lean-torch": ["lean", "--runtime", "torch"],
+            "lean-torch": ["lean", "--runtime", "torch", "--fused-head", "false"],
+            "lean-fused": ["lean", "--runtime", "torch", "--fused-head", "true"],
             "lean-ov": ["lean", "--runtime", "openvino"],
-            "lean-raw-torch": ["lean", "--no-postprocess", "--runtime", "torch"],
+            "lean-raw-torch": ["lean", "--no-postprocess", "--runtime", "torch", "--fused-head", "false"],
             "lean-1": ["lean", "--prompts", names[5]],
             "lean-8": ["lean", "--prompts", ",".join(names[:8])],
             "fast": ["lean", "--fast"],
@@ -466,7 +473,8 @@ def main() -> int:
                 d = dice_table(ref_dir, work / f"out_{preset}_{row}", names)
                 results[row]["dice_min"] = min(d.values())
                 print(f"   per-class Dice {row} vs reference: min {min(d.values()):.4f}, mean {sum(d.values()) / len(d):.4f}")
-        for row, ref in (("lean", "lean-torch"), ("lean-ov", "lean-torch"), ("lean-raw", "lean-raw-torch")):
+        for row, ref in (("lean", "lean-torch"), ("lean-ov", "lean-torch"), ("lean-fused", "lean-torch"),
+                         ("lean-raw", "lean-raw-torch")):
             if row in results and ref in results and not results[row].get("failed") \
                     and not results[ref].get("failed"):
                 d = dice_table(work / f"out_{preset}_{ref}" / "ct_clinical", work / f"out_{preset}_{row}" / "ct_clinical",

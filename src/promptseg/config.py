@@ -45,6 +45,12 @@ DEFAULT_INFERENCE: dict[str, Any] = {
     # took 87.7 s and 5.5 GB (network 60.8 s + 14.1 s compiling) against torch's 73.5 s and 4.2 GB
     # (network 60.9 s), masks min Dice 0.978
     "runtime": "torch",
+    # the Universal Model's per-class head compiled into one loop (torch.compile) on a CPU in float32
+    # PyTorch: auto (volumes of at least 24 window batches) | true | false. 96^3 window batch of 2,
+    # 32 classes, 2 threads: head 0.58 -> 0.20 s (benchmarks/head_speed.py), logits within 1.2e-6;
+    # clinical CT (predict_speed.py --scale clinical --presets small): 70.4 -> 57.7 s, 3.5 -> 3.9 GB,
+    # masks equal; compiling costs 4-6 s, ~20 s the first time on a machine (inductor's disk cache)
+    "fused_head": "auto",
     # class-voxels per chunk of the Universal Model's head: auto (131072 on a CPU, cache-sized;
     # 2^24 on a GPU, where each chunk costs kernel launches) | a number | 0 (one go)
     "head_chunk": "auto",
@@ -360,6 +366,8 @@ def inference_settings(inference: Mapping[str, Any] | None) -> dict[str, Any]:
     cfg["runtime"] = runtime_name(cfg["runtime"], "inference.runtime")
     if cfg["interpolation"] not in ("linear", "nearest"):
         raise ConfigError(f"inference.interpolation must be linear or nearest, got {cfg['interpolation']!r}")
+    if not (isinstance(cfg["fused_head"], bool) or str(cfg["fused_head"]).lower() == "auto"):
+        raise ConfigError(f"inference.fused_head must be true, false or auto, got {cfg['fused_head']!r}")
     if not isinstance(cfg["mirror"], bool):
         raise ConfigError(f"inference.mirror must be true or false, got {cfg['mirror']!r}")
     if cfg["threads"] is not None and int(cfg["threads"]) < 1:

@@ -1,4 +1,5 @@
-"""`promptseg predict` with a compiled CPU runtime gives PyTorch's float32 masks on a real CT.
+"""`promptseg predict` with a compiled CPU runtime, or the compiled per-class head, gives PyTorch's
+float32 masks on a real CT.
 
 The windows of the lean path run through OpenVINO or ONNX Runtime after the prompts are prepared
 once (the first batch of a volume in PyTorch: it checks the compiled graph); the masks must equal those of eager PyTorch
@@ -44,8 +45,8 @@ def predict(model, volume, **kw):
 
 @pytest.fixture(scope="module")
 def torch_masks(model, volume):
-    _, pred = predict(model, volume, runtime="torch")
-    assert pred.stats["runtime"] == "torch"
+    _, pred = predict(model, volume, runtime="torch", fused_head=False)
+    assert pred.stats["runtime"] == "torch" and not pred.stats["fused_head"]
     return pred
 
 
@@ -120,3 +121,54 @@ def test_a_graph_that_disagrees_with_pytorch_is_dropped(model, monkeypatch):
     with pytest.warns(UserWarning, match="differ from PyTorch.*run in PyTorch"):
         out = runner(x)
     assert runner.ran == {"torch"} and torch.equal(out, ref) and runner(x).shape == ref.shape
+
+
+# -- the compiled per-class head (inference.fused_head) --------------------------------------------
+def test_the_compiled_head_gives_the_eager_masks(model, volume, torch_masks):
+    """torch.compile's fused head (models/conditioners/dynamic_head.py) in eager PyTorch's windows:
+    the same masks as the eager head (its logits agree to ~1e-6)."""
+    _, pred = predict(model, volume, runtime="torch", fused_head=True)
+    assert pred.stats["fused_head"] and pred.stats["compile_s"] > 0
+    d = {c: dice(torch_masks.masks[c], pred.masks[c]) for c in CLASSES}
+    print(f"compiled head vs eager: lowest per-class Dice {min(d.values()):.5f}")
+    assert min(d.values()) >= 0.999, d
+
+
+def test_auto_compiles_the_head_only_for_volumes_of_many_windows(model):
+    from promptseg.inference.windows import WindowRunner
+
+    pb = model.prompt_batch(CLASSES[:2], batch_size=1)
+    assert WindowRunner(model, pb, batches=3, fused_head="auto").fused is None
+    assert WindowRunner(model, pb, batches=WindowRunner.AUTO_FUSE_BATCHES, fused_head="auto").fused is not None
+    assert WindowRunner(model, pb, batches=100, fused_head=False).fused is None
+    # a compiled runtime replaces the eager windows (and their head) anyway
+    assert WindowRunner(model, pb, batches=100, fused_head=True, runtime="openvino").fused is None or \
+        not available("openvino")
+
+
+def test_a_head_that_does_not_compile_falls_back_to_the_eager_head(model, monkeypatch):
+    """No C++ compiler, say: one warning, the eager head's logits, and later volumes of the same
+    predictor (its `cache`) do not try again."""
+    from promptseg.inference.windows import WindowRunner
+    from promptseg.models.conditioners import universal
+
+    def broken(*args, **kwargs):
+        def head(x, params):
+            raise RuntimeError("InductorError: CppCompileError: no C++ compiler found")
+        return head
+
+    monkeypatch.setattr(universal, "compiled_head", broken)
+    pb = model.prompt_batch(CLASSES[:2], batch_size=1)
+    x = torch.rand(2, 1, 32, 32, 32)
+    ref = WindowRunner(model, pb, fused_head=False)(x)
+    cache: dict = {}
+    runner = WindowRunner(model, pb, fused_head=True, cache=cache)
+    with pytest.warns(UserWarning, match="compiled per-class head is not used: it did not compile .*CppCompileError"):
+        first = runner(x)
+    assert torch.equal(first, ref) and torch.equal(runner(x), ref) and not runner.fused_used
+    assert WindowRunner(model, pb, fused_head=True, cache=cache).fused is None
+
+
+def test_bad_fused_head_setting_is_a_one_line_config_error(model):
+    with pytest.raises(ConfigError, match="inference.fused_head must be true, false or auto"):
+        Predictor(model, plan=PLAN, inference={"fused_head": "sometimes"}, device="cpu", progress=False)

@@ -48,6 +48,7 @@ def sliding_window_masks(
     compiled: dict | None = None,
     blend: str = "logits",
     mirror_axes: Sequence[int] = (),
+    fused_head: bool | str = False,
 ):
     """Per-class bool masks and uint16 probabilities [K, X, Y, Z] (numpy, CPU) for `image` [1, C, ...].
 
@@ -57,12 +58,14 @@ def sliding_window_masks(
     resampling float32 probabilities; uint8's 4e-3 steps moved boundaries of flat fields). `region` (slices of the image) runs only the windows that overlap it;
     inside it the logits are exactly those of the full run (every window covering a voxel there
     is run), outside it everything is background. `stats` (a dict) receives the windows run,
-    the windows of the full grid, the network seconds (compilation included) and the runtime.
+    the windows of the full grid, the network seconds (compilation included), the runtime and
+    whether the compiled per-class head ran (`fused_head`).
     `runtime` / `compiled`: the CPU engine and the caller's cache of compiled graphs (`WindowRunner`).
     `blend`: what the Gaussian averages, "logits" (MONAI) or "probabilities" (each window's sigmoid,
     as some authors blend); the masks are then prob > t. A model with `window_weights(roi)` gives
     its own Gaussian weights (a published method's map may differ from MONAI's near the window faces).
     `mirror_axes`: test-time mirroring along these spatial axes (`WindowRunner`).
+    `fused_head`: the conditioner's compiled per-class head on a CPU (`WindowRunner`).
     """
     import numpy as np
     import torch.nn.functional as F
@@ -92,7 +95,8 @@ def sliding_window_masks(
         starts = [s for s in starts if all(s[a] < hi[a] and s[a] + roi[a] > lo[a] for a in range(3))]
     bs = max(1, int(sw_batch_size))
     runner = WindowRunner(model, prompt_batch, dtype, head_chunk, runtime=runtime, cache=compiled,
-                          batches=math.ceil(len(starts) / bs), mirror_axes=mirror_axes)
+                          batches=math.ceil(len(starts) / bs), mirror_axes=mirror_axes,
+                          fused_head=fused_head)
     # Stream along axis 0: MONAI's window order is already sorted by it, so the windows run in the
     # same order and the same batches as `sliding_window_inference` -- which matters for models
     # whose normalisation uses batch statistics at inference (the official U-Net's ContBatchNorm).
@@ -189,5 +193,6 @@ def sliding_window_masks(
     if stats is not None:
         stats.update(windows=len(starts), windows_full=n_full, window=tuple(roi),
                      network_s=time.perf_counter() - t0, precision=str(dtype or torch.float32).replace("torch.", ""),
-                     runtime="+".join(sorted(runner.ran)) or runner.engine(device), compile_s=runner.compile_s)
+                     runtime="+".join(sorted(runner.ran)) or runner.engine(device), compile_s=runner.compile_s,
+                     fused_head=runner.fused_used)
     return masks, probs

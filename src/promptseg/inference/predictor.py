@@ -212,7 +212,8 @@ class Predictor:
         raw, probs = sliding_window_masks(self.model, tensor, pb, thresholds, window=window, overlap=s["overlap"],
                                           mode=s["mode"], sw_batch_size=int(s["sw_batch_size"]), device=self.device,
                                           precision=self._precision(), head_chunk=s["head_chunk"],
-                                          runtime=s["runtime"], compiled=self._compiled, blend=s["blend"], **kw)
+                                          runtime=s["runtime"], compiled=self._compiled, blend=s["blend"],
+                                          fused_head=s["fused_head"], **kw)
         if any(pad):
             cut = (slice(None),) + tuple(slice(0, n) for n in shape)
             raw, probs = np.ascontiguousarray(raw[cut]), np.ascontiguousarray(probs[cut])
@@ -297,7 +298,7 @@ class Predictor:
                 notes.append("roi: a class reached the edge of the located region; region grown and run again")
                 region = grown
         stats.update(windows=run, windows_full=st["windows_full"], window=st["window"], precision=st["precision"],
-                     runtime=st["runtime"], compile_s=compile_s,
+                     runtime=st["runtime"], compile_s=compile_s, fused_head=st.get("fused_head", False),
                      region=None if region is None else tuple((r.start, r.stop) for r in region))
         return raw, probs
 

@@ -27,6 +27,7 @@ class Prepared:
 
     prompts: PromptBatch
     head: Any = None
+    fused: bool = False  # the head is the conditioner's compiled one
     contexts: dict[int, Context] = field(default_factory=dict)
 
 
@@ -103,13 +104,19 @@ class UniversalSegmenter(nn.Module):
         datasets: Sequence[str] | None = None,
         head_chunk: int = 0,
         head_pieces: int = 0,
+        fused_head: bool = False,
     ) -> Prepared:
         """Per-volume prompt work for `forward_prepared`; `head_chunk` (class-voxels per step, 0 =
         one go) or `head_pieces` (slabs of the window) lets a conditioner with a chunked head
-        bound its memory."""
+        bound its memory; `fused_head` asks for its compiled head where it has one
+        (`Prepared.fused` says whether it did)."""
         pb = prompts if isinstance(prompts, PromptBatch) else self.prompt_batch(prompts, modality, datasets)
-        if head_pieces and "pieces" in inspect.signature(self.conditioner.prepare_head).parameters:
+        takes = inspect.signature(self.conditioner.prepare_head).parameters
+        if head_pieces and "pieces" in takes:
             head = self.conditioner.prepare_head(pb, 0, pieces=int(head_pieces))
+        elif fused_head and "fused" in takes:
+            head = self.conditioner.prepare_head(pb, int(head_chunk or 0), fused=True)
+            return Prepared(prompts=pb, head=head, fused=head is not None)
         else:  # pieces asked of a conditioner without them (its own prepare_head): its whole head
             head = self.conditioner.prepare_head(pb, 0 if head_pieces else int(head_chunk or 0))
         return Prepared(prompts=pb, head=head)

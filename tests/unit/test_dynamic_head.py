@@ -1,0 +1,55 @@
+"""The per-class dynamic head's two forms: batched matmuls (eager) and the elementwise form that
+torch.compile fuses into one loop (models/conditioners/dynamic_head.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from promptseg.models.conditioners.dynamic_head import batched_head, chunked_head, pointwise_head
+from promptseg.models.conditioners.universal import dynamic_param_sizes
+
+
+@pytest.mark.parametrize("channels,layers", [(8, 3), (4, 2), (6, 4)])
+def test_the_elementwise_head_equals_the_batched_one(channels, layers):
+    """Same parameter layout (w per layer out-major, then biases), same numbers, any head size."""
+    torch.manual_seed(channels * layers)
+    wn, bn = dynamic_param_sizes(channels, layers)
+    feats = torch.randn(2, channels, 300)
+    params = torch.randn(2, 5, sum(wn) + sum(bn))
+    ref = batched_head(feats, params, wn, bn, channels)
+    for i in range(2):
+        got = pointwise_head(feats[i:i + 1], params[i:i + 1], wn, bn, channels)
+        assert got.shape == (1, 5, 300)
+        torch.testing.assert_close(got, ref[i:i + 1], atol=1e-5, rtol=1e-5)
+
+
+def test_chunks_give_the_one_go_values():
+    torch.manual_seed(0)
+    wn, bn = dynamic_param_sizes(8, 3)
+    feats, params = torch.randn(2, 8, 1000), torch.randn(2, 3, 153)
+    torch.testing.assert_close(chunked_head(feats, params, wn, bn, 8, 128), batched_head(feats, params, wn, bn, 8))
+
+
+def test_where_torch_compile_gives_up_the_compiled_head_runs_in_chunks():
+    """Past dynamo's recompile limit (many window sizes or class counts in one process) the
+    compiled function runs as Python: it must then take the chunked matmuls, never the
+    elementwise form (which would hold ~136 [K, V] tensors at once)."""
+    import torch._dynamo
+
+    from promptseg.models.conditioners import dynamic_head
+
+    torch.manual_seed(1)
+    wn, bn = dynamic_param_sizes(8, 3)
+    x, params = torch.randn(1, 8, 777), torch.randn(1, 4, 153)
+    calls = []
+    real = dynamic_head.chunked_head
+
+    def spy(*args, **kwargs):
+        calls.append(args[-1])
+        return real(*args, **kwargs)
+
+    head = dynamic_head.compiled_head(wn, bn, 8)
+    with torch._dynamo.config.patch(recompile_limit=0), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dynamic_head, "chunked_head", spy)
+        out = head(x, params)
+    assert calls and torch.equal(out, batched_head(x, params, wn, bn, 8))
