@@ -169,6 +169,23 @@ def test_a_head_that_does_not_compile_falls_back_to_the_eager_head(model, monkey
     assert WindowRunner(model, pb, fused_head=True, cache=cache).fused is None
 
 
+def test_a_compiled_head_whose_logits_differ_is_dropped(model, monkeypatch):
+    from promptseg.inference.windows import WindowRunner
+    from promptseg.models.conditioners import universal
+
+    def wrong(*args, **kwargs):
+        return lambda x, params: torch.zeros(1, params.shape[1], x.shape[-1])
+
+    monkeypatch.setattr(universal, "compiled_head", wrong)
+    pb = model.prompt_batch(CLASSES[:2], batch_size=1)
+    x = torch.rand(2, 1, 32, 32, 32)
+    ref = WindowRunner(model, pb, fused_head=False)(x)
+    runner = WindowRunner(model, pb, fused_head=True)
+    with pytest.warns(UserWarning, match="compiled per-class head is not used: its logits differ"):
+        assert torch.equal(runner(x), ref)
+    assert torch.equal(runner(x), ref) and not runner.fused_used
+
+
 def test_bad_fused_head_setting_is_a_one_line_config_error(model):
     with pytest.raises(ConfigError, match="inference.fused_head must be true, false or auto"):
         Predictor(model, plan=PLAN, inference={"fused_head": "sometimes"}, device="cpu", progress=False)

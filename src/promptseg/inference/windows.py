@@ -246,10 +246,10 @@ class WindowRunner:
     def _check_fused(self, x: torch.Tensor, reference: torch.Tensor) -> None:
         """Run the compiled head on the first batch (compiling it) and keep it only if it gives
         `reference`, the eager head's logits."""
-        import torch._inductor.config as inductor_config
-
         t0 = time.perf_counter()
         try:
+            import torch._inductor.config as inductor_config
+
             with inductor_config.patch(compile_threads=1):  # no pool of compile processes for one kernel
                 out = self.model.forward_prepared(x, self.fused).float()
             ok, diff = agrees(out, reference, "float32")

@@ -112,14 +112,14 @@ class UniversalSegmenter(nn.Module):
         (`Prepared.fused` says whether it did)."""
         pb = prompts if isinstance(prompts, PromptBatch) else self.prompt_batch(prompts, modality, datasets)
         takes = inspect.signature(self.conditioner.prepare_head).parameters
+        fused = bool(fused_head) and not head_pieces and "fused" in takes
         if head_pieces and "pieces" in takes:
             head = self.conditioner.prepare_head(pb, 0, pieces=int(head_pieces))
-        elif fused_head and "fused" in takes:
+        elif fused:
             head = self.conditioner.prepare_head(pb, int(head_chunk or 0), fused=True)
-            return Prepared(prompts=pb, head=head, fused=head is not None)
         else:  # pieces asked of a conditioner without them (its own prepare_head): its whole head
             head = self.conditioner.prepare_head(pb, 0 if head_pieces else int(head_chunk or 0))
-        return Prepared(prompts=pb, head=head)
+        return Prepared(prompts=pb, head=head, fused=fused and head is not None)
 
     def forward_prepared(self, image: torch.Tensor, prepared: Prepared) -> torch.Tensor:
         """Logits [B, K, *spatial] for a batch of windows of one volume (same numbers as `forward`)."""
