@@ -46,11 +46,13 @@ DEFAULT_INFERENCE: dict[str, Any] = {
     # (network 60.9 s), masks min Dice 0.978
     "runtime": "torch",
     # the Universal Model's per-class head compiled into one loop (torch.compile) on a CPU in float32
-    # PyTorch: auto (volumes of at least 24 window batches) | true | false. 96^3 window batch of 2,
-    # 32 classes, 2 threads: head 0.58 -> 0.20 s (benchmarks/head_speed.py), logits within 1.2e-6;
-    # clinical CT (predict_speed.py --scale clinical --presets small): 70.4 -> 57.7 s, 3.5 -> 3.9 GB,
-    # masks equal; compiling costs 4-6 s, ~20 s the first time on a machine (inductor's disk cache)
-    "fused_head": "auto",
+    # PyTorch: false (default) | true | auto (volumes of at least 24 window batches). 96^3 window batch
+    # of 2, 32 classes, 2 threads: head 0.58 -> 0.20 s (benchmarks/head_speed.py), logits within
+    # 1.2e-6. Clinical CT (predict_speed.py --scale clinical --rows lean-torch,lean-fused), masks
+    # equal: small U-Net 68.1 -> 59.4 s, peak 3.5 -> 3.8 GB; SegResNet flare23 144.3 -> 139.1 s, peak
+    # 3.8 -> 4.7 GB (over FLARE's 4 GB: why it is opt-in); compiling costs 4-9 s, ~20 s the first
+    # time on a machine (inductor's disk cache)
+    "fused_head": False,
     # class-voxels per chunk of the Universal Model's head: auto (131072 on a CPU, cache-sized;
     # 2^24 on a GPU, where each chunk costs kernel launches) | a number | 0 (one go)
     "head_chunk": "auto",

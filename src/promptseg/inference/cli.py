@@ -29,6 +29,8 @@ def _predict(args) -> int:
         inference["runtime"] = args.runtime
     if args.mirror:
         inference["mirror"] = True
+    if args.fused_head:
+        inference["fused_head"] = True
     if args.roi and not args.prompt:
         raise ConfigError("--roi computes only what --prompt asks: give at least one --prompt")
 
@@ -102,8 +104,11 @@ def register(sub) -> None:
                         "2-3x faster on CPUs with native bf16 but moves weakly confident boundaries; "
                         "auto = bfloat16/float16 where native)")
     p.add_argument("--runtime", default=None, choices=list(CPU_RUNTIMES),
-                   help="engine of the windows on a CPU (default auto: OpenVINO when installed, same float32 "
-                        "masks as PyTorch and 2-4x faster; GPUs always run PyTorch)")
+                   help="engine of the windows on a CPU (default: the checkpoint's inference.runtime, torch unless "
+                        "it says otherwise; openvino / auto compile the windows' graph; GPUs always run PyTorch)")
+    p.add_argument("--fused-head", action="store_true",
+                   help="CPU: compile the per-class head into one loop with torch.compile (same masks, ~15%% faster "
+                        "on a 32-class CT; compiling takes seconds, ~20 s the first time on a machine)")
     p.add_argument("--text-model", default=None,
                    help="a .pth (-m) that needs its text tower: local folder of the text model (tokenizer, config, "
                         "weights); not needed for a folder written by `promptseg import-checkpoint`")

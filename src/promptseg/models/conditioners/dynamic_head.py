@@ -11,8 +11,8 @@ and compiled by torch.compile (inductor), which fuses the whole head into one lo
 (class, voxel) that keeps every intermediate in registers. Measured on this 2-core CPU (96^3
 window batch of 2, 32 classes, `benchmarks/head_speed.py`): 0.20-0.28 s against 0.6-0.7 s, max |d|
 1.2e-6. Compiling costs ~23 s the first time on a machine and ~4 s once inductor's on-disk cache
-holds the kernel, per (window size, class count); so inference asks for it only on volumes with
-many windows (`inference.fused_head`). Eager, `pointwise_head` would hold ~136 [K, V] tensors at
+holds the kernel, per (window size, class count); inference uses it when asked
+(`inference.fused_head`, opt-in: config.py has the end-to-end figures). Eager, `pointwise_head` would hold ~136 [K, V] tensors at
 once, so the compiled function runs it only while being traced and falls back to `batched_head`
 in voxel chunks wherever torch.compile hands back to Python (a recompile limit, say).
 """
