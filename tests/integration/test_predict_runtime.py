@@ -169,6 +169,21 @@ def test_a_head_that_does_not_compile_falls_back_to_the_eager_head(model, monkey
     assert WindowRunner(model, pb, fused_head=True, cache=cache).fused is None
 
 
+def test_torch_compile_failing_at_once_leaves_the_eager_head(model, monkeypatch):
+    from promptseg.inference.windows import WindowRunner
+    from promptseg.models.conditioners import universal
+
+    def unusable(*args, **kwargs):
+        raise UnicodeDecodeError("ascii", b"\xe2", 0, 1, "ordinal not in range(128)")
+
+    monkeypatch.setattr(universal, "compiled_head", unusable)
+    pb = model.prompt_batch(CLASSES[:2], batch_size=1)
+    with pytest.warns(UserWarning, match="torch.compile is not usable .*UnicodeDecodeError"):
+        runner = WindowRunner(model, pb, fused_head=True)
+    x = torch.rand(2, 1, 32, 32, 32)
+    assert runner.fused is None and torch.equal(runner(x), WindowRunner(model, pb, fused_head=False)(x))
+
+
 def test_a_compiled_head_whose_logits_differ_is_dropped(model, monkeypatch):
     from promptseg.inference.windows import WindowRunner
     from promptseg.models.conditioners import universal

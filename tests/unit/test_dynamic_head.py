@@ -53,3 +53,22 @@ def test_where_torch_compile_gives_up_the_compiled_head_runs_in_chunks():
         mp.setattr(dynamic_head, "chunked_head", spy)
         out = head(x, params)
     assert calls and torch.equal(out, batched_head(x, params, wn, bn, 8))
+
+
+def test_inductor_is_imported_under_a_utf8_locale_and_the_locale_is_restored():
+    """A C library that set the C locale made torch._inductor's templates fail to decode (ASCII)
+    in the full test session; `_utf8_text` gives the import a UTF-8 LC_CTYPE and puts back the
+    caller's."""
+    import locale
+
+    from promptseg.models.conditioners.dynamic_head import _utf8_text
+
+    before = locale.setlocale(locale.LC_CTYPE)
+    try:
+        locale.setlocale(locale.LC_CTYPE, "C")
+        with _utf8_text():
+            inside = locale.getpreferredencoding(False)
+        assert inside.lower().replace("-", "") == "utf8" or __import__("sys").flags.utf8_mode
+        assert locale.setlocale(locale.LC_CTYPE) == "C"
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)

@@ -148,8 +148,11 @@ class WindowRunner:
         self.fused = None  # the prepared forward with the compiled head; checked on the first batch
         self._fused_checked = False
         if self.prepared is not None and self._wants_fused(fused_head, device):
-            fused = model.prepare(prompt_batch, head_chunk=head_chunk_for(head_chunk, device), fused_head=True)
-            self.fused = fused if fused.fused else None
+            try:
+                fused = model.prepare(prompt_batch, head_chunk=head_chunk_for(head_chunk, device), fused_head=True)
+                self.fused = fused if fused.fused else None
+            except Exception as err:  # noqa: BLE001 - torch.compile unusable here: the eager head runs
+                self._drop_fused(f"torch.compile is not usable ({type(err).__name__}: {_first_line(err)})")
 
     @property
     def fused_used(self) -> bool:
@@ -255,15 +258,23 @@ class WindowRunner:
             ok, diff = agrees(out, reference, "float32")
             problem = None if ok else f"its logits differ from the eager head's by {diff:.3g}"
         except Exception as err:  # noqa: BLE001 - any compiler failure falls back to the eager head
-            problem = f"it did not compile ({type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]})"
+            problem = f"it did not compile ({type(err).__name__}: {_first_line(err)})"
         finally:
             self.compile_s += time.perf_counter() - t0
         if problem is None:
             self._fused_checked = True
             return
-        warnings.warn(f"the compiled per-class head is not used: {problem}; the eager head runs", stacklevel=3)
+        self._drop_fused(problem)
+
+    def _drop_fused(self, problem: str) -> None:
+        """The eager head from now on, for this and (through `cache`) later volumes; one warning."""
+        warnings.warn(f"the compiled per-class head is not used: {problem}; the eager head runs", stacklevel=4)
         self.cache[self.FUSE_FAILED] = True
         self.fused = None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:200]
 
 
 def scan_interval(image_size: Sequence[int], roi: Sequence[int], overlap: float) -> tuple[int, ...]:

@@ -18,7 +18,10 @@ in voxel chunks wherever torch.compile hands back to Python (a recompile limit, 
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+import locale
+import sys
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +94,27 @@ def pointwise_head(x: torch.Tensor, params: torch.Tensor, weight_nums: Sequence[
     return units[0][None]
 
 
+@contextlib.contextmanager
+def _utf8_text() -> Iterator[None]:
+    """A UTF-8 LC_CTYPE for the block: torch._inductor reads its code templates in the locale's
+    encoding when it is imported, and a C library in the process that set the C locale (seen here
+    after ~240 tests in one session) makes that ASCII, which fails on their non-ASCII characters."""
+    if sys.flags.utf8_mode or locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
+        yield
+        return
+    old = locale.setlocale(locale.LC_CTYPE)
+    try:
+        for name in ("C.UTF-8", "C.utf8", "en_US.UTF-8"):
+            try:
+                locale.setlocale(locale.LC_CTYPE, name)
+                break
+            except locale.Error:
+                continue
+        yield
+    finally:
+        locale.setlocale(locale.LC_CTYPE, old)
+
+
 def compiled_head(weight_nums: Sequence[int], bias_nums: Sequence[int], hidden: int) -> Callable:
     """(x [1, C, V], params [1, K, P]) -> [1, K, V]: `pointwise_head` compiled (once per head size
     in this process; inductor compiles again for each new window size or class count)."""
@@ -103,5 +127,7 @@ def compiled_head(weight_nums: Sequence[int], bias_nums: Sequence[int], hidden: 
                 return pointwise_head(x, params, wn, bn, hidden)
             return chunked_head(x, params, wn, bn, hidden, max(1024, FALLBACK_CHUNK // max(1, params.shape[1])))
 
+        with _utf8_text():
+            import torch._inductor.compile_fx  # noqa: F401 - imported here, under a UTF-8 locale
         _COMPILED[key] = torch.compile(head, dynamic=False)
     return _COMPILED[key]
