@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from promptseg.models.conditioners.dynamic_head import chunked_head, compiled_head
+from promptseg.models.conditioners.dynamic_head import chunk_voxels, chunked_head, compiled_head, per_sample
 from promptseg.models.conditioners.universal import dynamic_param_sizes
 from promptseg.runtime import kept_heap
 
@@ -34,17 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     v = args.window ** 3
     feats = torch.randn(args.batch, 8, v)
     params = torch.randn(args.batch, args.classes, sum(wn) + sum(bn)) * 0.3
-    chunk = max(1024, args.chunk // args.classes)
+    chunk = chunk_voxels(args.chunk, args.classes)
     head = compiled_head(wn, bn, 8)
 
     def eager():
         return chunked_head(feats, params, wn, bn, 8, chunk)
 
     def fused():
-        out = torch.empty(args.batch, args.classes, v)
-        for i in range(args.batch):
-            out[i:i + 1] = head(feats[i:i + 1], params[i:i + 1])
-        return out
+        return per_sample(head, feats, params)
 
     print(f"window {args.window}^3, batch {args.batch}, {args.classes} classes, {torch.get_num_threads()} threads")
     with torch.inference_mode(), kept_heap():

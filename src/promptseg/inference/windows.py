@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 
 from ..models.conditioners.base import PromptBatch
+from ..models.conditioners.dynamic_head import CPU_CHUNK
 from .cpu_runtime import PreparedForward, RuntimeMismatch, agrees, compile_for_cpu, resolve_runtime
 
 
@@ -66,7 +67,7 @@ def run_device(model, image: torch.Tensor, device) -> torch.device:
 #: chunks there are 128x larger (a 32-class head's 8-channel intermediate: 0.5 GB in float32).
 #: Measured after the change, same script and CT, H100: network stage 6.23 -> 2.76 s per CT,
 #: peak allocated 1.65 -> 3.38 GB (within FLARE's 4 GB).
-HEAD_CHUNK = {"cpu": 131072, "cuda": 1 << 24}
+HEAD_CHUNK = {"cpu": CPU_CHUNK, "cuda": 1 << 24}
 
 
 def head_chunk_for(setting: int | str | None, device: torch.device) -> int:

@@ -12,9 +12,10 @@ and compiled by torch.compile (inductor), which fuses the whole head into one lo
 window batch of 2, 32 classes, `benchmarks/head_speed.py`): 0.20-0.28 s against 0.6-0.7 s, max |d|
 1.2e-6. Compiling costs ~23 s the first time on a machine and ~4 s once inductor's on-disk cache
 holds the kernel, per (window size, class count); inference uses it when asked
-(`inference.fused_head`, opt-in: config.py has the end-to-end figures). Eager, `pointwise_head` would hold ~136 [K, V] tensors at
-once, so the compiled function runs it only while being traced and falls back to `batched_head`
-in voxel chunks wherever torch.compile hands back to Python (a recompile limit, say).
+(`inference.fused_head`, opt-in: config.py has the end-to-end figures). Eager, `pointwise_head`
+would hold ~136 [K, V] tensors at once, so the compiled function runs it only while being traced
+and falls back to `batched_head` in voxel chunks wherever torch.compile hands back to Python (a
+recompile limit, say).
 """
 from __future__ import annotations
 
@@ -28,8 +29,14 @@ import torch.nn.functional as F
 
 #: compiled heads, one per head size (weights per layer, biases per layer, hidden channels)
 _COMPILED: dict[tuple, Callable] = {}
-#: class-voxels per chunk where the compiled head falls back to `batched_head`
-FALLBACK_CHUNK = 131072
+#: class-voxels per chunk of `chunked_head` on a CPU: a chunk's K x 8-channel intermediate stays
+#: in cache (inference's `head_chunk: auto`, and the compiled head's fallback)
+CPU_CHUNK = 131072
+
+
+def chunk_voxels(class_voxels: int, classes: int) -> int:
+    """Voxels per chunk for a budget of `class_voxels` shared by `classes` classes (at least 1024)."""
+    return max(1024, int(class_voxels) // max(1, int(classes)))
 
 
 def batched_head(feats: torch.Tensor, params: torch.Tensor, weight_nums: Sequence[int],
@@ -125,9 +132,18 @@ def compiled_head(weight_nums: Sequence[int], bias_nums: Sequence[int], hidden: 
         def head(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
             if torch.compiler.is_compiling():
                 return pointwise_head(x, params, wn, bn, hidden)
-            return chunked_head(x, params, wn, bn, hidden, max(1024, FALLBACK_CHUNK // max(1, params.shape[1])))
+            return chunked_head(x, params, wn, bn, hidden, chunk_voxels(CPU_CHUNK, params.shape[1]))
 
         with _utf8_text():
             import torch._inductor.compile_fx  # noqa: F401 - imported here, under a UTF-8 locale
         _COMPILED[key] = torch.compile(head, dynamic=False)
     return _COMPILED[key]
+
+
+def per_sample(kernel: Callable, flat: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """A one-sample head (`compiled_head`) over a batch: flat [B, C, V], params [B, K, P] -> float32
+    [B, K, V], one call per sample, so one compiled shape serves every batch size."""
+    out = torch.empty((flat.shape[0], params.shape[1], flat.shape[-1]), dtype=torch.float32, device=flat.device)
+    for i in range(flat.shape[0]):
+        out[i:i + 1] = kernel(flat[i:i + 1].float(), params[i:i + 1].float())
+    return out

@@ -34,7 +34,7 @@ from torch import nn
 from ...errors import ConfigError
 from ..backbones.blocks import group_count
 from .base import ClassPart, Conditioner, Context, PromptBatch, PromptError, unit_rms
-from .dynamic_head import batched_head, chunked_head, compiled_head
+from .dynamic_head import batched_head, chunk_voxels, chunked_head, compiled_head, per_sample
 
 BOTTLENECK_KEY = "universal.bottleneck"
 # "none" (default): as the encoder gave it (the official code); "rms": each text embedding
@@ -173,7 +173,7 @@ class DynamicHeadConditioner(Conditioner):
             return None
         indices = self.resolve_indices(prompts)
         kernel = compiled_head(self.weight_nums, self.bias_nums, self.head_channels) if fused else None
-        return indices, max(1024, int(chunk) // max(1, len(indices))), int(pieces), kernel
+        return indices, chunk_voxels(chunk, len(indices)), int(pieces), kernel
 
     def predict_prepared(self, decoder_out: torch.Tensor, encoder_feats: list[torch.Tensor], ctx: Context,
                          head: Any) -> torch.Tensor:
@@ -193,10 +193,8 @@ class DynamicHeadConditioner(Conditioner):
             return torch.cat([self.dynamic_head(p.reshape(b, c, -1), params).reshape(b, -1, *p.shape[2:])
                               for p in feats.chunk(pieces, dim=2)], dim=2)
         flat = feats.reshape(b, c, -1)
-        if kernel is not None:  # one sample per call: one compiled shape whatever the batch
-            out = torch.empty((b, len(indices), flat.shape[-1]), dtype=torch.float32, device=flat.device)
-            for i in range(b):
-                out[i:i + 1] = kernel(flat[i:i + 1].float(), params[i:i + 1].float())
+        if kernel is not None:
+            out = per_sample(kernel, flat, params)
         else:
             out = chunked_head(flat, params, self.weight_nums, self.bias_nums, self.head_channels, chunk)
         return out.reshape(b, -1, *feats.shape[2:])
