@@ -46,13 +46,14 @@ DEFAULT_INFERENCE: dict[str, Any] = {
     # (network 60.9 s), masks min Dice 0.978
     "runtime": "torch",
     # the Universal Model's per-class head compiled into one loop (torch.compile) on a CPU in float32
-    # PyTorch: false (default) | true | auto (volumes of at least 24 window batches). 96^3 window batch
+    # PyTorch: auto (default: volumes of at least 24 window batches) | true | false. 96^3 window batch
     # of 2, 32 classes, 2 threads: head 0.58 -> 0.20 s (benchmarks/head_speed.py), logits within
-    # 1.2e-6. Clinical CT (predict_speed.py --scale clinical --rows lean-torch,lean-fused), masks
-    # equal: small U-Net 68.1 -> 59.4 s, peak 3.5 -> 3.8 GB; SegResNet flare23 144.3 -> 139.1 s, peak
-    # 3.8 -> 4.7 GB (over FLARE's 4 GB: why it is opt-in); compiling costs 4-9 s, ~20 s the first
-    # time on a machine (inductor's disk cache)
-    "fused_head": False,
+    # 1.2e-6. Clinical CT, 2 runs each (predict_speed.py --scale clinical --rows lean-torch,lean-fused),
+    # lowest per-class Dice 0.99999: small U-Net 64.9-69.8 -> 54.3-56.0 s, peak 3.4 -> 3.5-3.7 GB;
+    # SegResNet flare23 136.5-136.8 -> 128.2-134.6 s, peak 3.7-3.9 -> 3.8-4.0 GB (compiled before the
+    # kept heap of the windows: 4.7 GB inside it). Compiling costs 5-8 s, ~20 s the first time on a
+    # machine (inductor's disk cache); without a C++ compiler the eager head runs
+    "fused_head": "auto",
     # class-voxels per chunk of the Universal Model's head: auto (131072 on a CPU, cache-sized;
     # 2^24 on a GPU, where each chunk costs kernel launches) | a number | 0 (one go)
     "head_chunk": "auto",

@@ -153,7 +153,7 @@ def test_a_head_that_does_not_compile_falls_back_to_the_eager_head(model, monkey
     from promptseg.models.conditioners import universal
 
     def broken(*args, **kwargs):
-        def head(x, params):
+        def head(x, params, out):
             raise RuntimeError("InductorError: CppCompileError: no C++ compiler found")
         return head
 
@@ -189,7 +189,7 @@ def test_a_compiled_head_whose_logits_differ_is_dropped(model, monkeypatch):
     from promptseg.models.conditioners import universal
 
     def wrong(*args, **kwargs):
-        return lambda x, params: torch.zeros(1, params.shape[1], x.shape[-1])
+        return lambda x, params, out: out.zero_()
 
     monkeypatch.setattr(universal, "compiled_head", wrong)
     pb = model.prompt_batch(CLASSES[:2], batch_size=1)
@@ -201,8 +201,62 @@ def test_a_compiled_head_whose_logits_differ_is_dropped(model, monkeypatch):
     assert torch.equal(runner(x), ref) and not runner.fused_used
 
 
+def test_the_head_compiles_before_the_windows_keep_their_heap(model, volume, monkeypatch):
+    """The batch that compiles the head runs before `runtime.kept_heap` starts (inside it, the
+    compiler's long-lived allocations among the windows' freed blocks raised the SegResNet
+    clinical CT's peak from 3.8 to 4.7 GB, config.py); every later batch runs inside it."""
+    import contextlib
+
+    from promptseg.inference import lean_masks, windows
+
+    events = []
+
+    @contextlib.contextmanager
+    def heap(enabled=True):
+        events.append("heap")
+        yield False
+
+    real = windows.WindowRunner._check_fused
+
+    def check(self, x, reference):
+        events.append("compile")
+        return real(self, x, reference)
+
+    monkeypatch.setattr(lean_masks, "kept_heap", heap)
+    monkeypatch.setattr(windows.WindowRunner, "_check_fused", check)
+    _, pred = predict(model, volume, runtime="torch", fused_head=True)
+    assert pred.stats["fused_head"] and events == ["compile", "heap"]
+    events.clear()
+    predict(model, volume, runtime="torch", fused_head=False)
+    assert events == ["heap"]
+
+
+def test_auto_falls_back_without_a_warning(model, monkeypatch):
+    """The default ('auto') on a machine where the head does not compile: the eager head, silently
+    (a warning only where the compiled head was asked for)."""
+    import warnings
+
+    from promptseg.inference.windows import WindowRunner
+    from promptseg.models.conditioners import universal
+
+    def broken(*args, **kwargs):
+        def head(x, params, out):
+            raise RuntimeError("InductorError: CppCompileError: no C++ compiler found")
+        return head
+
+    monkeypatch.setattr(universal, "compiled_head", broken)
+    pb = model.prompt_batch(CLASSES[:2], batch_size=1)
+    x = torch.rand(2, 1, 32, 32, 32)
+    ref = WindowRunner(model, pb, fused_head=False)(x)
+    runner = WindowRunner(model, pb, batches=WindowRunner.AUTO_FUSE_BATCHES, fused_head="auto")
+    assert runner.fused is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(runner(x), ref)
+    assert not runner.fused_used
+
+
 def test_bad_fused_head_setting_is_a_one_line_config_error(model):
-    # opt-in: on the SegResNet preset it raised the clinical CT's peak memory over 4 GB (config.py)
-    assert Predictor(model, plan=PLAN, device="cpu", progress=False).settings["fused_head"] is False
+    assert Predictor(model, plan=PLAN, device="cpu", progress=False).settings["fused_head"] == "auto"
     with pytest.raises(ConfigError, match="inference.fused_head must be true, false or auto"):
         Predictor(model, plan=PLAN, inference={"fused_head": "sometimes"}, device="cpu", progress=False)

@@ -30,6 +30,22 @@ def test_chunks_give_the_one_go_values():
     torch.testing.assert_close(chunked_head(feats, params, wn, bn, 8, 128), batched_head(feats, params, wn, bn, 8))
 
 
+def test_the_compiled_head_writes_each_sample_into_its_own_view():
+    """Compiled, the head stores straight into the batch's logits (`per_sample` hands it a view
+    per sample): every sample's values equal the batched head's, and none spills into another's."""
+    import torch._inductor.config as inductor_config
+
+    from promptseg.models.conditioners.dynamic_head import compiled_head, per_sample
+
+    torch.manual_seed(3)
+    wn, bn = dynamic_param_sizes(8, 3)
+    feats, params = torch.randn(3, 8, 700), torch.randn(3, 4, 153) * 0.3
+    with torch.inference_mode(), inductor_config.patch(compile_threads=1):
+        got = per_sample(compiled_head(wn, bn, 8), feats, params)
+    torch.testing.assert_close(got, batched_head(feats, params, wn, bn, 8), atol=1e-5, rtol=1e-5)
+    assert not torch.equal(got[0], got[1])
+
+
 def test_where_torch_compile_gives_up_the_compiled_head_runs_in_chunks():
     """Past dynamo's recompile limit (many window sizes or class counts in one process) the
     compiled function runs as Python: it must then take the chunked matmuls, never the
@@ -51,7 +67,8 @@ def test_where_torch_compile_gives_up_the_compiled_head_runs_in_chunks():
     head = dynamic_head.compiled_head(wn, bn, 8)
     with torch._dynamo.config.patch(recompile_limit=0), pytest.MonkeyPatch.context() as mp:
         mp.setattr(dynamic_head, "chunked_head", spy)
-        out = head(x, params)
+        out = torch.full((1, 4, 777), float("nan"))
+        head(x, params, out)
     assert calls and torch.equal(out, batched_head(x, params, wn, bn, 8))
 
 

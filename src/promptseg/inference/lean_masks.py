@@ -8,6 +8,7 @@ image's length. Window positions and Gaussian weights are MONAI's own (same numb
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Sequence
@@ -152,9 +153,13 @@ def sliding_window_masks(
     done = 0  # slabs [0, done) are written
     # freed activations stay in the process for the next batch: fresh memory costs a page fault
     # per 4 KiB (a third of the network's time on a CPU; runtime.kept_heap)
-    with kept_heap(device.type == "cpu"):
+    with contextlib.ExitStack() as heap:
+        kept = False
         bar = tqdm(total=len(starts), desc="windows", unit="win", disable=not progress, leave=False)
         for b0 in range(0, len(starts), bs):
+            if not kept and not runner.compiles_next:  # a batch that compiles runs before it
+                heap.enter_context(kept_heap(device.type == "cpu"))
+                kept = True
             batch = starts[b0:b0 + bs]
             xs = torch.cat([x[(slice(None), slice(None), *(slice(s[a], s[a] + roi[a]) for a in range(3)))] for s in batch])
             logits = runner(xs)

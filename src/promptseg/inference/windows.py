@@ -100,10 +100,11 @@ class WindowRunner:
 
     `fused_head` (True | False | 'auto'): on a CPU in float32 PyTorch, the conditioner's compiled
     per-class head where it has one (models/conditioners/dynamic_head.py);
-    'auto' only from `AUTO_FUSE_BATCHES` network calls, where the ~2.5x faster head repays
-    compiling. Its first window batch also runs the eager head: the compiled head must give the
-    same logits (`cpu_runtime.agrees`), else it is dropped with a warning, as is one that fails to
-    compile (no C++ compiler, say); then (and for later volumes, through `cache`) the eager head runs.
+    'auto' (the default) only from `AUTO_FUSE_BATCHES` network calls, where the ~2.5x faster head
+    repays compiling. Its first window batch also runs the eager head: the compiled head must give
+    the same logits (`cpu_runtime.agrees`), else it is dropped, as is one that fails to compile (no
+    C++ compiler, say), with a warning where it was asked for (True); then (and for later volumes,
+    through `cache`) the eager head runs.
 
     `mirror_axes` (spatial axes 0-2; empty: off) is nnU-Net's test-time mirroring: each window
     batch also runs flipped along every non-empty subset of those axes, each result is flipped
@@ -148,6 +149,7 @@ class WindowRunner:
             self.prepared = model.prepare(prompt_batch, head_chunk=head_chunk_for(head_chunk, device))
         self.fused = None  # the prepared forward with the compiled head; checked on the first batch
         self._fused_checked = False
+        self._fused_asked = fused_head is True  # 'auto' falls back without a warning
         if self.prepared is not None and self._wants_fused(fused_head, device):
             try:
                 fused = model.prepare(prompt_batch, head_chunk=head_chunk_for(head_chunk, device), fused_head=True)
@@ -159,6 +161,13 @@ class WindowRunner:
     def fused_used(self) -> bool:
         """Whether the windows run the compiled per-class head (checked on the first batch)."""
         return self.fused is not None and self._fused_checked
+
+    @property
+    def compiles_next(self) -> bool:
+        """Whether the next batch compiles the per-class head (the caller keeps it out of
+        `runtime.kept_heap`: the compiler's many long-lived allocations scattered among the
+        windows' freed blocks raised the peak by ~0.3-0.9 GB there)."""
+        return self.fused is not None and not self._fused_checked
 
     def _wants_fused(self, setting: bool | str, device: torch.device) -> bool:
         if isinstance(setting, str) and setting.lower() == "auto":
@@ -268,8 +277,11 @@ class WindowRunner:
         self._drop_fused(problem)
 
     def _drop_fused(self, problem: str) -> None:
-        """The eager head from now on, for this and (through `cache`) later volumes; one warning."""
-        warnings.warn(f"the compiled per-class head is not used: {problem}; the eager head runs", stacklevel=4)
+        """The eager head from now on, for this and (through `cache`) later volumes; one warning
+        where the compiled head was asked for (`fused_head=True`), none under 'auto' (the default:
+        a machine without a C++ compiler runs as before, `stats["fused_head"]` says which ran)."""
+        if self._fused_asked:
+            warnings.warn(f"the compiled per-class head is not used: {problem}; the eager head runs", stacklevel=4)
         self.cache[self.FUSE_FAILED] = True
         self.fused = None
 
