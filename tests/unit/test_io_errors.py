@@ -232,6 +232,21 @@ def test_dicom_series_roundtrip_oblique_anisotropic(tmp_path):
     assert np.issubdtype(back.array.dtype, np.integer)
 
 
+def test_writing_a_dicom_series_leaves_the_locale_as_it_was(tmp_path):
+    """ITK's GDCM writer sets the C locale (ASCII text) and leaves it; the rest of the process
+    (torch's inductor imports, say) must not inherit it."""
+    import locale
+
+    before = locale.setlocale(locale.LC_ALL)
+    try:
+        locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
+        expected = locale.setlocale(locale.LC_ALL)
+        write_dicom_series(_volume(shape=(5, 4, 3)), tmp_path / "series")
+        assert locale.setlocale(locale.LC_ALL) == expected
+    finally:
+        locale.setlocale(locale.LC_ALL, before)
+
+
 def test_dicom_left_handed_grid_reads_back_equivalent(tmp_path):
     vol = _volume(shape=(6, 5, 4), direction=np.diag([1.0, 1.0, -1.0]), spacing=(1.0, 1.0, 3.0))
     back = read_image(write_dicom_series(vol, tmp_path / "lh"))

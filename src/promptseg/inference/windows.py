@@ -102,9 +102,9 @@ class WindowRunner:
     per-class head where it has one (models/conditioners/dynamic_head.py);
     'auto' (the default) only from `AUTO_FUSE_BATCHES` network calls, where the ~2.5x faster head
     repays compiling. Its first window batch also runs the eager head: the compiled head must give
-    the same logits (`cpu_runtime.agrees`), else it is dropped, as is one that fails to compile (no
-    C++ compiler, say), with a warning where it was asked for (True); then (and for later volumes,
-    through `cache`) the eager head runs.
+    the same logits (`cpu_runtime.agrees`), else it is dropped with a warning; one that fails to
+    compile (no C++ compiler, say) is dropped too, with a warning only where it was asked for
+    (True); then (and for later volumes, through `cache`) the eager head runs.
 
     `mirror_axes` (spatial axes 0-2; empty: off) is nnU-Net's test-time mirroring: each window
     batch also runs flipped along every non-empty subset of those axes, each result is flipped
@@ -267,20 +267,23 @@ class WindowRunner:
                 out = self.model.forward_prepared(x, self.fused).float()
             ok, diff = agrees(out, reference, "float32")
             problem = None if ok else f"its logits differ from the eager head's by {diff:.3g}"
+            wrong = not ok
         except Exception as err:  # noqa: BLE001 - any compiler failure falls back to the eager head
             problem = f"it did not compile ({type(err).__name__}: {_first_line(err)})"
+            wrong = False
         finally:
             self.compile_s += time.perf_counter() - t0
         if problem is None:
             self._fused_checked = True
             return
-        self._drop_fused(problem)
+        self._drop_fused(problem, always=wrong)
 
-    def _drop_fused(self, problem: str) -> None:
-        """The eager head from now on, for this and (through `cache`) later volumes; one warning
-        where the compiled head was asked for (`fused_head=True`), none under 'auto' (the default:
-        a machine without a C++ compiler runs as before, `stats["fused_head"]` says which ran)."""
-        if self._fused_asked:
+    def _drop_fused(self, problem: str, always: bool = False) -> None:
+        """The eager head from now on, for this and (through `cache`) later volumes. One warning
+        where the compiled head was asked for (`fused_head=True`) or gave other numbers (`always`:
+        a compiler fault worth reporting); a head that merely does not compile under 'auto' (the
+        default: no C++ compiler, say) falls back silently, `stats["fused_head"]` says which ran."""
+        if self._fused_asked or always:
             warnings.warn(f"the compiled per-class head is not used: {problem}; the eager head runs", stacklevel=4)
         self.cache[self.FUSE_FAILED] = True
         self.fused = None

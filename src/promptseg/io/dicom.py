@@ -6,9 +6,12 @@ The writer exists so tests (and users) can produce a standards-shaped series fro
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import locale
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pydicom
@@ -127,7 +130,7 @@ def write_dicom_series(
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with atomic_directory(out) as tmp:
+        with atomic_directory(out) as tmp, _locale_kept():
             writer = sitk.ImageFileWriter()
             writer.KeepOriginalImageUIDOn()
             for k in range(image.GetDepth()):
@@ -142,6 +145,20 @@ def write_dicom_series(
     except RuntimeError as exc:
         raise InputError(out, f"cannot write DICOM series ({one_line(exc, out)})") from None
     return out
+
+
+@contextlib.contextmanager
+def _locale_kept() -> Iterator[None]:
+    """The process's locale as it was before the block. ITK's GDCM writer leaves every category at
+    "C" after writing a slice with its geometry tags (SimpleITK 2.x; seen here as the C locale of
+    the rest of a test session): Python text then decodes as ASCII, and torch's inductor, which
+    reads its code templates in the locale's encoding, failed to import."""
+    before = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        if locale.setlocale(locale.LC_ALL) != before:
+            locale.setlocale(locale.LC_ALL, before)
 
 
 def slice_index(grid: Volume, position, where: str | Path) -> int:
