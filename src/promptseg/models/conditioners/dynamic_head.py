@@ -104,8 +104,9 @@ def pointwise_head(x: torch.Tensor, params: torch.Tensor, weight_nums: Sequence[
 @contextlib.contextmanager
 def _utf8_text() -> Iterator[None]:
     """A UTF-8 LC_CTYPE for the block: torch._inductor reads its code templates in the locale's
-    encoding when it is imported, and a C library in the process that set the C locale (seen here
-    after ~240 tests in one session) makes that ASCII, which fails on their non-ASCII characters."""
+    encoding when it is imported, and the C locale makes that ASCII, which fails on their non-ASCII
+    characters. A process may run in the C locale (a user's, or one where a C library set it: ITK's
+    GDCM writer did, until io/dicom.py restored the locale after it)."""
     if sys.flags.utf8_mode or locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
         yield
         return
