@@ -146,10 +146,9 @@ def test_auto_compiles_the_head_only_for_volumes_of_many_windows(model):
         not available("openvino")
 
 
-def test_a_head_that_does_not_compile_falls_back_to_the_eager_head(model, monkeypatch):
-    """No C++ compiler, say: one warning, the eager head's logits, and later volumes of the same
-    predictor (its `cache`) do not try again."""
-    from promptseg.inference.windows import WindowRunner
+@pytest.fixture
+def no_compiler(monkeypatch):
+    """A machine without a C++ compiler: the compiled head fails on its first call."""
     from promptseg.models.conditioners import universal
 
     def broken(*args, **kwargs):
@@ -158,6 +157,13 @@ def test_a_head_that_does_not_compile_falls_back_to_the_eager_head(model, monkey
         return head
 
     monkeypatch.setattr(universal, "compiled_head", broken)
+
+
+def test_a_head_that_does_not_compile_falls_back_to_the_eager_head(model, no_compiler):
+    """No C++ compiler, say: one warning, the eager head's logits, and later volumes of the same
+    predictor (its `cache`) do not try again."""
+    from promptseg.inference.windows import WindowRunner
+
     pb = model.prompt_batch(CLASSES[:2], batch_size=1)
     x = torch.rand(2, 1, 32, 32, 32)
     ref = WindowRunner(model, pb, fused_head=False)(x)
@@ -232,20 +238,13 @@ def test_the_head_compiles_before_the_windows_keep_their_heap(model, volume, mon
     assert events == ["heap"]
 
 
-def test_auto_falls_back_without_a_warning(model, monkeypatch):
+def test_auto_falls_back_without_a_warning(model, no_compiler):
     """The default ('auto') on a machine where the head does not compile: the eager head, silently
     (a warning only where the compiled head was asked for)."""
     import warnings
 
     from promptseg.inference.windows import WindowRunner
-    from promptseg.models.conditioners import universal
 
-    def broken(*args, **kwargs):
-        def head(x, params, out):
-            raise RuntimeError("InductorError: CppCompileError: no C++ compiler found")
-        return head
-
-    monkeypatch.setattr(universal, "compiled_head", broken)
     pb = model.prompt_batch(CLASSES[:2], batch_size=1)
     x = torch.rand(2, 1, 32, 32, 32)
     ref = WindowRunner(model, pb, fused_head=False)(x)
