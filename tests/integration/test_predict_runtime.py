@@ -225,9 +225,9 @@ def test_the_head_compiles_before_the_windows_keep_their_heap(model, volume, mon
 
     real = windows.WindowRunner._check_fused
 
-    def check(self, x, reference):
+    def check(self, features, reference):
         events.append("compile")
-        return real(self, x, reference)
+        return real(self, features, reference)
 
     monkeypatch.setattr(lean_masks, "kept_heap", heap)
     monkeypatch.setattr(windows.WindowRunner, "_check_fused", check)

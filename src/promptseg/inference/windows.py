@@ -172,7 +172,8 @@ class WindowRunner:
     def _wants_fused(self, setting: bool | str, device: torch.device) -> bool:
         if isinstance(setting, str) and setting.lower() == "auto":
             setting = bool(self.batches) and self.batches >= self.AUTO_FUSE_BATCHES
-        return (bool(setting) and torch.device(device).type == "cpu" and self.dtype is None
+        return (bool(setting) and callable(getattr(self.model, "features_prepared", None))
+                and torch.device(device).type == "cpu" and self.dtype is None
                 and self.engine(device) == "torch" and not self.cache.get(self.FUSE_FAILED))
 
     def engine(self, device: torch.device) -> str:
@@ -247,24 +248,26 @@ class WindowRunner:
         with torch.inference_mode(), autocast:
             if self.fused is not None and self._fused_checked:
                 return self.model.forward_prepared(x, self.fused).float()
-            if self.prepared is not None:
-                out = self.model.forward_prepared(x, self.prepared).float()
-                if self.fused is not None:
-                    self._check_fused(x, out)
+            if self.prepared is not None and self.compiles_next:  # both heads on one backbone pass
+                features = self.model.features_prepared(x, self.prepared)
+                out = self.model.head_prepared(features, self.prepared).float()
+                self._check_fused(features, out)
                 return out
+            if self.prepared is not None:
+                return self.model.forward_prepared(x, self.prepared).float()
             if n not in self._batches:
                 self._batches[n] = self.prompt_batch.repeat(n)
             return self.model(x, self._batches[n]).float()
 
-    def _check_fused(self, x: torch.Tensor, reference: torch.Tensor) -> None:
-        """Run the compiled head on the first batch (compiling it) and keep it only if it gives
-        `reference`, the eager head's logits."""
+    def _check_fused(self, features, reference: torch.Tensor) -> None:
+        """Run the compiled head on the first batch's backbone `features` (compiling it) and keep
+        it only if it gives `reference`, the eager head's logits."""
         t0 = time.perf_counter()
         try:
             import torch._inductor.config as inductor_config
 
             with inductor_config.patch(compile_threads=1):  # no pool of compile processes for one kernel
-                out = self.model.forward_prepared(x, self.fused).float()
+                out = self.model.head_prepared(features, self.fused).float()
             ok, diff = agrees(out, reference, "float32")
             problem = None if ok else f"its logits differ from the eager head's by {diff:.3g}"
             wrong = not ok

@@ -123,9 +123,19 @@ class UniversalSegmenter(nn.Module):
 
     def forward_prepared(self, image: torch.Tensor, prepared: Prepared) -> torch.Tensor:
         """Logits [B, K, *spatial] for a batch of windows of one volume (same numbers as `forward`)."""
+        return self.head_prepared(self.features_prepared(image, prepared), prepared)
+
+    def features_prepared(self, image: torch.Tensor, prepared: Prepared) -> tuple[Any, Context]:
+        """The backbone's part of `forward_prepared`: (its output, the context it filled). Split
+        out so two heads can read one backbone pass (inference checks its compiled head so)."""
         n = image.shape[0]
         if n not in prepared.contexts:
             prepared.contexts[n] = self.conditioner.prepare(prepared.prompts.repeat(n), n)
         ctx = prepared.contexts[n].copy()
-        out = self.backbone(image, self.conditioner, ctx)
-        return self.conditioner.predict_prepared(out.decoder_out, out.encoder_feats, ctx, prepared.head)
+        return self.backbone(image, self.conditioner, ctx), ctx
+
+    def head_prepared(self, features: tuple[Any, Context], prepared: Prepared) -> torch.Tensor:
+        """The conditioner's part of `forward_prepared` on `features_prepared`'s output, with
+        `prepared`'s head."""
+        out, ctx = features
+        return self.conditioner.predict_prepared(out.decoder_out, out.encoder_feats, ctx.copy(), prepared.head)
