@@ -246,7 +246,7 @@ class WindowRunner:
         autocast = (torch.autocast(x.device.type, dtype=self.dtype) if self.dtype is not None
                     else contextlib.nullcontext())
         with torch.inference_mode(), autocast:
-            if self.fused is not None and self._fused_checked:
+            if self.fused_used:
                 return self.model.forward_prepared(x, self.fused).float()
             if self.prepared is not None and self.compiles_next:  # both heads on one backbone pass
                 features = self.model.features_prepared(x, self.prepared)

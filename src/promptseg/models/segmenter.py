@@ -136,6 +136,7 @@ class UniversalSegmenter(nn.Module):
 
     def head_prepared(self, features: tuple[Any, Context], prepared: Prepared) -> torch.Tensor:
         """The conditioner's part of `forward_prepared` on `features_prepared`'s output, with
-        `prepared`'s head."""
+        `prepared`'s head (heads only read the context the backbone filled, so one `features`
+        serves several heads)."""
         out, ctx = features
-        return self.conditioner.predict_prepared(out.decoder_out, out.encoder_feats, ctx.copy(), prepared.head)
+        return self.conditioner.predict_prepared(out.decoder_out, out.encoder_feats, ctx, prepared.head)
