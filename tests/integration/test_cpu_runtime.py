@@ -108,3 +108,33 @@ def test_small_trace_is_checked_and_redone_at_the_window_shape(module, window):
 
     with pytest.raises(RuntimeMismatch, match="differ from PyTorch"):
         compile_for_cpu(_Noisy(), big, runtime="openvino", threads=1, trace_side=32, reference=(big, big))
+
+
+_SIGNAL_AFTER_TWO_GRAPHS = """
+import gc, signal, subprocess, sys, torch
+from promptseg.inference.cpu_runtime import compile_for_cpu
+x = torch.rand(1, 1, 8, 8, 8)
+first = compile_for_cpu(torch.nn.ReLU(), x, runtime="openvino", threads=1)
+second = compile_for_cpu(torch.nn.Sigmoid(), x, runtime="openvino", threads=1)
+del first; gc.collect()
+del second; gc.collect()
+signal.signal(signal.SIGCHLD, lambda *a: None)  # as torch's DataLoader does; handlers run on the signal stack
+for _ in range(10):
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+print("alive")
+"""
+
+
+@pytest.mark.skipif(not available("openvino"), reason="openvino is not installed")
+def test_freeing_compiled_graphs_in_any_order_leaves_signals_deliverable(tmp_path):
+    """OpenVINO's CPU plugin moves the thread's signal stack and puts back the one it found when
+    its Core is freed; two Cores freed first-made-first left it on unmapped memory, and the next
+    handled signal (here a child's SIGCHLD) killed the process with SIGSEGV -- the CI test session
+    died that way. One Core per process keeps it valid. Run in a child: a regression must fail
+    this test, not kill the session."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_TWO_GRAPHS], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0 and "alive" in proc.stdout, (proc.returncode, proc.stderr[-2000:])

@@ -22,6 +22,7 @@ volume's prompts prepared.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import io
 from typing import Callable, Sequence
@@ -83,6 +84,19 @@ def _trace_example(example: torch.Tensor, trace_side: int | None) -> torch.Tenso
     return torch.zeros(list(example.shape[:2]) + spatial, dtype=example.dtype)
 
 
+@functools.lru_cache(maxsize=None)
+def _openvino_core():
+    """One OpenVINO Core for the process, never released. Why: each Core's CPU plugin points the
+    calling thread's signal stack (sigaltstack) at memory of its own and, when the Core is freed,
+    puts back the stack it found and unmaps its own. Two Cores freed in the order they were made
+    leave the thread's signal stack on unmapped memory, and the next signal whose handler runs
+    there (Python installs every handler that way: SIGINT, SIGCHLD after a DataLoader) kills the
+    process with SIGSEGV (openvino 2026.4; seen as CI's segfault in the test session)."""
+    import openvino as ov
+
+    return ov.Core()
+
+
 class _OpenVINO:
     """One converted OpenVINO model (spatial sides open when traced small), compiled per shape."""
 
@@ -93,7 +107,7 @@ class _OpenVINO:
             self.model = ov.convert_model(module, example_input=trace)
         if dynamic:
             self.model.reshape({0: ov.PartialShape([int(trace.shape[0]), int(trace.shape[1]), -1, -1, -1])})
-        self.core = ov.Core()
+        self.core = _openvino_core()
         self.config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "INFERENCE_NUM_THREADS": threads,
                        "PERFORMANCE_HINT": "LATENCY"}
 
