@@ -91,7 +91,8 @@ def _openvino_core():
     puts back the stack it found and unmaps its own. Two Cores freed in the order they were made
     leave the thread's signal stack on unmapped memory, and the next signal whose handler runs
     there (Python installs every handler that way: SIGINT, SIGCHLD after a DataLoader) kills the
-    process with SIGSEGV (openvino 2026.4; seen as CI's segfault in the test session)."""
+    process with SIGSEGV (openvino 2026.4; the plugin's AMX signal-stack setup, openvino PR #11894;
+    seen as CI's segfault in the test session)."""
     import openvino as ov
 
     return ov.Core()
