@@ -126,8 +126,8 @@ def _utf8_text() -> Iterator[None]:
 def compiled_head(weight_nums: Sequence[int], bias_nums: Sequence[int], hidden: int) -> Callable:
     """(x [1, C, V], params [1, K, P], out [1, K, V]) -> None: `pointwise_head` compiled and
     written straight into `out` (a view of the batch's logits: no [K, V] result to allocate and
-    copy; 0.38-0.43 -> 0.33 s per 96^3 batch of 2 with 32 classes). Compiled once per head size in this process; inductor
-    compiles again for each new window size or class count."""
+    copy; 0.38-0.43 -> 0.33 s per 96^3 batch of 2 with 32 classes). Compiled once per head size
+    in this process; inductor compiles again for each new window size or class count."""
     key = (tuple(weight_nums), tuple(bias_nums), int(hidden))
     if key not in _COMPILED:
         wn, bn = list(key[0]), list(key[1])
