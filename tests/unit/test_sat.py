@@ -334,7 +334,7 @@ def test_text_norm_centres_on_the_built_vocabulary_and_checkpoints_record_it(tmp
     m = make_model(text_norm="centred")
     cond = m.conditioner
     emb = fake_embeddings(CLASSES)
-    assert cond.config_updates() == {"text_norm": "centred"}
+    assert cond.config_updates() == {"text_norm": "centred", "pixel_levels": 1}
     torch.testing.assert_close(cond.text_centre, emb.mean(0))
     t = emb - emb.mean(0)
     torch.testing.assert_close(cond.text_input(emb), t * (E ** 0.5 / t.norm(dim=-1, keepdim=True)))
@@ -365,3 +365,46 @@ def test_text_norm_centres_on_the_built_vocabulary_and_checkpoints_record_it(tmp
         meta["config"]["conditioner"].pop("text_norm")
         meta_path.write_text(json.dumps(meta))
         assert load_checkpoint(saved, verify=False).conditioner.text_norm == norm
+
+
+def test_pixel_levels_read_the_last_decoder_stages(tmp_path, image):
+    """pixel_levels=L: the per-voxel embedding reads the backbone's output and the L-1 decoder
+    stages before it, upsampled to the finest grid (the small U-Net at L=3: 8 + 16 + 32 channels);
+    each stage it reads moves the embedding, class k still depends on query k alone, checkpoints
+    record L, a backbone with fewer stages gives all it has, and L must be a positive integer."""
+    from promptseg.checkpoint import load_checkpoint, save_checkpoint
+
+    assert make_model().conditioner.pixel_proj.in_channels == 8          # default: the authors' form
+    m = make_model(seed=6, pixel_levels=3).eval()
+    cond = m.conditioner
+    assert cond.pixel_proj.in_channels == 8 + 16 + 32
+    with torch.no_grad():
+        out = m(image, ["liver", "aorta", "spleen"], modality="CT")
+        solo = m(image, ["aorta"], modality="CT")
+    assert out.shape == (2, 3, SIZE, SIZE, SIZE)
+    torch.testing.assert_close(out[:, 1:2], solo)
+
+    ctx = cond.prepare(PromptBatch(classes=["liver"], indices=[1], modality=["CT", "CT"]), 2)
+    with torch.no_grad():
+        feats = m.backbone(image, cond, ctx)
+        stages = ctx["sat.decoder"]
+        assert sorted(stages) == [1, 2] and [stages[d].shape[1] for d in (1, 2)] == [32, 16]
+        base = cond.pixel_features(feats.decoder_out, ctx)
+        for d in (1, 2):
+            kept = stages[d]
+            stages[d] = torch.zeros_like(kept)
+            assert not torch.allclose(cond.pixel_features(feats.decoder_out, ctx), base)
+            stages[d] = kept
+
+    cfg = {"backbone": {"name": "unet", "preset": "small"}, "conditioner": {"name": "sat", **CPU_PRESET}}
+    save_checkpoint(m, tmp_path / "m", cfg)                            # the YAML did not say
+    back = load_checkpoint(tmp_path / "m").eval()
+    assert back.conditioner.pixel_levels == 3
+    with torch.no_grad():
+        torch.testing.assert_close(back(image, ["liver", "aorta"]), m(image, ["liver", "aorta"]))
+
+    for bad in (0, True, 2.0):
+        with pytest.raises(ConfigError, match="pixel_levels must be a positive integer"):
+            make_model(pixel_levels=bad)
+    assert make_model(pixel_levels=9).conditioner.pixel_proj.in_channels == 8 + 16 + 32 + 64  # all 4 stages
+

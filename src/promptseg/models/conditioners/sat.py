@@ -10,6 +10,15 @@ Why this shape (paper §6.3 and the authors' code, model/maskformer.py + transfo
   also what makes the logits of class k depend on query k only. `query_self_attention=True` turns
   it on for experiments and breaks that property;
 - mask = <MLP(query) -> pixel_dim, per-voxel decoder features projected to pixel_dim>.
+  SAT's per-voxel features are its U-Net's last decoder stage, 64 channels wide. `pixel_levels=L`
+  (not the authors'; default 1 = their form) reads the last L decoder stages instead (all of them
+  where the backbone has fewer), the coarser ones upsampled (trilinear) to the finest grid and
+  concatenated before the projection: on a backbone whose last stage is narrow (the small U-Net's
+  8 channels) the read-out of a class is otherwise linear in 8 numbers per voxel, too few to tell
+  a tumour from the organ around it.
+  Phantom bench, validation phantoms, SAT's recipe, 1,000 steps, mean Dice for seeds 0 / 1 / 2:
+  L=1 0.918 / 0.864 / 0.891 (seed 2's pancreas tumour 0.555, dead), L=3 0.931 / 0.916 / 0.935
+  (pancreas tumour 0.71 / 0.65 / 0.77).
 Only `predict` is implemented (and `on_encoder`, which just records the features): the backbone
 stays a plain U-Net, so SAT trains through the same trainer as every other conditioner.
 
@@ -167,6 +176,7 @@ class SATConditioner(Conditioner):
         template: str = DEFAULT_TEMPLATE,
         text_dim: int | None = None,
         text_norm: str = "centred",
+        pixel_levels: int = 1,
     ):
         super().__init__(class_names)
         if len(set(self.class_names)) != len(self.class_names):
@@ -174,6 +184,9 @@ class SATConditioner(Conditioner):
         if text_norm not in TEXT_NORMS:
             raise ConfigError(f"sat: text_norm must be one of {', '.join(TEXT_NORMS)}, got {text_norm!r}")
         self.text_norm = text_norm
+        if isinstance(pixel_levels, bool) or not isinstance(pixel_levels, int) or pixel_levels < 1:
+            raise ConfigError(f"sat: pixel_levels must be a positive integer, got {pixel_levels!r}")
+        self.pixel_levels = pixel_levels
         if d_model % heads:
             raise ConfigError(f"sat: d_model ({d_model}) must be divisible by heads ({heads})")
         if depth < 1:
@@ -218,6 +231,7 @@ class SATConditioner(Conditioner):
         self.memory_proj: nn.Module | None = None
         self.pixel_proj: nn.Module | None = None
         self._coarsest = -1
+        self._pixel_stages: list[int] = []
 
     # -- wiring --------------------------------------------------------------------------------
     def bind(self, backbone: nn.Module) -> None:
@@ -231,8 +245,14 @@ class SATConditioner(Conditioner):
         self._coarsest = max(range(len(enc)), key=lambda i: (math.prod(strides[i]), i))
         # SAT: concatenated pooled levels -> Linear-GELU-Linear-GELU to d_model.
         self.memory_proj = _mlp([sum(enc), self.d_model, self.d_model], last_act=True)
-        # SAT uses the last decoder stage (64 ch = d') as is; any backbone width is mapped to d'.
-        self.pixel_proj = nn.Conv3d(int(backbone.out_channels), self.pixel_dim, kernel_size=1)
+        # SAT uses the last decoder stage (64 ch = d') as is; any backbone width is mapped to d'
+        # (with `pixel_levels` > 1, the output and the coarser decoder stages before it).
+        # A backbone with fewer decoder stages than `pixel_levels` gives all it has.
+        dec = list(getattr(backbone, "decoder_channels", []))
+        levels = min(self.pixel_levels, max(len(dec), 1))
+        self._pixel_stages = list(range(len(dec) - levels, len(dec) - 1))
+        width = int(backbone.out_channels) + sum(int(dec[d]) for d in self._pixel_stages)
+        self.pixel_proj = nn.Conv3d(width, self.pixel_dim, kernel_size=1)
         ref = self.embeddings
         self.memory_proj.to(ref.device)
         self.pixel_proj.to(ref.device)
@@ -248,7 +268,7 @@ class SATConditioner(Conditioner):
 
     def config_updates(self) -> dict:
         """Checkpoints record how text embeddings enter (older ones: "none", `checkpoint.as_trained`)."""
-        return {"text_norm": self.text_norm}
+        return {"text_norm": self.text_norm, "pixel_levels": self.pixel_levels}
 
     def set_text_encoder(self, fn: TextEncoder | None) -> None:
         """Use `fn(names) -> Tensor[N, E]` for prompts outside `class_names` (None: promptseg.text)."""
@@ -316,6 +336,8 @@ class SATConditioner(Conditioner):
         ctx["sat.text"] = self.embed(prompts.classes, prompts.indices)
         ctx["sat.modality"] = self.modality_ids(prompts.modality, batch_size)
         ctx["sat.encoder"] = {}
+        if self._pixel_stages:
+            ctx["sat.decoder"] = {}
         return ctx
 
     def on_encoder(self, level: int, feat: torch.Tensor, ctx: Context) -> torch.Tensor:
@@ -323,6 +345,27 @@ class SATConditioner(Conditioner):
         if "sat.encoder" in ctx.data:
             ctx["sat.encoder"][level] = feat
         return feat
+
+    def on_decoder(self, level: int, feat: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """Record the decoder stages the per-voxel embedding reads (`pixel_levels` > 1)."""
+        if level in self._pixel_stages and "sat.decoder" in ctx.data:
+            ctx["sat.decoder"][level] = feat
+        return feat
+
+    def pixel_features(self, decoder_out: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """[B, d', *spatial]: the per-voxel embedding (module docstring, `pixel_levels`)."""
+        if self.pixel_proj is None:
+            raise RuntimeError("SATConditioner.bind(backbone) was not called")
+        parts = [decoder_out]
+        if self._pixel_stages:
+            stages = ctx.data.get("sat.decoder", {})
+            missing = [d for d in self._pixel_stages if d not in stages]
+            if missing:
+                raise RuntimeError(f"sat: decoder stages {missing} were not recorded (on_decoder not called)")
+            size = tuple(decoder_out.shape[2:])
+            parts += [F.interpolate(stages[d].to(decoder_out.dtype), size=size, mode="trilinear", align_corners=False)
+                      for d in self._pixel_stages]
+        return self.pixel_proj(torch.cat(parts, dim=1) if len(parts) > 1 else decoder_out)
 
     def text_input(self, text: torch.Tensor) -> torch.Tensor:
         """What the text projection sees: the embeddings as `text_norm` says (module docstring)."""
@@ -360,7 +403,7 @@ class SATConditioner(Conditioner):
         memory, pos = self.image_tokens(feats)
         q = self.decoder(self.queries(ctx).to(memory.dtype), memory, pos)  # [B, K, d]
         g = self.mask_mlp(q)  # [B, K, d']
-        u = self.pixel_proj(decoder_out)  # [B, d', *spatial]
+        u = self.pixel_features(decoder_out, ctx)  # [B, d', *spatial]
         return torch.einsum("bkc,bc...->bk...", g.to(u.dtype), u)
 
     # -- continual learning ------------------------------------------------------------------------
