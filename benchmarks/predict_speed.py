@@ -28,6 +28,7 @@ Rows, each in a fresh subprocess so peak RSS does not mix:
   lean-fused lean with `runtime: torch` and `fused_head: true` (the per-class head compiled by
              torch.compile; Dice against lean-torch printed).
   lean-ov    lean with `runtime: openvino` (Dice against lean-torch printed).
+  lean-ort   lean with `runtime: onnxruntime` (needs `pip install onnxruntime`; Dice against lean-torch).
   lean-1 / lean-8   the same with 1 and 8 prompts: peak RSS against the number of classes.
   fast       --fast (3 mm grid, windows scaled).
   roi        --roi with 3 prompts (Dice against `lean` for those classes).
@@ -426,7 +427,8 @@ def main() -> int:
         per_class = (gflop[32] - gflop[1]) / 31  # the head is linear in the classes; backbone fixed
         gflop_of = lambda k: gflop[1] + (k - 1) * per_class
         print(f"-- preset {preset}: {gflop[32]:.1f} GFLOP per {cfg['window']}^3 window with 32 classes "
-              f"({gflop[1] - per_class:.1f} backbone + {per_class:.2f} per class)")
+              f"({gflop[1] - per_class:.1f} backbone + {per_class:.2f} per class): at least "
+              f"{gflop[32] / mm32:.2f} s per window at this machine's float32 matmul rate")
         common = lambda name: ["--ckpt", str(ckpt), "--input", str(image), "--out", str(work / f"out_{preset}_{name}")] + \
             (["--threads", str(args.threads)] if args.threads else [])
         from promptseg.taxonomy import default_taxonomy
@@ -440,6 +442,7 @@ def main() -> int:
             "lean-torch": ["lean", "--runtime", "torch", "--fused-head", "false"],
             "lean-fused": ["lean", "--runtime", "torch", "--fused-head", "true"],
             "lean-ov": ["lean", "--runtime", "openvino"],
+            "lean-ort": ["lean", "--runtime", "onnxruntime"],
             "lean-raw-torch": ["lean", "--no-postprocess", "--runtime", "torch", "--fused-head", "false"],
             "lean-1": ["lean", "--prompts", names[5]],
             "lean-8": ["lean", "--prompts", ",".join(names[:8])],
@@ -473,8 +476,8 @@ def main() -> int:
                 d = dice_table(ref_dir, work / f"out_{preset}_{row}", names)
                 results[row]["dice_min"] = min(d.values())
                 print(f"   per-class Dice {row} vs reference: min {min(d.values()):.4f}, mean {sum(d.values()) / len(d):.4f}")
-        for row, ref in (("lean", "lean-torch"), ("lean-ov", "lean-torch"), ("lean-fused", "lean-torch"),
-                         ("lean-raw", "lean-raw-torch")):
+        for row, ref in (("lean", "lean-torch"), ("lean-ov", "lean-torch"), ("lean-ort", "lean-torch"),
+                         ("lean-fused", "lean-torch"), ("lean-raw", "lean-raw-torch")):
             if row in results and ref in results and not results[row].get("failed") \
                     and not results[ref].get("failed"):
                 d = dice_table(work / f"out_{preset}_{ref}" / "ct_clinical", work / f"out_{preset}_{row}" / "ct_clinical",
@@ -495,7 +498,7 @@ def main() -> int:
     print(f"Table 1: read -> written files, scale {args.scale} (seconds; RSS in MB; load avg now "
           f"{os.getloadavg()[0]:.2f})")
     head = f"{'preset':<18}{'row':<10}{'cls':>4}{'wall':>8}{'process':>9}{'peakRSS':>9}{'windows':>9}" \
-           f"{'prec':>9}{'runtime':>9}{'GFLOP/s':>9}{'%mm':>6}{'Dice>=':>8}"
+           f"{'prec':>9}{'runtime':>9}{'GFLOP/s':>9}{'%mm':>6}{'floor':>7}{'Dice>=':>8}"
     print(head)
     print("-" * len(head))
     for preset, name, r in all_rows:
@@ -508,13 +511,15 @@ def main() -> int:
         scale_w = 1.0
         if r.get("window"):
             scale_w = (r["window"][0] * r["window"][1] * r["window"][2]) / cfg["window"] ** 3
-        gfs = r["gflop_window"] * scale_w * wins / net if net and wins else float("nan")
+        work_gflop = r["gflop_window"] * scale_w * wins
+        gfs = work_gflop / net if net and wins else float("nan")
         ref_mm = mm16 if r.get("precision") == "bfloat16" else mm32
+        floor = work_gflop / ref_mm if wins else float("nan")
         dmin = r.get("dice_min")
         print(f"{preset:<18}{name:<10}{r['classes']:>4}{r['pipeline_s']:>8.1f}{r['process_s']:>9.1f}"
               f"{r['peak_rss_mb']:>9.0f}{wins:>9}{str(r.get('precision') or '')[:8]:>9}{str(r.get('runtime') or '')[:8]:>9}"
               f"{gfs:>9.1f}"
-              f"{100 * gfs / ref_mm:>5.0f}%{'' if dmin is None else f'{dmin:.4f}':>8}")
+              f"{100 * gfs / ref_mm:>5.0f}%{floor:>7.1f}{'' if dmin is None else f'{dmin:.4f}':>8}")
     print()
     print("Table 2: seconds per stage")
     head = f"{'preset':<18}{'row':<10}" + "".join(f"{s:>12}" for s in STAGES)
@@ -529,6 +534,7 @@ def main() -> int:
           "stages after the network <= 10 s); process = python "
           "start, imports and checkpoint load included; windows = windows evaluated; GFLOP/s = counted window "
           "FLOPs x windows / network seconds; %mm = of this machine's matmul rate in the row's precision; "
+          "floor = seconds those FLOPs need at that matmul rate (no runtime's network can be faster); "
           "Dice>= = lowest per-class Dice against the reference (lean-raw; and lean-raw-torch), against lean-torch "
           "(lean: the same path in eager PyTorch float32) or against `lean` (roi).")
     print(f"results: {work / 'results.jsonl'}")
