@@ -43,7 +43,8 @@ DEFAULT_INFERENCE: dict[str, Any] = {
     # torch is the default: on the clinical CT (benchmarks/predict_speed.py --scale clinical --presets
     # small --rows lean-torch,lean-ov, quiet 2 cores, with the kept heap of runtime.kept_heap) openvino
     # took 87.7 s and 5.5 GB (network 60.8 s + 14.1 s compiling) against torch's 73.5 s and 4.2 GB
-    # (network 60.9 s), masks min Dice 0.978
+    # (network 60.9 s), masks min Dice 0.978; onnxruntime (--rows lean-torch,lean-ort) 96.0 s and
+    # 5.6 GB (network 74.9 s + 7.0 s compiling) against torch's 71.7 s and 3.9 GB, masks min Dice 0.9992
     "runtime": "torch",
     # the Universal Model's per-class head compiled into one loop (torch.compile) on a CPU in float32
     # PyTorch: auto (default: volumes of at least 24 window batches) | true | false. 96^3 window batch
