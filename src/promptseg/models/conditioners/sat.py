@@ -19,8 +19,8 @@ Why this shape (paper §6.3 and the authors' code, model/maskformer.py + transfo
   Phantom bench, validation phantoms, SAT's recipe, 1,000 steps, mean Dice for seeds 0 / 1 / 2:
   L=1 0.918 / 0.864 / 0.891 (seed 2's pancreas tumour 0.555, dead), L=3 0.931 / 0.916 / 0.935
   (pancreas tumour 0.71 / 0.65 / 0.77).
-Only `predict` is implemented (and `on_encoder`, which just records the features): the backbone
-stays a plain U-Net, so SAT trains through the same trainer as every other conditioner.
+Only `predict` is implemented (and `on_encoder` / `on_decoder`, which just record features): the
+backbone stays a plain U-Net, so SAT trains through the same trainer as every other conditioner.
 
 `text_norm="centred"` (the default; not the authors': "none" is theirs): a text embedding
 enters the projection minus a fixed centre (the mean embedding of the classes the model was
