@@ -15,12 +15,12 @@ import torch
 
 from promptseg.config import resolve_config
 from promptseg.train.trainer import Trainer
+from promptseg.workflows.bench import conditioner_config
 
 # conditioner section of each method: all train with the CPU recipe (AdamW 2e-3, no EMA; for
 # UniSeg its static head and SAT's text projection at lr x head_lr_scale), not a paper's long
-# schedule. SAT as the bench builds it (its per-voxel embedding reads 3 decoder stages).
-METHODS = {"uniseg": {"name": "uniseg"}, "hermes": {"name": "hermes"},
-           "sat": {"name": "sat", "d_model": 128, "depth": 2, "heads": 4, "ffn_dim": 512, "pixel_levels": 3}}
+# schedule. SAT as the bench builds it (bench.yaml: its per-voxel embedding reads 3 decoder stages).
+METHODS = {"uniseg": {"name": "uniseg"}, "hermes": {"name": "hermes"}, "sat": conditioner_config("sat")}
 
 
 STEPS = 100  # UniSeg's spleen mask is still empty after 60 (its logits already rank it)
