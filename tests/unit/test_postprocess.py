@@ -53,6 +53,15 @@ def test_multi_instance_class_untouched():
     assert np.array_equal(out, blobs)
 
 
+def test_single_instance_lesion_keeps_its_largest_component():
+    """The taxonomy's single_instance holds for lesions too: a soft-tissue sarcoma is one mass
+    (IBSI's GTV), so a second blob is a false positive; a liver tumour may be many."""
+    mass, speck = box((2, 2, 2), (10, 10, 10)), box((20, 20, 20), (23, 23, 23))
+    out = postprocess({"soft tissue sarcoma": mass | speck, "liver tumor": mass | speck})
+    assert np.array_equal(out["soft tissue sarcoma"], mass)
+    assert np.array_equal(out["liver tumor"], mass | speck)  # no liver asked: kept as is
+
+
 def test_lesion_kept_only_near_parent():
     liver = box((10, 5, 5), (20, 15, 15))
     inside = box((12, 7, 7), (14, 9, 9))

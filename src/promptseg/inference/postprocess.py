@@ -134,7 +134,7 @@ def postprocess(
 
     # 2. one connected component where the anatomy has one (classes side by side)
     if rules.get("largest_component", True):
-        single = [name for name, c in info.items() if c.single_instance and c.kind != "lesion"]
+        single = [name for name, c in info.items() if c.single_instance]
         fraction = float(rules.get("largest_component_min_fraction") or 0)
 
         def keep_largest(name: str) -> np.ndarray:
