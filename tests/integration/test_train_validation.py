@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from promptseg.checkpoint import open_checkpoint
 from promptseg.config import resolve_config
 from promptseg.train.trainer import Trainer
@@ -34,3 +36,26 @@ def test_validation_logs_dice_and_keeps_best(shared_data, tmp_path):
     best = open_checkpoint(tmp_path / "run" / "best")
     assert best.meta["validation"]["mean"] == max(v["validation"]["mean"] for v in vals)
     assert best.modalities == ["PET"] and (tmp_path / "run" / "last").is_dir()
+
+
+def test_with_ema_validation_scores_and_keeps_the_weight_average(shared_data, tmp_path):
+    """model/ is the EMA of the weights, so best/ must be chosen on, and hold, that average — not
+    the raw weights that only resume a run (last/)."""
+    from promptseg.checkpoint.store import read_meta, read_weights
+
+    raw = {"output": str(tmp_path / "run"), "modality": "PET",
+           "datasets": [{"path": "sts_sarcoma", "name": "sts_PET", "image": "{case}/PET_image.nii.gz",
+                         "label": "{case}/PET_mask.nii.gz", "labels": {1: "soft tissue sarcoma"}, "modality": "PET"}],
+           "plan": {"name": "universal_pet", "spacing": [6.0, 6.0, 6.0]},
+           "conditioner": {"name": "universal", "text_encoder": "onehot"},
+           "train": {"steps": 2, "patch_size": [32, 32, 32], "checkpoint_every": 2, "warmup_steps": 0, "ema": 0.5},
+           "validation": {"every": 2, "holdout": HELD, "window": [32, 32, 32]}}
+    Trainer(resolve_config(raw, tmp_path, data_root=shared_data), device="cpu", progress=False).run()
+    weights = {}
+    for name in ("best", "model", "last"):
+        folder = tmp_path / "run" / name
+        weights[name] = read_weights(folder, read_meta(folder))
+    assert read_meta(tmp_path / "run" / "best")["step"] == 2
+    assert weights["best"].keys() == weights["model"].keys()
+    assert all(torch.equal(weights["best"][k], weights["model"][k]) for k in weights["model"])
+    assert any(not torch.equal(weights["model"][k], weights["last"][k]) for k in weights["model"])

@@ -333,7 +333,10 @@ class Trainer:
         if not self.val_cases or self.rank != 0:
             return None
         window = v.get("window") or self.config["train"]["patch_size"]
-        result = validate(self.model, self.val_cases, window, float(v.get("overlap", 0.25)), self.device)
+        # the model the run saves: with the recipe's EMA, the weight average (model/ is the
+        # average, so best/ must be chosen on, and hold, the same weights)
+        scored = self.ema.module if self.ema is not None else self.model
+        result = validate(scored, self.val_cases, window, float(v.get("overlap", 0.25)), self.device)
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps({"step": self.step, "validation": result}) + "\n")
         if self.progress:
@@ -344,7 +347,7 @@ class Trainer:
                   + " (its own voxels are called background; see train/validate.py)", file=sys.stderr)
         if result["mean"] == result["mean"] and (self.best is None or result["mean"] > self.best):
             self.best = result["mean"]
-            save_checkpoint(self.model, self.out / "best", self.config, self.step,
+            save_checkpoint(scored, self.out / "best", self.config, self.step,
                             extra={**self._meta(), "validation": result})
         return result
 
