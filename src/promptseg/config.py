@@ -82,6 +82,7 @@ DEFAULT_TRAIN: dict[str, Any] = {
     "checkpoint_every": 200,
     "num_threads": None,
     "aux_loss_weight": None,
+    "dice_weight": 1.0,        # soft Dice : BCE weight of the masked loss (the methods' 1 : 1)
     "workers": 1,
     "precision": "auto",       # auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16 / fp16
     "channels_last": "auto",   # auto: on CUDA only
@@ -247,6 +248,7 @@ def check_train(t: Mapping[str, Any]) -> None:
     for key in ("fg_ratio", "rot90_prob", "intensity_shift_prob"):
         if not isinstance(t[key], (int, float)) or not 0 <= float(t[key]) <= 1:
             raise ConfigError(f"train.{key} must be a probability in [0, 1], got {t[key]!r}")
+    _number(t["dice_weight"], "train.dice_weight")
     check_recipe(t)
     augment_params(t["augment"])
     w = t["loader_workers"]

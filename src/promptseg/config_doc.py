@@ -72,6 +72,8 @@ MEANINGS = {
     "train.intensity_shift_prob": "probability of a random intensity shift",
     "train.checkpoint_every": "steps between checkpoints (`last/`); a killed run redoes at most this many",
     "train.num_threads": "torch CPU threads (null: OMP_NUM_THREADS or the cores available)",
+    "train.dice_weight": "weight of the soft Dice term against BCE's 1 in the masked loss (the methods' 1); "
+                         "soft Dice biases the volume of uncertain structures, BCE does not",
     "train.aux_loss_weight": "weight of a conditioner's auxiliary loss (null: the method's own)",
     "train.max_queries": "classes queried per sample (SAT's positive-first sampling)",
     "train.negative_ratio": "annotated classes absent from a sample's crop that count in its loss, per class "

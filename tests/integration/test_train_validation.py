@@ -1,5 +1,6 @@
-"""Validation during training on real sarcoma PET: held-out patients are never trained on, Dice per
-modality/class lands in log.jsonl, and the best step is kept in best/ beside last/."""
+"""Training on real sarcoma PET: held-out patients are never trained on, Dice per modality/class
+lands in log.jsonl, the best step is kept in best/ beside last/ (the weight average when the
+recipe has an EMA), and train.dice_weight reaches the masked loss."""
 from __future__ import annotations
 
 import json
@@ -59,3 +60,17 @@ def test_with_ema_validation_scores_and_keeps_the_weight_average(shared_data, tm
     assert weights["best"].keys() == weights["model"].keys()
     assert all(torch.equal(weights["best"][k], weights["model"][k]) for k in weights["model"])
     assert any(not torch.equal(weights["model"][k], weights["last"][k]) for k in weights["model"])
+
+
+def test_dice_weight_reaches_the_masked_loss(shared_data, tmp_path):
+    raw = {"output": str(tmp_path / "run"), "modality": "PET",
+           "datasets": [{"path": "sts_sarcoma", "name": "sts_PET", "image": "{case}/PET_image.nii.gz",
+                         "label": "{case}/PET_mask.nii.gz", "labels": {1: "soft tissue sarcoma"}, "modality": "PET"}],
+           "plan": {"name": "universal_pet", "spacing": [6.0, 6.0, 6.0]},
+           "conditioner": {"name": "universal", "text_encoder": "onehot"},
+           "train": {"steps": 2, "patch_size": [32, 32, 32], "warmup_steps": 0, "dice_weight": 0.25}}
+    Trainer(resolve_config(raw, tmp_path, data_root=shared_data), device="cpu", progress=False).run()
+    logs = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(logs) == 2 and all(x["dice"] > 0.01 for x in logs)
+    for x in logs:
+        assert abs(x["loss"] - (x["bce"] + 0.25 * x["dice"])) < 1e-5

@@ -20,6 +20,7 @@ from promptseg.models.official import official_run_config
     ({"train": {"steps": 0}}, ["train.steps", "positive integer"]),
     ({"train": {"batch_size": True}}, ["train.batch_size"]),
     ({"train": {"fg_ratio": 2}}, ["train.fg_ratio", "probability"]),
+    ({"train": {"dice_weight": -0.5}}, ["train.dice_weight", ">= 0"]),
     ({"train": [1, 2]}, ["'train' must be a mapping"]),
     ({"inference": {"overlap": 1.5}}, ["inference.overlap"]),
     ({"backbone": {"preset": "small"}}, ["'backbone'", "'name'"]),

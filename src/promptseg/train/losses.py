@@ -43,7 +43,8 @@ def masked_bce_dice(
 
 
 def with_deep_supervision(
-    loss: torch.Tensor, outputs: list[tuple[float, torch.Tensor]], targets: torch.Tensor, annotated: torch.Tensor
+    loss: torch.Tensor, outputs: list[tuple[float, torch.Tensor]], targets: torch.Tensor, annotated: torch.Tensor,
+    dice_weight: float = 1.0,
 ) -> torch.Tensor:
     """nnU-Net's deep supervision: (loss + sum_i w_i L_i) / (1 + sum_i w_i), L_i the masked loss
     of a coarser output against the targets resized to it (nearest, like nnU-Net's order-0
@@ -53,7 +54,7 @@ def with_deep_supervision(
     total, weights = loss, 1.0
     for w, logits in outputs:
         small = F.interpolate(targets.float(), size=tuple(logits.shape[2:]), mode="nearest")
-        total = total + float(w) * masked_bce_dice(logits, small, annotated)[0]
+        total = total + float(w) * masked_bce_dice(logits, small, annotated, dice_weight=dice_weight)[0]
         weights += float(w)
     return total / weights
 

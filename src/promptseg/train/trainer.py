@@ -301,8 +301,10 @@ class Trainer:
             with self.dist.no_sync(self.net, sync):
                 with self.amp.autocast():
                     logits, ctx = self.net(image, prompts, return_context=True)
-                loss, parts = masked_bce_dice(logits, targets, annotated)
-                loss = with_deep_supervision(loss, self.model.conditioner.deep_supervision(ctx), targets, annotated)
+                dice_weight = float(t["dice_weight"])
+                loss, parts = masked_bce_dice(logits, targets, annotated, dice_weight=dice_weight)
+                loss = with_deep_supervision(loss, self.model.conditioner.deep_supervision(ctx), targets, annotated,
+                                             dice_weight)
                 # this rank's share of the global batch's annotated pairs (1.0 alone): DDP's mean
                 # then equals the pair mean over all ranks, as one process with the whole batch
                 share = distributed.pair_weight(parts["pairs"], self.dist)
