@@ -57,9 +57,9 @@ def test_train_reads_the_manifests_annotated_sets(shared_data, tmp_path, monkeyp
         steps.append([list(batch.datasets), names, None, present])
         return names
 
-    def spy_loss(logits, targets, mask):
+    def spy_loss(logits, targets, mask, **weights):
         steps[-1][2] = mask.detach().cpu().clone()
-        return real_loss(logits, targets, mask)
+        return real_loss(logits, targets, mask, **weights)
 
     monkeypatch.setattr(trainer_module, "training_classes", spy_classes)
     monkeypatch.setattr(trainer_module, "masked_bce_dice", spy_loss)
