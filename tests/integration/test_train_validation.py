@@ -14,14 +14,21 @@ from promptseg.train.trainer import Trainer
 HELD = ["STS_002", "STS_008"]
 
 
-def test_validation_logs_dice_and_keeps_best(shared_data, tmp_path):
+def pet_run(tmp_path, train: dict, validation: dict | None = None) -> dict:
+    """A small universal run on the real sarcoma PET (6 mm grid, 32^3 patches, 2 steps)."""
     raw = {"output": str(tmp_path / "run"), "modality": "PET",
            "datasets": [{"path": "sts_sarcoma", "name": "sts_PET", "image": "{case}/PET_image.nii.gz",
                          "label": "{case}/PET_mask.nii.gz", "labels": {1: "soft tissue sarcoma"}, "modality": "PET"}],
            "plan": {"name": "universal_pet", "spacing": [6.0, 6.0, 6.0]},
            "conditioner": {"name": "universal", "text_encoder": "onehot"},
-           "train": {"steps": 2, "patch_size": [32, 32, 32], "checkpoint_every": 1, "warmup_steps": 0},
-           "validation": {"every": 1, "holdout": HELD, "window": [32, 32, 32]}}
+           "train": {"steps": 2, "patch_size": [32, 32, 32], "warmup_steps": 0, **train}}
+    if validation is not None:
+        raw["validation"] = {"holdout": HELD, "window": [32, 32, 32], **validation}
+    return raw
+
+
+def test_validation_logs_dice_and_keeps_best(shared_data, tmp_path):
+    raw = pet_run(tmp_path, {"checkpoint_every": 1}, {"every": 1})
     config = resolve_config(raw, tmp_path, data_root=shared_data)
     trainer = Trainer(config, device="cpu", progress=False)
     assert sorted({c.id for c in trainer.val_cases}) == HELD
@@ -44,13 +51,7 @@ def test_with_ema_validation_scores_and_keeps_the_weight_average(shared_data, tm
     the raw weights that only resume a run (last/)."""
     from promptseg.checkpoint.store import read_meta, read_weights
 
-    raw = {"output": str(tmp_path / "run"), "modality": "PET",
-           "datasets": [{"path": "sts_sarcoma", "name": "sts_PET", "image": "{case}/PET_image.nii.gz",
-                         "label": "{case}/PET_mask.nii.gz", "labels": {1: "soft tissue sarcoma"}, "modality": "PET"}],
-           "plan": {"name": "universal_pet", "spacing": [6.0, 6.0, 6.0]},
-           "conditioner": {"name": "universal", "text_encoder": "onehot"},
-           "train": {"steps": 2, "patch_size": [32, 32, 32], "checkpoint_every": 2, "warmup_steps": 0, "ema": 0.5},
-           "validation": {"every": 2, "holdout": HELD, "window": [32, 32, 32]}}
+    raw = pet_run(tmp_path, {"checkpoint_every": 2, "ema": 0.5}, {"every": 2})
     Trainer(resolve_config(raw, tmp_path, data_root=shared_data), device="cpu", progress=False).run()
     weights = {}
     for name in ("best", "model", "last"):
@@ -63,12 +64,7 @@ def test_with_ema_validation_scores_and_keeps_the_weight_average(shared_data, tm
 
 
 def test_dice_weight_reaches_the_masked_loss(shared_data, tmp_path):
-    raw = {"output": str(tmp_path / "run"), "modality": "PET",
-           "datasets": [{"path": "sts_sarcoma", "name": "sts_PET", "image": "{case}/PET_image.nii.gz",
-                         "label": "{case}/PET_mask.nii.gz", "labels": {1: "soft tissue sarcoma"}, "modality": "PET"}],
-           "plan": {"name": "universal_pet", "spacing": [6.0, 6.0, 6.0]},
-           "conditioner": {"name": "universal", "text_encoder": "onehot"},
-           "train": {"steps": 2, "patch_size": [32, 32, 32], "warmup_steps": 0, "dice_weight": 0.25}}
+    raw = pet_run(tmp_path, {"dice_weight": 0.25})
     Trainer(resolve_config(raw, tmp_path, data_root=shared_data), device="cpu", progress=False).run()
     logs = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(logs) == 2 and all(x["dice"] > 0.01 for x in logs)
