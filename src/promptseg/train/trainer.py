@@ -269,9 +269,13 @@ class Trainer:
         extra = self._meta()
         save_checkpoint(self.model, self.out / "last", self.config, self.step, training_state=state, extra=extra)
         if final:
-            # the weight average is the model (the recipe's EMA), the raw weights only resume
-            final = self.ema.module if self.ema is not None else self.model
-            save_checkpoint(final, self.out / "model", self.config, self.step, extra=extra)
+            save_checkpoint(self.saved_model, self.out / "model", self.config, self.step, extra=extra)
+
+    @property
+    def saved_model(self) -> torch.nn.Module:
+        """The model the run saves (model/, best/): with the recipe's EMA, the weight average;
+        the raw weights then only resume a run (last/)."""
+        return self.ema.module if self.ema is not None else self.model
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step (with gradient accumulation); returns the logged figures."""
@@ -279,6 +283,7 @@ class Trainer:
 
         t = self.config["train"]
         accumulate = int(t["accumulate"])
+        dice_weight = float(t["dice_weight"])
         logs = {"loss": 0.0, "bce": 0.0, "dice": 0.0}
         self.train_mode()
         for micro in range(accumulate):
@@ -301,7 +306,6 @@ class Trainer:
             with self.dist.no_sync(self.net, sync):
                 with self.amp.autocast():
                     logits, ctx = self.net(image, prompts, return_context=True)
-                dice_weight = float(t["dice_weight"])
                 loss, parts = masked_bce_dice(logits, targets, annotated, dice_weight=dice_weight)
                 loss = with_deep_supervision(loss, self.model.conditioner.deep_supervision(ctx), targets, annotated,
                                              dice_weight)
@@ -335,9 +339,7 @@ class Trainer:
         if not self.val_cases or self.rank != 0:
             return None
         window = v.get("window") or self.config["train"]["patch_size"]
-        # the model the run saves: with the recipe's EMA, the weight average (model/ is the
-        # average, so best/ must be chosen on, and hold, the same weights)
-        scored = self.ema.module if self.ema is not None else self.model
+        scored = self.saved_model  # best/ is chosen on, and holds, the weights model/ will hold
         result = validate(scored, self.val_cases, window, float(v.get("overlap", 0.25)), self.device)
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps({"step": self.step, "validation": result}) + "\n")
